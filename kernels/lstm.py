@@ -1,0 +1,273 @@
+"""LSTM recurrence kernels: one launch runs the whole time loop of one layer and direction.
+
+Glossary: T steps, B batch, H hidden, P recurrent width (proj_size, or H without projection),
+G = 4 gates in torch's order (i, f, g, o). One program owns BLOCK_B batch rows for all T steps.
+
+State lives in small float32 scratch buffers in global memory (L1/L2 resident): h ping-pongs
+between two slots so that a step reads h_{t-1} while writing h_t, and a barrier closes each
+step. RESIDENT=True (the whole H and P fit one block) loads the recurrent weights once, before
+the time loop, and keeps them on chip; RESIDENT=False streams weight tiles from global memory
+every step, which works for any hidden size. recgen/ops/config.py chooses between them.
+"""
+
+import triton
+import triton.language as tl
+
+from recgen.kernels.math import mma, sigmoid, step_time_index, tanh
+
+
+@triton.jit
+def _lstm_fwd_kernel(
+    xw_ptr,       # (T, B, 4H) input projection x W_ih^T + b_ih + b_hh, last dim contiguous
+    w_hh_ptr,     # (4H, P) recurrent weights, contiguous
+    w_hr_ptr,     # (P, H) projection weights, contiguous (HAS_PROJ)
+    lengths_ptr,  # (B,) int32 valid steps per row (HAS_LENGTHS)
+    y_ptr,        # (T, B, P) out: hidden states, zero at padding, last dim contiguous
+    gates_ptr,    # (T, B, 4H) float32 out: activated gates, saved for the backward
+    c_ptr,        # (T, B, H) float32 out: cell states, saved for the backward
+    m_ptr,        # (T, B, H) float32 out: o * tanh(c) before the projection (HAS_PROJ)
+    h_state_ptr,  # (2, B, P) float32 in/out: slot 0 holds h0; slot T % 2 ends with h_n
+    c_state_ptr,  # (B, H) float32 in/out: holds c0, ends with c_n
+    T, B, H, P,
+    stride_xt, stride_xb, stride_yt, stride_yb,
+    REVERSE: tl.constexpr, HAS_LENGTHS: tl.constexpr, HAS_PROJ: tl.constexpr,
+    RESIDENT: tl.constexpr, DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offs_b = pid * BLOCK_B + tl.arange(0, BLOCK_B)
+    mask_b = offs_b < B
+    rows = offs_b.to(tl.int64)
+    if HAS_LENGTHS:
+        lengths = tl.load(lengths_ptr + offs_b, mask=mask_b, other=0)
+    else:
+        lengths = tl.zeros([BLOCK_B], dtype=tl.int32) + T
+    ar_h = tl.arange(0, BLOCK_H)
+    ar_p = tl.arange(0, BLOCK_P)
+
+    if RESIDENT:
+        # W_g^T blocks (P, H) held for the whole sequence.
+        wk = ar_p[:, None] < P
+        wn = ar_h[None, :] < H
+        w_off = ar_h[None, :] * P + ar_p[:, None]
+        w_i = tl.load(w_hh_ptr + 0 * H * P + w_off, mask=wk & wn, other=0.0)
+        w_f = tl.load(w_hh_ptr + 1 * H * P + w_off, mask=wk & wn, other=0.0)
+        w_g = tl.load(w_hh_ptr + 2 * H * P + w_off, mask=wk & wn, other=0.0)
+        w_o = tl.load(w_hh_ptr + 3 * H * P + w_off, mask=wk & wn, other=0.0)
+        if HAS_PROJ:
+            # W_hr^T (H, P)
+            w_r = tl.load(w_hr_ptr + ar_p[None, :] * H + ar_h[:, None],
+                          mask=(ar_h[:, None] < H) & (ar_p[None, :] < P), other=0.0)
+
+    for s in range(T):
+        t, active = step_time_index(s, lengths, REVERSE)
+        live = mask_b & active
+        src = h_state_ptr + (s % 2) * B * P
+        dst = h_state_ptr + ((s + 1) % 2) * B * P
+        x_row = xw_ptr + t * stride_xt + rows * stride_xb
+        # Gate columns, one H block at a time (a single block when RESIDENT).
+        for n0 in range(0, H, BLOCK_H):
+            offs_h = n0 + ar_h
+            mask_h = offs_h < H
+            m2 = live[:, None] & mask_h[None, :]
+            acc_i = tl.load(x_row[:, None] + (0 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
+            acc_f = tl.load(x_row[:, None] + (1 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
+            acc_g = tl.load(x_row[:, None] + (2 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
+            acc_o = tl.load(x_row[:, None] + (3 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
+            for k0 in range(0, P, BLOCK_P):
+                offs_k = k0 + ar_p
+                mask_k = offs_k < P
+                h_prev = tl.load(src + rows[:, None] * P + offs_k[None, :],
+                                 mask=mask_b[:, None] & mask_k[None, :], other=0.0)
+                if not RESIDENT:
+                    wm = mask_k[:, None] & mask_h[None, :]
+                    w_off = offs_h[None, :] * P + offs_k[:, None]
+                    w_i = tl.load(w_hh_ptr + 0 * H * P + w_off, mask=wm, other=0.0)
+                    w_f = tl.load(w_hh_ptr + 1 * H * P + w_off, mask=wm, other=0.0)
+                    w_g = tl.load(w_hh_ptr + 2 * H * P + w_off, mask=wm, other=0.0)
+                    w_o = tl.load(w_hh_ptr + 3 * H * P + w_off, mask=wm, other=0.0)
+                acc_i += mma(h_prev, w_i, DOT_FP32, INPUT_PRECISION)
+                acc_f += mma(h_prev, w_f, DOT_FP32, INPUT_PRECISION)
+                acc_g += mma(h_prev, w_g, DOT_FP32, INPUT_PRECISION)
+                acc_o += mma(h_prev, w_o, DOT_FP32, INPUT_PRECISION)
+            gi = sigmoid(acc_i)
+            gf = sigmoid(acc_f)
+            gg = tanh(acc_g)
+            go = sigmoid(acc_o)
+            cs_off = rows[:, None] * H + offs_h[None, :]
+            keep = mask_b[:, None] & mask_h[None, :]
+            c_prev = tl.load(c_state_ptr + cs_off, mask=keep, other=0.0)
+            c_new = gf * c_prev + gi * gg
+            m_new = go * tanh(c_new)
+            g_row = gates_ptr + (t * B + rows)[:, None] * (4 * H) + offs_h[None, :]
+            tl.store(g_row + 0 * H, tl.where(m2, gi, 0.0), mask=keep)
+            tl.store(g_row + 1 * H, tl.where(m2, gf, 0.0), mask=keep)
+            tl.store(g_row + 2 * H, tl.where(m2, gg, 0.0), mask=keep)
+            tl.store(g_row + 3 * H, tl.where(m2, go, 0.0), mask=keep)
+            seq_off = (t * B + rows)[:, None] * H + offs_h[None, :]
+            tl.store(c_ptr + seq_off, tl.where(m2, c_new, 0.0), mask=keep)
+            tl.store(c_state_ptr + cs_off, tl.where(m2, c_new, c_prev), mask=keep)
+            if HAS_PROJ:
+                tl.store(m_ptr + seq_off, tl.where(m2, m_new, 0.0), mask=keep)
+            else:
+                h_old = tl.load(src + rows[:, None] * P + offs_h[None, :], mask=keep, other=0.0)
+                tl.store(dst + rows[:, None] * P + offs_h[None, :], tl.where(m2, m_new, h_old), mask=keep)
+                tl.store(y_ptr + t[:, None] * stride_yt + rows[:, None] * stride_yb + offs_h[None, :],
+                         tl.where(m2, m_new, 0.0).to(y_ptr.dtype.element_ty), mask=keep)
+        if HAS_PROJ:
+            tl.debug_barrier()  # every m_t column is written before the projection reads it
+            for p0 in range(0, P, BLOCK_P):
+                offs_p = p0 + ar_p
+                mask_p = offs_p < P
+                acc = tl.zeros([BLOCK_B, BLOCK_P], dtype=tl.float32)
+                for k0 in range(0, H, BLOCK_H):
+                    offs_k = k0 + ar_h
+                    mask_k = offs_k < H
+                    m_k = tl.load(m_ptr + (t * B + rows)[:, None] * H + offs_k[None, :],
+                                  mask=mask_b[:, None] & mask_k[None, :], other=0.0)
+                    if not RESIDENT:
+                        w_r = tl.load(w_hr_ptr + offs_p[None, :] * H + offs_k[:, None],
+                                      mask=mask_k[:, None] & mask_p[None, :], other=0.0)
+                    acc += mma(m_k, w_r, DOT_FP32, INPUT_PRECISION)
+                keep = mask_b[:, None] & mask_p[None, :]
+                m2 = live[:, None] & mask_p[None, :]
+                h_old = tl.load(src + rows[:, None] * P + offs_p[None, :], mask=keep, other=0.0)
+                tl.store(dst + rows[:, None] * P + offs_p[None, :], tl.where(m2, acc, h_old), mask=keep)
+                tl.store(y_ptr + t[:, None] * stride_yt + rows[:, None] * stride_yb + offs_p[None, :],
+                         tl.where(m2, acc, 0.0).to(y_ptr.dtype.element_ty), mask=keep)
+        tl.debug_barrier()  # h_t is complete before step s + 1 reads it
+
+
+@triton.jit
+def _lstm_bwd_kernel(
+    dy_ptr,       # (T, B, P) gradient of the outputs, contiguous
+    gates_ptr,    # (T, B, 4H) float32 activated gates from the forward
+    c_ptr,        # (T, B, H) float32 cell states from the forward
+    c0_ptr,       # (B, H) float32 initial cell state
+    w_hh_ptr,     # (4H, P) recurrent weights, contiguous
+    w_hr_ptr,     # (P, H) projection weights, contiguous (HAS_PROJ)
+    lengths_ptr,  # (B,) int32 valid steps per row (HAS_LENGTHS)
+    dgates_ptr,   # (T, B, 4H) float32 out: gradient of the gate pre-activations, zero at padding
+    dh_ptr,       # (T, B, P) float32 out: total gradient of each h_t (HAS_PROJ, for dW_hr)
+    dh_state_ptr, # (2, B, P) float32 in/out: slot 0 holds dh_n; slot T % 2 ends with dh_0
+    dc_state_ptr, # (B, H) float32 in/out: holds dc_n, ends with dc_0
+    T, B, H, P,
+    REVERSE: tl.constexpr, HAS_LENGTHS: tl.constexpr, HAS_PROJ: tl.constexpr,
+    RESIDENT: tl.constexpr, DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offs_b = pid * BLOCK_B + tl.arange(0, BLOCK_B)
+    mask_b = offs_b < B
+    rows = offs_b.to(tl.int64)
+    if HAS_LENGTHS:
+        lengths = tl.load(lengths_ptr + offs_b, mask=mask_b, other=0)
+    else:
+        lengths = tl.zeros([BLOCK_B], dtype=tl.int32) + T
+    ar_h = tl.arange(0, BLOCK_H)
+    ar_p = tl.arange(0, BLOCK_P)
+
+    if RESIDENT:
+        # W_g blocks (H, P), the transpose of the forward's view, for dh_{t-1} = sum_g dgate_g W_g.
+        wm = (ar_h[:, None] < H) & (ar_p[None, :] < P)
+        w_off = ar_h[:, None] * P + ar_p[None, :]
+        w_i = tl.load(w_hh_ptr + 0 * H * P + w_off, mask=wm, other=0.0)
+        w_f = tl.load(w_hh_ptr + 1 * H * P + w_off, mask=wm, other=0.0)
+        w_g = tl.load(w_hh_ptr + 2 * H * P + w_off, mask=wm, other=0.0)
+        w_o = tl.load(w_hh_ptr + 3 * H * P + w_off, mask=wm, other=0.0)
+        if HAS_PROJ:
+            # W_hr (P, H) for dm = dh W_hr.
+            w_r = tl.load(w_hr_ptr + ar_p[:, None] * H + ar_h[None, :],
+                          mask=(ar_p[:, None] < P) & (ar_h[None, :] < H), other=0.0)
+
+    for i in range(T):
+        s = T - 1 - i
+        t, active = step_time_index(s, lengths, REVERSE)
+        live = mask_b & active
+        src = dh_state_ptr + (i % 2) * B * P
+        dst = dh_state_ptr + ((i + 1) % 2) * B * P
+        if REVERSE:
+            t_prev = t + 1
+        else:
+            t_prev = t - 1
+        has_prev = (lengths * 0 + s) > 0  # per row, so it broadcasts into the load masks
+        if HAS_PROJ:
+            # Total gradient of h_t = output gradient + gradient carried from step t+1.
+            for p0 in range(0, P, BLOCK_P):
+                offs_p = p0 + ar_p
+                keep = mask_b[:, None] & (offs_p < P)[None, :]
+                m2 = live[:, None] & (offs_p < P)[None, :]
+                seq = (t * B + rows)[:, None] * P + offs_p[None, :]
+                dh_tot = tl.load(dy_ptr + seq, mask=m2, other=0.0).to(tl.float32) \
+                    + tl.load(src + rows[:, None] * P + offs_p[None, :], mask=m2, other=0.0)
+                tl.store(dh_ptr + seq, tl.where(m2, dh_tot, 0.0), mask=keep)
+            tl.debug_barrier()
+        for n0 in range(0, H, BLOCK_H):
+            offs_h = n0 + ar_h
+            mask_h = offs_h < H
+            keep = mask_b[:, None] & mask_h[None, :]
+            m2 = live[:, None] & mask_h[None, :]
+            if HAS_PROJ:
+                dm = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
+                for k0 in range(0, P, BLOCK_P):
+                    offs_k = k0 + ar_p
+                    mask_k = offs_k < P
+                    dh_k = tl.load(dh_ptr + (t * B + rows)[:, None] * P + offs_k[None, :],
+                                   mask=mask_b[:, None] & mask_k[None, :], other=0.0)
+                    if not RESIDENT:
+                        w_r = tl.load(w_hr_ptr + offs_k[:, None] * H + offs_h[None, :],
+                                      mask=mask_k[:, None] & mask_h[None, :], other=0.0)
+                    dm += mma(dh_k, w_r, DOT_FP32, INPUT_PRECISION)
+            else:
+                dm = tl.load(dy_ptr + (t * B + rows)[:, None] * P + offs_h[None, :], mask=m2,
+                             other=0.0).to(tl.float32) \
+                    + tl.load(src + rows[:, None] * P + offs_h[None, :], mask=m2, other=0.0)
+            g_row = (t * B + rows)[:, None] * (4 * H) + offs_h[None, :]
+            gi = tl.load(gates_ptr + g_row + 0 * H, mask=m2, other=0.0)
+            gf = tl.load(gates_ptr + g_row + 1 * H, mask=m2, other=0.0)
+            gg = tl.load(gates_ptr + g_row + 2 * H, mask=m2, other=0.0)
+            go = tl.load(gates_ptr + g_row + 3 * H, mask=m2, other=0.0)
+            c = tl.load(c_ptr + (t * B + rows)[:, None] * H + offs_h[None, :], mask=m2, other=0.0)
+            # c_{t-1}: the previous step's cell state, or c0 on a sequence's first step.
+            c_prev = tl.load(c_ptr + (t_prev * B + rows)[:, None] * H + offs_h[None, :],
+                             mask=m2 & has_prev[:, None], other=0.0) \
+                + tl.load(c0_ptr + rows[:, None] * H + offs_h[None, :], mask=m2 & ~has_prev[:, None], other=0.0)
+            dc_carry = tl.load(dc_state_ptr + rows[:, None] * H + offs_h[None, :], mask=keep, other=0.0)
+            tc = tanh(c)
+            dc = dc_carry + dm * go * (1.0 - tc * tc)
+            d_i = dc * gg * gi * (1.0 - gi)
+            d_f = dc * c_prev * gf * (1.0 - gf)
+            d_g = dc * gi * (1.0 - gg * gg)
+            d_o = dm * tc * go * (1.0 - go)
+            tl.store(dgates_ptr + g_row + 0 * H, tl.where(m2, d_i, 0.0), mask=keep)
+            tl.store(dgates_ptr + g_row + 1 * H, tl.where(m2, d_f, 0.0), mask=keep)
+            tl.store(dgates_ptr + g_row + 2 * H, tl.where(m2, d_g, 0.0), mask=keep)
+            tl.store(dgates_ptr + g_row + 3 * H, tl.where(m2, d_o, 0.0), mask=keep)
+            tl.store(dc_state_ptr + rows[:, None] * H + offs_h[None, :],
+                     tl.where(m2, dc * gf, dc_carry), mask=keep)
+        tl.debug_barrier()  # every gate gradient of step t is written before it is contracted
+        for p0 in range(0, P, BLOCK_P):
+            offs_p = p0 + ar_p
+            mask_p = offs_p < P
+            acc = tl.zeros([BLOCK_B, BLOCK_P], dtype=tl.float32)
+            for k0 in range(0, H, BLOCK_H):
+                offs_k = k0 + ar_h
+                mask_k = offs_k < H
+                dg_row = dgates_ptr + (t * B + rows)[:, None] * (4 * H) + offs_k[None, :]
+                dmask = mask_b[:, None] & mask_k[None, :]
+                if not RESIDENT:
+                    wm = mask_k[:, None] & mask_p[None, :]
+                    w_off = offs_k[:, None] * P + offs_p[None, :]
+                    w_i = tl.load(w_hh_ptr + 0 * H * P + w_off, mask=wm, other=0.0)
+                    w_f = tl.load(w_hh_ptr + 1 * H * P + w_off, mask=wm, other=0.0)
+                    w_g = tl.load(w_hh_ptr + 2 * H * P + w_off, mask=wm, other=0.0)
+                    w_o = tl.load(w_hh_ptr + 3 * H * P + w_off, mask=wm, other=0.0)
+                acc += mma(tl.load(dg_row + 0 * H, mask=dmask, other=0.0), w_i, DOT_FP32, INPUT_PRECISION)
+                acc += mma(tl.load(dg_row + 1 * H, mask=dmask, other=0.0), w_f, DOT_FP32, INPUT_PRECISION)
+                acc += mma(tl.load(dg_row + 2 * H, mask=dmask, other=0.0), w_g, DOT_FP32, INPUT_PRECISION)
+                acc += mma(tl.load(dg_row + 3 * H, mask=dmask, other=0.0), w_o, DOT_FP32, INPUT_PRECISION)
+            keep = mask_b[:, None] & mask_p[None, :]
+            m2 = live[:, None] & mask_p[None, :]
+            carry = tl.load(src + rows[:, None] * P + offs_p[None, :], mask=keep, other=0.0)
+            tl.store(dst + rows[:, None] * P + offs_p[None, :], tl.where(m2, acc, carry), mask=keep)
+        tl.debug_barrier()  # dh_{t-1} is complete before the next step reads it

@@ -1,0 +1,41 @@
+"""Interpreter-safe math helpers shared by every kernel (libdevice tanh is unavailable under
+TRITON_INTERPRET=1, so tanh is built from sigmoid)."""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def sigmoid(x):
+    return tl.sigmoid(x)
+
+
+@triton.jit
+def tanh(x):
+    return 2.0 * tl.sigmoid(2.0 * x) - 1.0
+
+
+@triton.jit
+def mma(a, b, DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """a @ b with float32 accumulation. DOT_FP32 upcasts both operands (the interpreter's
+    bf16/fp16 dot is wrong); otherwise `a` is cast to the weight dtype, as cuDNN does."""
+    if DOT_FP32:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=INPUT_PRECISION)
+    else:
+        return tl.dot(a.to(b.dtype), b, input_precision=INPUT_PRECISION)
+
+
+@triton.jit
+def step_time_index(s, lengths, REVERSE: tl.constexpr):
+    """Time index each batch row reads and writes at loop step `s`, and whether the row is active.
+
+    Row b is active for s < lengths[b]; forward it visits t = s, reversed t = lengths[b]-1-s.
+    Inactive rows point at t = s, which lies in their padding, so that over the whole loop
+    every (t, b) position is written exactly once (padding gets zeros).
+    """
+    active = s < lengths
+    if REVERSE:
+        t = tl.where(active, lengths - 1 - s, s)
+    else:
+        t = s + lengths * 0
+    return t.to(tl.int64), active

@@ -1,0 +1,92 @@
+"""Drop-in torch.nn.RNNCell / GRUCell / LSTMCell: one fused recurrence launch per call (after
+the input projection matmul). Subclasses of torch's cells: same parameters and state_dict."""
+
+from __future__ import annotations
+
+import torch
+
+from recgen import functional
+from recgen.nn._checks import autocast_dtype, check_like, check_tensor, check_weights
+
+
+class _CellForward:
+    _states = 1  # 2 for LSTMCell: (h, c)
+
+    def _prepare(self, input, hx):
+        """Validate and batch the inputs as torch's cells do; returns (input, states, params, batched)."""
+        name = type(self).__name__
+        check_tensor("input", input)
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        is_batched = input.dim() == 2
+        x = input if is_batched else input.unsqueeze(0)
+        if hx is None:
+            zeros = torch.zeros(x.size(0), self.hidden_size, dtype=x.dtype, device=x.device)
+            states = (zeros,) * self._states
+        else:
+            states = tuple(hx) if self._states == 2 else (hx,)
+            if len(states) != self._states:
+                raise TypeError(f"{name}: hx must be a tuple (h_0, c_0), got {len(states)} tensors")
+            for k, h in enumerate(states):
+                label = f"hx[{k}]" if self._states == 2 else "hx"
+                check_tensor(label, h)
+                if h.dim() not in (1, 2):
+                    raise ValueError(f"{name}: Expected {label} to be 1D or 2D, got {h.dim()}D instead")
+            states = tuple(h if is_batched else h.unsqueeze(0) for h in states)
+        if x.size(1) != self.input_size:
+            raise RuntimeError(f"{name}: input has inconsistent input_size: got {x.size(1)} "
+                               f"expected {self.input_size}")
+        for k, h in enumerate(states):
+            label = f"hx[{k}]" if self._states == 2 else "hx"
+            if h.dim() != 2 or h.size(0) != x.size(0):
+                raise RuntimeError(f"{name}: input batch size {x.size(0)} doesn't match {label} "
+                                   f"batch size {h.size(0) if h.dim() == 2 else tuple(h.shape)}")
+            if h.size(1) != self.hidden_size:
+                raise RuntimeError(f"{name}: {label} has inconsistent hidden_size: got {h.size(1)}, "
+                                   f"expected {self.hidden_size}")
+            check_like(label, h, x, "input")
+        names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if self.bias else [])
+        params = [getattr(self, n) for n in names]
+        cast = autocast_dtype(x.device.type, cells=True)
+        if cast is not None:
+            x, states = x.to(cast), tuple(h.to(cast) for h in states)
+            params = [p.to(cast) for p in params]
+        else:
+            if x.dtype != params[0].dtype:
+                raise RuntimeError(f"{name}: input dtype {x.dtype} does not match weight dtype "
+                                   f"{params[0].dtype}")
+            check_weights(name, zip(names, params), x)
+        if not self.bias:
+            params += [None, None]
+        return x, states, params, is_batched
+
+
+class RNNCell(_CellForward, torch.nn.RNNCell):
+    """torch.nn.RNNCell with a fused step. >>> h = recgen.nn.RNNCell(10, 20)(torch.randn(3, 10))"""
+
+    def forward(self, input, hx=None):
+        if self.nonlinearity not in ("tanh", "relu"):
+            raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
+        x, (h,), params, batched = self._prepare(input, hx)
+        out = functional.rnn_cell(x, h, *params, nonlinearity=self.nonlinearity)
+        return out if batched else out.squeeze(0)
+
+
+class GRUCell(_CellForward, torch.nn.GRUCell):
+    """torch.nn.GRUCell with a fused step. >>> h = recgen.nn.GRUCell(10, 20)(torch.randn(3, 10))"""
+
+    def forward(self, input, hx=None):
+        x, (h,), params, batched = self._prepare(input, hx)
+        out = functional.gru_cell(x, h, *params)
+        return out if batched else out.squeeze(0)
+
+
+class LSTMCell(_CellForward, torch.nn.LSTMCell):
+    """torch.nn.LSTMCell with a fused step. >>> h, c = recgen.nn.LSTMCell(10, 20)(torch.randn(3, 10))"""
+
+    _states = 2
+
+    def forward(self, input, hx=None):
+        x, states, params, batched = self._prepare(input, hx)
+        h, c = functional.lstm_cell(x, states, *params)
+        return (h, c) if batched else (h.squeeze(0), c.squeeze(0))

@@ -1,0 +1,134 @@
+"""Drop-in torch.nn.RNN / GRU / LSTM whose recurrence runs in recgen's kernels.
+
+The classes subclass torch.nn's, so constructor, parameters, initialisation, state_dict,
+flatten_parameters() and isinstance checks are torch's own; only forward changes. The forward
+keeps torch's contract: batched or unbatched input, batch_first, PackedSequence (sorted or not;
+per-sequence lengths are handled inside the kernels), optional h0 / (h0, c0).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from recgen import functional
+from recgen.nn._checks import autocast_dtype, check_like, check_tensor, check_weights
+
+
+class _RecurrentForward:
+    """torch.nn.RNNBase.forward, with the fused op in place of torch._VF."""
+
+    def _cell_name(self) -> str:
+        return {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}[self.mode]
+
+    def _zero_state(self, batch, width, like):
+        D = 2 if self.bidirectional else 1
+        return torch.zeros(self.num_layers * D, batch, width, dtype=like.dtype, device=like.device)
+
+    def _check_hx_dims(self, hx, is_batched):
+        name = type(self).__name__
+        states = hx if isinstance(hx, tuple) else (hx,)
+        want = 3 if is_batched else 2
+        if any(h.dim() != want for h in states):
+            kind = "batched 3-D" if is_batched else "unbatched 2-D"
+            got = ", ".join(f"{h.dim()}-D" for h in states)
+            raise RuntimeError(f"{name}: for {kind} input, hx should also be {want}-D but got ({got})")
+
+    def forward(self, input, hx=None):
+        name = type(self).__name__
+        is_lstm = self.mode == "LSTM"
+        width = self.proj_size if self.proj_size > 0 else self.hidden_size
+        packed = isinstance(input, PackedSequence)
+        if is_lstm and hx is not None and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+            raise TypeError(f"{name}: hx must be a tuple (h_0, c_0), got {type(hx).__name__}")
+        if hx is not None:
+            hx = tuple(hx) if is_lstm else hx
+            for k, h in enumerate(hx if is_lstm else (hx,)):
+                check_tensor(f"hx[{k}]" if is_lstm else "hx", h)
+
+        if packed:
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            checked, checked_sizes = data, batch_sizes
+            self.check_input(data, batch_sizes)
+            batch = int(batch_sizes[0])
+            # Padded, in the packed (length-sorted) order; the lengths go to the kernels.
+            x, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
+            is_batched = True
+            if hx is not None:
+                hx = self.permute_hidden(hx, sorted_indices)
+        else:
+            check_tensor("input", input)
+            if input.dim() not in (2, 3):
+                raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+            is_batched = input.dim() == 3
+            batch_dim = 0 if self.batch_first else 1
+            checked = input if is_batched else input.unsqueeze(batch_dim)
+            checked_sizes = lengths = sorted_indices = unsorted_indices = None
+            if hx is not None:
+                self._check_hx_dims(hx, is_batched)
+                if not is_batched:
+                    hx = tuple(h.unsqueeze(1) for h in hx) if is_lstm else hx.unsqueeze(1)
+            self.check_input(checked, None)
+            x = checked.transpose(0, 1) if self.batch_first else checked
+            if x.shape[0] == 0:
+                raise RuntimeError(f"{name}: Expected sequence length to be larger than 0, got input "
+                                   f"of shape {tuple(input.shape)}")
+            batch = x.shape[1]
+
+        if hx is None:
+            hx = (self._zero_state(batch, width, x), self._zero_state(batch, self.hidden_size, x)) \
+                if is_lstm else self._zero_state(batch, width, x)
+        else:
+            self.check_forward_args(checked, hx, checked_sizes)
+        states = hx if is_lstm else (hx,)
+        for k, h in enumerate(states):
+            check_like(f"hx[{k}]" if is_lstm else "hx", h, x, "input")
+
+        params = [getattr(self, n) for n in self._flat_weights_names]
+        cast = autocast_dtype(x.device.type)
+        if cast is not None:
+            x = x.to(cast)
+            states = tuple(h.to(cast) for h in states)
+            params = [p.to(cast) for p in params]
+        else:
+            check_weights(name, zip(self._flat_weights_names, params), x)
+
+        y, h_n, c_n = functional.recurrent_stack(
+            self._cell_name(), x, states[0], states[1] if is_lstm else None, params,
+            num_layers=self.num_layers, bidirectional=self.bidirectional, bias=self.bias,
+            proj_size=self.proj_size, dropout=float(self.dropout), training=self.training,
+            lengths=lengths)
+        hidden = (h_n, c_n) if is_lstm else h_n
+
+        if packed:
+            out = pack_padded_sequence(y, lengths)
+            output = PackedSequence(out.data, batch_sizes, sorted_indices, unsorted_indices)
+            return output, self.permute_hidden(hidden, unsorted_indices)
+        if self.batch_first:
+            y = y.transpose(0, 1)
+        if not is_batched:
+            y = y.squeeze(batch_dim)
+            hidden = tuple(h.squeeze(1) for h in hidden) if is_lstm else hidden.squeeze(1)
+        return y, hidden
+
+
+class RNN(_RecurrentForward, torch.nn.RNN):
+    """torch.nn.RNN (tanh or relu) with a fused Triton recurrence.
+
+    >>> rnn = recgen.nn.RNN(10, 20, num_layers=2, nonlinearity='relu')
+    >>> y, h_n = rnn(torch.randn(5, 3, 10))
+    """
+
+
+class GRU(_RecurrentForward, torch.nn.GRU):
+    """torch.nn.GRU with a fused Triton recurrence (torch's gate math, b_hn inside r * (...)).
+
+    >>> y, h_n = recgen.nn.GRU(10, 20, batch_first=True)(torch.randn(3, 5, 10))
+    """
+
+
+class LSTM(_RecurrentForward, torch.nn.LSTM):
+    """torch.nn.LSTM (proj_size included) with a fused Triton recurrence.
+
+    >>> y, (h_n, c_n) = recgen.nn.LSTM(10, 20, proj_size=8)(torch.randn(5, 3, 10))
+    """

@@ -1,0 +1,43 @@
+"""Test set-up: without CUDA the kernels run under Triton's interpreter on the CPU.
+
+TRITON_INTERPRET is read when a kernel is decorated, so it is set here, before any recgen
+kernel module is imported. Tests marked `gpu` run only where CUDA is available.
+"""
+
+import os
+
+import pytest
+import torch
+
+CUDA = torch.cuda.is_available()
+if not CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import recgen  # noqa: E402
+from recgen.ops import recurrence  # noqa: E402
+
+DEVICE = "cuda" if CUDA else "cpu"
+
+
+def pytest_collection_modifyitems(config, items):
+    if CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_state():
+    """Each test starts on the default backend, with outputs poisoned with NaN on every device."""
+    recgen.set_backend("auto")
+    recurrence.POISON["on"] = True
+    yield
+    recgen.set_backend("auto")
+    recurrence.POISON["on"] = False
+
+
+@pytest.fixture
+def device():
+    return DEVICE
