@@ -32,13 +32,24 @@ def check_weights(module_name: str, weights, input: torch.Tensor) -> None:
                              f"{input.dtype}; convert the input or the module")
 
 
-def autocast_dtype(device_type: str, cells: bool = False):
-    """The dtype torch.nn's recurrent ops run in under autocast, or None.
+# Which torch.nn recurrent modules autocast runs in lower precision, per device type, as
+# measured on torch 2.13: on CUDA all of them (cuDNN RNNs and the fused cells); on the CPU the
+# oneDNN LSTM and RNN, and RNNCell (it decomposes into linear ops), but not GRU or the other cells.
+AUTOCAST_LOWERED = {
+    "cuda": {"RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell"},
+    "cpu": {"RNN", "LSTM", "RNNCell"},
+}
 
-    torch's autocast lists the fused RNN ops for both CUDA and CPU; the cells only for CUDA.
-    """
-    if cells and device_type != "cuda":
+
+def autocast_dtype(device_type: str, module_name: str):
+    """The dtype torch.nn's `module_name` runs in under the active autocast, or None."""
+    if device_type not in AUTOCAST_LOWERED or not torch.is_autocast_enabled(device_type):
         return None
-    if device_type not in ("cuda", "cpu") or not torch.is_autocast_enabled(device_type):
+    if module_name not in AUTOCAST_LOWERED[device_type]:
         return None
     return torch.get_autocast_dtype(device_type)
+
+
+def autocast_off(device_type: str):
+    """recgen casts explicitly (autocast_dtype), so its internal matmuls must not be re-cast."""
+    return torch.autocast(device_type=device_type, enabled=False)

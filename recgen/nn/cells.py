@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from recgen import functional
-from recgen.nn._checks import autocast_dtype, check_like, check_tensor, check_weights
+from recgen.nn._checks import autocast_dtype, autocast_off, check_like, check_tensor, check_weights
 
 
 class _CellForward:
@@ -47,7 +47,7 @@ class _CellForward:
             check_like(label, h, x, "input")
         names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if self.bias else [])
         params = [getattr(self, n) for n in names]
-        cast = autocast_dtype(x.device.type, cells=True)
+        cast = autocast_dtype(x.device.type, self._get_name())
         if cast is not None:
             x, states = x.to(cast), tuple(h.to(cast) for h in states)
             params = [p.to(cast) for p in params]
@@ -68,7 +68,8 @@ class RNNCell(_CellForward, torch.nn.RNNCell):
         if self.nonlinearity not in ("tanh", "relu"):
             raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
         x, (h,), params, batched = self._prepare(input, hx)
-        out = functional.rnn_cell(x, h, *params, nonlinearity=self.nonlinearity)
+        with autocast_off(x.device.type):
+            out = functional.rnn_cell(x, h, *params, nonlinearity=self.nonlinearity)
         return out if batched else out.squeeze(0)
 
 
@@ -77,7 +78,8 @@ class GRUCell(_CellForward, torch.nn.GRUCell):
 
     def forward(self, input, hx=None):
         x, (h,), params, batched = self._prepare(input, hx)
-        out = functional.gru_cell(x, h, *params)
+        with autocast_off(x.device.type):
+            out = functional.gru_cell(x, h, *params)
         return out if batched else out.squeeze(0)
 
 
@@ -88,5 +90,6 @@ class LSTMCell(_CellForward, torch.nn.LSTMCell):
 
     def forward(self, input, hx=None):
         x, states, params, batched = self._prepare(input, hx)
-        h, c = functional.lstm_cell(x, states, *params)
+        with autocast_off(x.device.type):
+            h, c = functional.lstm_cell(x, states, *params)
         return (h, c) if batched else (h.squeeze(0), c.squeeze(0))

@@ -12,7 +12,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from recgen import functional
-from recgen.nn._checks import autocast_dtype, check_like, check_tensor, check_weights
+from recgen.nn._checks import autocast_dtype, autocast_off, check_like, check_tensor, check_weights
 
 
 class _RecurrentForward:
@@ -85,7 +85,7 @@ class _RecurrentForward:
             check_like(f"hx[{k}]" if is_lstm else "hx", h, x, "input")
 
         params = [getattr(self, n) for n in self._flat_weights_names]
-        cast = autocast_dtype(x.device.type)
+        cast = autocast_dtype(x.device.type, self._get_name())
         if cast is not None:
             x = x.to(cast)
             states = tuple(h.to(cast) for h in states)
@@ -93,11 +93,12 @@ class _RecurrentForward:
         else:
             check_weights(name, zip(self._flat_weights_names, params), x)
 
-        y, h_n, c_n = functional.recurrent_stack(
-            self._cell_name(), x, states[0], states[1] if is_lstm else None, params,
-            num_layers=self.num_layers, bidirectional=self.bidirectional, bias=self.bias,
-            proj_size=self.proj_size, dropout=float(self.dropout), training=self.training,
-            lengths=lengths)
+        with autocast_off(x.device.type):
+            y, h_n, c_n = functional.recurrent_stack(
+                self._cell_name(), x, states[0], states[1] if is_lstm else None, params,
+                num_layers=self.num_layers, bidirectional=self.bidirectional, bias=self.bias,
+                proj_size=self.proj_size, dropout=float(self.dropout), training=self.training,
+                lengths=lengths)
         hidden = (h_n, c_n) if is_lstm else h_n
 
         if packed:
