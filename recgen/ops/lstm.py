@@ -116,10 +116,10 @@ class LSTMFunction(torch.autograd.Function):
         flat_dg = dgates.view(T * B, G4)
         dw_hh = dw_hr = None
         if ctx.needs_input_grad[3]:
-            h_prev = h_prev_sequence(y, h0, ctx.lengths, ctx.reverse).reshape(T * B, -1)
+            h_prev = h_prev_sequence(y, h0, ctx.lengths, ctx.reverse).reshape(T * B, w_hh.shape[1])
             dw_hh = (flat_dg.t() @ h_prev.to(torch.float32)).to(w_hh.dtype)
         if w_hr is not None and ctx.needs_input_grad[4]:
-            dw_hr = (dh_all.view(T * B, -1).t() @ m_all.view(T * B, -1)).to(w_hr.dtype)
+            dw_hr = (dh_all.view(T * B, w_hr.shape[0]).t() @ m_all.view(T * B, w_hr.shape[1])).to(w_hr.dtype)
         return (dgates.to(y.dtype), dh0.to(h0.dtype), dc0.to(c0.dtype), dw_hh, dw_hr, None, None)
 
 

@@ -35,7 +35,7 @@ def h_prev_sequence(y: torch.Tensor, h0: torch.Tensor, lengths, reverse: bool) -
     """
     h0 = h0.to(y.dtype).unsqueeze(0)
     if not reverse:
-        return torch.cat([h0, y[:-1]], dim=0)
+        return torch.cat([h0, y[:-1]], dim=0)[:y.shape[0]]  # [:T] keeps T=0 empty
     shifted = torch.cat([y[1:], h0], dim=0)
     if lengths is None:
         return shifted
