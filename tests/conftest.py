@@ -38,6 +38,17 @@ def _fresh_state():
     recurrence.POISON["on"] = False
 
 
+@pytest.fixture(autouse=True)
+def _full_fp32_everywhere():
+    """Comparisons are against full float32: on the GPU torch's cuDNN RNNs and matmuls may
+    otherwise use TF32 (and recgen follows torch's matmul flag)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 @pytest.fixture
 def device():
     return DEVICE

@@ -24,9 +24,11 @@ class _CellForward:
             zeros = torch.zeros(x.size(0), self.hidden_size, dtype=x.dtype, device=x.device)
             states = (zeros,) * self._states
         else:
+            if self._states == 2 and not isinstance(hx, (tuple, list)):
+                raise TypeError(f"{name}: hx must be a tuple (h_0, c_0), got {type(hx).__name__}")
             states = tuple(hx) if self._states == 2 else (hx,)
             if len(states) != self._states:
-                raise TypeError(f"{name}: hx must be a tuple (h_0, c_0), got {len(states)} tensors")
+                raise RuntimeError(f"{name}: hx must hold two states (h_0, c_0), got {len(states)}")
             for k, h in enumerate(states):
                 label = f"hx[{k}]" if self._states == 2 else "hx"
                 check_tensor(label, h)

@@ -39,8 +39,11 @@ class _RecurrentForward:
         is_lstm = self.mode == "LSTM"
         width = self.proj_size if self.proj_size > 0 else self.hidden_size
         packed = isinstance(input, PackedSequence)
-        if is_lstm and hx is not None and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
-            raise TypeError(f"{name}: hx must be a tuple (h_0, c_0), got {type(hx).__name__}")
+        if is_lstm and hx is not None:
+            if not isinstance(hx, (tuple, list)):
+                raise TypeError(f"{name}: hx must be a tuple (h_0, c_0), got {type(hx).__name__}")
+            if len(hx) != 2:
+                raise RuntimeError(f"{name}: hx must hold two states (h_0, c_0), got {len(hx)}")
         if hx is not None:
             hx = tuple(hx) if is_lstm else hx
             for k, h in enumerate(hx if is_lstm else (hx,)):
@@ -55,6 +58,8 @@ class _RecurrentForward:
             x, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
             is_batched = True
             if hx is not None:
+                # Checked in the caller's batch order, before reordering by length.
+                self.check_forward_args(checked, hx, checked_sizes)
                 hx = self.permute_hidden(hx, sorted_indices)
         else:
             check_tensor("input", input)
@@ -78,7 +83,7 @@ class _RecurrentForward:
         if hx is None:
             hx = (self._zero_state(batch, width, x), self._zero_state(batch, self.hidden_size, x)) \
                 if is_lstm else self._zero_state(batch, width, x)
-        else:
+        elif not packed:
             self.check_forward_args(checked, hx, checked_sizes)
         states = hx if is_lstm else (hx,)
         for k, h in enumerate(states):
