@@ -19,7 +19,7 @@ step, which works for any hidden size. recgen/ops/config.py chooses between them
 import triton
 import triton.language as tl
 
-from recgen.kernels.math import mma, sigmoid, step_time_index, tanh
+from recgen.kernels.math import batch_tile, load_tile, mma, sigmoid, step_time_index, tanh
 
 
 @triton.jit
@@ -37,24 +37,15 @@ def _gru_fwd_kernel(
     RESIDENT: tl.constexpr, DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    offs_b = pid * BLOCK_B + tl.arange(0, BLOCK_B)
-    mask_b = offs_b < B
-    rows = offs_b.to(tl.int64)
-    if HAS_LENGTHS:
-        lengths = tl.load(lengths_ptr + offs_b, mask=mask_b, other=0)
-    else:
-        lengths = tl.zeros([BLOCK_B], dtype=tl.int32) + T
+    mask_b, rows, lengths = batch_tile(lengths_ptr, B, T, HAS_LENGTHS, BLOCK_B)
     ar_h = tl.arange(0, BLOCK_H)
     ar_p = tl.arange(0, BLOCK_P)
 
     if RESIDENT:
         # W_g^T blocks (H_in, H_out) held for the whole sequence.
-        wm = (ar_p[:, None] < H) & (ar_h[None, :] < H)
-        w_off = ar_h[None, :] * H + ar_p[:, None]
-        w_r = tl.load(w_hh_ptr + 0 * H * H + w_off, mask=wm, other=0.0)
-        w_z = tl.load(w_hh_ptr + 1 * H * H + w_off, mask=wm, other=0.0)
-        w_n = tl.load(w_hh_ptr + 2 * H * H + w_off, mask=wm, other=0.0)
+        w_r = load_tile(w_hh_ptr + 0 * H * H, ar_p, ar_h, 1, H, H, H)
+        w_z = load_tile(w_hh_ptr + 1 * H * H, ar_p, ar_h, 1, H, H, H)
+        w_n = load_tile(w_hh_ptr + 2 * H * H, ar_p, ar_h, 1, H, H, H)
 
     for s in range(T):
         t, active = step_time_index(s, lengths, REVERSE)
@@ -82,11 +73,9 @@ def _gru_fwd_kernel(
                 h_k = tl.load(src + rows[:, None] * H + offs_k[None, :],
                               mask=mask_b[:, None] & mask_k[None, :], other=0.0)
                 if not RESIDENT:
-                    wm = mask_k[:, None] & mask_h[None, :]
-                    w_off = offs_h[None, :] * H + offs_k[:, None]
-                    w_r = tl.load(w_hh_ptr + 0 * H * H + w_off, mask=wm, other=0.0)
-                    w_z = tl.load(w_hh_ptr + 1 * H * H + w_off, mask=wm, other=0.0)
-                    w_n = tl.load(w_hh_ptr + 2 * H * H + w_off, mask=wm, other=0.0)
+                    w_r = load_tile(w_hh_ptr + 0 * H * H, offs_k, offs_h, 1, H, H, H)
+                    w_z = load_tile(w_hh_ptr + 1 * H * H, offs_k, offs_h, 1, H, H, H)
+                    w_n = load_tile(w_hh_ptr + 2 * H * H, offs_k, offs_h, 1, H, H, H)
                 acc_r += mma(h_k, w_r, DOT_FP32, INPUT_PRECISION)
                 acc_z += mma(h_k, w_z, DOT_FP32, INPUT_PRECISION)
                 acc_n += mma(h_k, w_n, DOT_FP32, INPUT_PRECISION)
@@ -124,24 +113,15 @@ def _gru_bwd_kernel(
     RESIDENT: tl.constexpr, DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    offs_b = pid * BLOCK_B + tl.arange(0, BLOCK_B)
-    mask_b = offs_b < B
-    rows = offs_b.to(tl.int64)
-    if HAS_LENGTHS:
-        lengths = tl.load(lengths_ptr + offs_b, mask=mask_b, other=0)
-    else:
-        lengths = tl.zeros([BLOCK_B], dtype=tl.int32) + T
+    mask_b, rows, lengths = batch_tile(lengths_ptr, B, T, HAS_LENGTHS, BLOCK_B)
     ar_h = tl.arange(0, BLOCK_H)
     ar_p = tl.arange(0, BLOCK_P)
 
     if RESIDENT:
         # W_g blocks (H_out, H_in), the transpose of the forward's view, for dgh_g W_g.
-        wm = (ar_h[:, None] < H) & (ar_p[None, :] < H)
-        w_off = ar_h[:, None] * H + ar_p[None, :]
-        w_r = tl.load(w_hh_ptr + 0 * H * H + w_off, mask=wm, other=0.0)
-        w_z = tl.load(w_hh_ptr + 1 * H * H + w_off, mask=wm, other=0.0)
-        w_n = tl.load(w_hh_ptr + 2 * H * H + w_off, mask=wm, other=0.0)
+        w_r = load_tile(w_hh_ptr + 0 * H * H, ar_h, ar_p, H, 1, H, H)
+        w_z = load_tile(w_hh_ptr + 1 * H * H, ar_h, ar_p, H, 1, H, H)
+        w_n = load_tile(w_hh_ptr + 2 * H * H, ar_h, ar_p, H, 1, H, H)
 
     for i in range(T):
         s = T - 1 - i
@@ -184,11 +164,9 @@ def _gru_bwd_kernel(
                 dmask = mask_b[:, None] & mask_k[None, :]
                 dx_row = dxw_ptr + (t * B + rows)[:, None] * (3 * H) + offs_k[None, :]
                 if not RESIDENT:
-                    wm = mask_k[:, None] & mask_p[None, :]
-                    w_off = offs_k[:, None] * H + offs_p[None, :]
-                    w_r = tl.load(w_hh_ptr + 0 * H * H + w_off, mask=wm, other=0.0)
-                    w_z = tl.load(w_hh_ptr + 1 * H * H + w_off, mask=wm, other=0.0)
-                    w_n = tl.load(w_hh_ptr + 2 * H * H + w_off, mask=wm, other=0.0)
+                    w_r = load_tile(w_hh_ptr + 0 * H * H, offs_k, offs_p, H, 1, H, H)
+                    w_z = load_tile(w_hh_ptr + 1 * H * H, offs_k, offs_p, H, 1, H, H)
+                    w_n = load_tile(w_hh_ptr + 2 * H * H, offs_k, offs_p, H, 1, H, H)
                 acc += mma(tl.load(dx_row + 0 * H, mask=dmask, other=0.0), w_r, DOT_FP32, INPUT_PRECISION)
                 acc += mma(tl.load(dx_row + 1 * H, mask=dmask, other=0.0), w_z, DOT_FP32, INPUT_PRECISION)
                 acc += mma(tl.load(dghn_ptr + (t * B + rows)[:, None] * H + offs_k[None, :],

@@ -13,7 +13,7 @@ every step, which works for any hidden size. recgen/ops/config.py chooses betwee
 import triton
 import triton.language as tl
 
-from recgen.kernels.math import mma, sigmoid, step_time_index, tanh
+from recgen.kernels.math import batch_tile, load_tile, mma, sigmoid, step_time_index, tanh
 
 
 @triton.jit
@@ -34,30 +34,19 @@ def _lstm_fwd_kernel(
     RESIDENT: tl.constexpr, DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    offs_b = pid * BLOCK_B + tl.arange(0, BLOCK_B)
-    mask_b = offs_b < B
-    rows = offs_b.to(tl.int64)
-    if HAS_LENGTHS:
-        lengths = tl.load(lengths_ptr + offs_b, mask=mask_b, other=0)
-    else:
-        lengths = tl.zeros([BLOCK_B], dtype=tl.int32) + T
+    mask_b, rows, lengths = batch_tile(lengths_ptr, B, T, HAS_LENGTHS, BLOCK_B)
     ar_h = tl.arange(0, BLOCK_H)
     ar_p = tl.arange(0, BLOCK_P)
 
     if RESIDENT:
         # W_g^T blocks (P, H) held for the whole sequence.
-        wk = ar_p[:, None] < P
-        wn = ar_h[None, :] < H
-        w_off = ar_h[None, :] * P + ar_p[:, None]
-        w_i = tl.load(w_hh_ptr + 0 * H * P + w_off, mask=wk & wn, other=0.0)
-        w_f = tl.load(w_hh_ptr + 1 * H * P + w_off, mask=wk & wn, other=0.0)
-        w_g = tl.load(w_hh_ptr + 2 * H * P + w_off, mask=wk & wn, other=0.0)
-        w_o = tl.load(w_hh_ptr + 3 * H * P + w_off, mask=wk & wn, other=0.0)
+        w_i = load_tile(w_hh_ptr + 0 * H * P, ar_p, ar_h, 1, P, P, H)
+        w_f = load_tile(w_hh_ptr + 1 * H * P, ar_p, ar_h, 1, P, P, H)
+        w_g = load_tile(w_hh_ptr + 2 * H * P, ar_p, ar_h, 1, P, P, H)
+        w_o = load_tile(w_hh_ptr + 3 * H * P, ar_p, ar_h, 1, P, P, H)
         if HAS_PROJ:
             # W_hr^T (H, P)
-            w_r = tl.load(w_hr_ptr + ar_p[None, :] * H + ar_h[:, None],
-                          mask=(ar_h[:, None] < H) & (ar_p[None, :] < P), other=0.0)
+            w_r = load_tile(w_hr_ptr, ar_h, ar_p, 1, H, H, P)
 
     for s in range(T):
         t, active = step_time_index(s, lengths, REVERSE)
@@ -80,12 +69,10 @@ def _lstm_fwd_kernel(
                 h_prev = tl.load(src + rows[:, None] * P + offs_k[None, :],
                                  mask=mask_b[:, None] & mask_k[None, :], other=0.0)
                 if not RESIDENT:
-                    wm = mask_k[:, None] & mask_h[None, :]
-                    w_off = offs_h[None, :] * P + offs_k[:, None]
-                    w_i = tl.load(w_hh_ptr + 0 * H * P + w_off, mask=wm, other=0.0)
-                    w_f = tl.load(w_hh_ptr + 1 * H * P + w_off, mask=wm, other=0.0)
-                    w_g = tl.load(w_hh_ptr + 2 * H * P + w_off, mask=wm, other=0.0)
-                    w_o = tl.load(w_hh_ptr + 3 * H * P + w_off, mask=wm, other=0.0)
+                    w_i = load_tile(w_hh_ptr + 0 * H * P, offs_k, offs_h, 1, P, P, H)
+                    w_f = load_tile(w_hh_ptr + 1 * H * P, offs_k, offs_h, 1, P, P, H)
+                    w_g = load_tile(w_hh_ptr + 2 * H * P, offs_k, offs_h, 1, P, P, H)
+                    w_o = load_tile(w_hh_ptr + 3 * H * P, offs_k, offs_h, 1, P, P, H)
                 acc_i += mma(h_prev, w_i, DOT_FP32, INPUT_PRECISION)
                 acc_f += mma(h_prev, w_f, DOT_FP32, INPUT_PRECISION)
                 acc_g += mma(h_prev, w_g, DOT_FP32, INPUT_PRECISION)
@@ -126,8 +113,7 @@ def _lstm_fwd_kernel(
                     m_k = tl.load(m_ptr + (t * B + rows)[:, None] * H + offs_k[None, :],
                                   mask=mask_b[:, None] & mask_k[None, :], other=0.0)
                     if not RESIDENT:
-                        w_r = tl.load(w_hr_ptr + offs_p[None, :] * H + offs_k[:, None],
-                                      mask=mask_k[:, None] & mask_p[None, :], other=0.0)
+                        w_r = load_tile(w_hr_ptr, offs_k, offs_p, 1, H, H, P)
                     acc += mma(m_k, w_r, DOT_FP32, INPUT_PRECISION)
                 keep = mask_b[:, None] & mask_p[None, :]
                 m2 = live[:, None] & mask_p[None, :]
@@ -156,29 +142,19 @@ def _lstm_bwd_kernel(
     RESIDENT: tl.constexpr, DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    offs_b = pid * BLOCK_B + tl.arange(0, BLOCK_B)
-    mask_b = offs_b < B
-    rows = offs_b.to(tl.int64)
-    if HAS_LENGTHS:
-        lengths = tl.load(lengths_ptr + offs_b, mask=mask_b, other=0)
-    else:
-        lengths = tl.zeros([BLOCK_B], dtype=tl.int32) + T
+    mask_b, rows, lengths = batch_tile(lengths_ptr, B, T, HAS_LENGTHS, BLOCK_B)
     ar_h = tl.arange(0, BLOCK_H)
     ar_p = tl.arange(0, BLOCK_P)
 
     if RESIDENT:
         # W_g blocks (H, P), the transpose of the forward's view, for dh_{t-1} = sum_g dgate_g W_g.
-        wm = (ar_h[:, None] < H) & (ar_p[None, :] < P)
-        w_off = ar_h[:, None] * P + ar_p[None, :]
-        w_i = tl.load(w_hh_ptr + 0 * H * P + w_off, mask=wm, other=0.0)
-        w_f = tl.load(w_hh_ptr + 1 * H * P + w_off, mask=wm, other=0.0)
-        w_g = tl.load(w_hh_ptr + 2 * H * P + w_off, mask=wm, other=0.0)
-        w_o = tl.load(w_hh_ptr + 3 * H * P + w_off, mask=wm, other=0.0)
+        w_i = load_tile(w_hh_ptr + 0 * H * P, ar_h, ar_p, P, 1, H, P)
+        w_f = load_tile(w_hh_ptr + 1 * H * P, ar_h, ar_p, P, 1, H, P)
+        w_g = load_tile(w_hh_ptr + 2 * H * P, ar_h, ar_p, P, 1, H, P)
+        w_o = load_tile(w_hh_ptr + 3 * H * P, ar_h, ar_p, P, 1, H, P)
         if HAS_PROJ:
             # W_hr (P, H) for dm = dh W_hr.
-            w_r = tl.load(w_hr_ptr + ar_p[:, None] * H + ar_h[None, :],
-                          mask=(ar_p[:, None] < P) & (ar_h[None, :] < H), other=0.0)
+            w_r = load_tile(w_hr_ptr, ar_p, ar_h, H, 1, P, H)
 
     for i in range(T):
         s = T - 1 - i
@@ -215,8 +191,7 @@ def _lstm_bwd_kernel(
                     dh_k = tl.load(dh_ptr + (t * B + rows)[:, None] * P + offs_k[None, :],
                                    mask=mask_b[:, None] & mask_k[None, :], other=0.0)
                     if not RESIDENT:
-                        w_r = tl.load(w_hr_ptr + offs_k[:, None] * H + offs_h[None, :],
-                                      mask=mask_k[:, None] & mask_h[None, :], other=0.0)
+                        w_r = load_tile(w_hr_ptr, offs_k, offs_h, H, 1, P, H)
                     dm += mma(dh_k, w_r, DOT_FP32, INPUT_PRECISION)
             else:
                 dm = tl.load(dy_ptr + (t * B + rows)[:, None] * P + offs_h[None, :], mask=m2,
@@ -256,12 +231,10 @@ def _lstm_bwd_kernel(
                 dg_row = dgates_ptr + (t * B + rows)[:, None] * (4 * H) + offs_k[None, :]
                 dmask = mask_b[:, None] & mask_k[None, :]
                 if not RESIDENT:
-                    wm = mask_k[:, None] & mask_p[None, :]
-                    w_off = offs_k[:, None] * P + offs_p[None, :]
-                    w_i = tl.load(w_hh_ptr + 0 * H * P + w_off, mask=wm, other=0.0)
-                    w_f = tl.load(w_hh_ptr + 1 * H * P + w_off, mask=wm, other=0.0)
-                    w_g = tl.load(w_hh_ptr + 2 * H * P + w_off, mask=wm, other=0.0)
-                    w_o = tl.load(w_hh_ptr + 3 * H * P + w_off, mask=wm, other=0.0)
+                    w_i = load_tile(w_hh_ptr + 0 * H * P, offs_k, offs_p, P, 1, H, P)
+                    w_f = load_tile(w_hh_ptr + 1 * H * P, offs_k, offs_p, P, 1, H, P)
+                    w_g = load_tile(w_hh_ptr + 2 * H * P, offs_k, offs_p, P, 1, H, P)
+                    w_o = load_tile(w_hh_ptr + 3 * H * P, offs_k, offs_p, P, 1, H, P)
                 acc += mma(tl.load(dg_row + 0 * H, mask=dmask, other=0.0), w_i, DOT_FP32, INPUT_PRECISION)
                 acc += mma(tl.load(dg_row + 1 * H, mask=dmask, other=0.0), w_f, DOT_FP32, INPUT_PRECISION)
                 acc += mma(tl.load(dg_row + 2 * H, mask=dmask, other=0.0), w_g, DOT_FP32, INPUT_PRECISION)

@@ -39,3 +39,23 @@ def step_time_index(s, lengths, REVERSE: tl.constexpr):
     else:
         t = s + lengths * 0
     return t.to(tl.int64), active
+
+
+@triton.jit
+def batch_tile(lengths_ptr, B, T, HAS_LENGTHS: tl.constexpr, BLOCK_B: tl.constexpr):
+    """The batch rows this program owns: (row mask, int64 row indices, valid steps per row)."""
+    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    mask_b = offs_b < B
+    if HAS_LENGTHS:
+        lengths = tl.load(lengths_ptr + offs_b, mask=mask_b, other=0)
+    else:
+        lengths = tl.zeros([BLOCK_B], dtype=tl.int32) + T
+    return mask_b, offs_b.to(tl.int64), lengths
+
+
+@triton.jit
+def load_tile(ptr, offs_r, offs_c, stride_r, stride_c, n_r, n_c):
+    """Tile [offs_r, offs_c] of a 2-D array of n_r x n_c elements, zero outside it. Gate block
+    g of W_hh (G*H, P) is `ptr = w + g*H*P`; strides (1, P) read it transposed, (P, 1) as is."""
+    mask = (offs_r[:, None] < n_r) & (offs_c[None, :] < n_c)
+    return tl.load(ptr + offs_r[:, None] * stride_r + offs_c[None, :] * stride_c, mask=mask, other=0.0)

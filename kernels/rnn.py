@@ -15,7 +15,7 @@ recgen/ops/config.py chooses between them.
 import triton
 import triton.language as tl
 
-from recgen.kernels.math import mma, step_time_index, tanh
+from recgen.kernels.math import batch_tile, load_tile, mma, step_time_index, tanh
 
 
 @triton.jit
@@ -32,21 +32,13 @@ def _rnn_fwd_kernel(
     RESIDENT: tl.constexpr, DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    offs_b = pid * BLOCK_B + tl.arange(0, BLOCK_B)
-    mask_b = offs_b < B
-    rows = offs_b.to(tl.int64)
-    if HAS_LENGTHS:
-        lengths = tl.load(lengths_ptr + offs_b, mask=mask_b, other=0)
-    else:
-        lengths = tl.zeros([BLOCK_B], dtype=tl.int32) + T
+    mask_b, rows, lengths = batch_tile(lengths_ptr, B, T, HAS_LENGTHS, BLOCK_B)
     ar_h = tl.arange(0, BLOCK_H)
     ar_p = tl.arange(0, BLOCK_P)
 
     if RESIDENT:
         # W_hh^T (P, H) held for the whole sequence.
-        w = tl.load(w_hh_ptr + ar_h[None, :] * H + ar_p[:, None],
-                    mask=(ar_p[:, None] < H) & (ar_h[None, :] < H), other=0.0)
+        w = load_tile(w_hh_ptr, ar_p, ar_h, 1, H, H, H)
 
     for s in range(T):
         t, active = step_time_index(s, lengths, REVERSE)
@@ -66,8 +58,7 @@ def _rnn_fwd_kernel(
                 h_prev = tl.load(src + rows[:, None] * H + offs_k[None, :],
                                  mask=mask_b[:, None] & mask_k[None, :], other=0.0)
                 if not RESIDENT:
-                    w = tl.load(w_hh_ptr + offs_h[None, :] * H + offs_k[:, None],
-                                mask=mask_k[:, None] & mask_h[None, :], other=0.0)
+                    w = load_tile(w_hh_ptr, offs_k, offs_h, 1, H, H, H)
                 acc += mma(h_prev, w, DOT_FP32, INPUT_PRECISION)
             if RELU:
                 h_new = tl.maximum(acc, 0.0)
@@ -95,21 +86,13 @@ def _rnn_bwd_kernel(
     RESIDENT: tl.constexpr, DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    offs_b = pid * BLOCK_B + tl.arange(0, BLOCK_B)
-    mask_b = offs_b < B
-    rows = offs_b.to(tl.int64)
-    if HAS_LENGTHS:
-        lengths = tl.load(lengths_ptr + offs_b, mask=mask_b, other=0)
-    else:
-        lengths = tl.zeros([BLOCK_B], dtype=tl.int32) + T
+    mask_b, rows, lengths = batch_tile(lengths_ptr, B, T, HAS_LENGTHS, BLOCK_B)
     ar_h = tl.arange(0, BLOCK_H)
     ar_p = tl.arange(0, BLOCK_P)
 
     if RESIDENT:
         # W_hh (H, P), the transpose of the forward's view, for dh_{t-1} = dpre_t W_hh.
-        w = tl.load(w_hh_ptr + ar_h[:, None] * H + ar_p[None, :],
-                    mask=(ar_h[:, None] < H) & (ar_p[None, :] < H), other=0.0)
+        w = load_tile(w_hh_ptr, ar_h, ar_p, H, 1, H, H)
 
     for i in range(T):
         s = T - 1 - i
@@ -143,8 +126,7 @@ def _rnn_bwd_kernel(
                 dp = tl.load(dpre_ptr + (t * B + rows)[:, None] * H + offs_k[None, :],
                              mask=mask_b[:, None] & mask_k[None, :], other=0.0)
                 if not RESIDENT:
-                    w = tl.load(w_hh_ptr + offs_k[:, None] * H + offs_p[None, :],
-                                mask=mask_k[:, None] & mask_p[None, :], other=0.0)
+                    w = load_tile(w_hh_ptr, offs_k, offs_p, H, 1, H, H)
                 acc += mma(dp, w, DOT_FP32, INPUT_PRECISION)
             keep = mask_b[:, None] & mask_p[None, :]
             m2 = live[:, None] & mask_p[None, :]
