@@ -1,0 +1,80 @@
+"""Reference for the fused convolution ops of residual blocks, in plain torch ops (float64-capable).
+
+Tensors are logical NCHW (their memory may be channels_last). Padding is always "same" for the
+odd kernel size K: PAD = K // 2, applied after the optional 2x nearest upsampling.
+
+fused_conv2d computes
+    a   = act_in(x * in_scale[n, ci] + in_shift[n, ci])            (prologue; identity if None)
+    acc = conv2d(pad(upsample(a)), weight, stride)                   (no bias: use out_shift)
+    z   = acc * out_scale[co] + out_shift[co] + residual             (epilogue; missing terms skipped)
+    out = act_out(z)
+and, with stats=True, the per-(image, channel) sums of z and z**2 over the output pixels, in
+float32 (what a following BatchNorm/InstanceNorm needs): shapes (N, CO).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+ACTIVATIONS = ("none", "relu", "leaky_relu")
+PADDING_MODES = ("zeros", "reflect")
+
+
+def activation(x: torch.Tensor, act: str, slope: float = 0.01) -> torch.Tensor:
+    if act == "none":
+        return x
+    if act == "relu":
+        return F.relu(x)
+    if act == "leaky_relu":
+        return F.leaky_relu(x, slope)
+    raise ValueError(f"unknown activation {act!r}; expected one of {ACTIVATIONS}")
+
+
+def fused_conv2d(x, weight, *, stride=1, padding_mode="zeros", upsample=False,
+                 in_scale=None, in_shift=None, in_act="none", in_slope=0.01,
+                 out_scale=None, out_shift=None, residual=None, out_act="none", out_slope=0.01,
+                 stats=False):
+    """x: (N, CI, H, W); weight: (CO, CI, K, K), K odd; in_scale/in_shift: (N, CI) or None;
+    out_scale/out_shift: (CO,) or None; residual: (N, CO, OH, OW) or None.
+    Returns out (N, CO, OH, OW) and, if stats, (sum, sumsq) each (N, CO) float32."""
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"unknown padding_mode {padding_mode!r}; expected one of {PADDING_MODES}")
+    K = weight.shape[-1]
+    a = x
+    if in_scale is not None:
+        a = a * in_scale[:, :, None, None]
+    if in_shift is not None:
+        a = a + in_shift[:, :, None, None]
+    a = activation(a, in_act, in_slope)
+    if upsample:
+        a = F.interpolate(a, scale_factor=2, mode="nearest")
+    pad = K // 2
+    if pad:
+        mode = "constant" if padding_mode == "zeros" else "reflect"
+        a = F.pad(a, (pad, pad, pad, pad), mode=mode)
+    z = F.conv2d(a, weight, stride=stride)
+    if out_scale is not None:
+        z = z * out_scale[None, :, None, None]
+    if out_shift is not None:
+        z = z + out_shift[None, :, None, None]
+    if residual is not None:
+        z = z + residual
+    out = activation(z, out_act, out_slope)
+    if not stats:
+        return out
+    zs = z.to(torch.float32) if z.dtype != torch.float64 else z
+    return out, zs.sum(dim=(2, 3)), (zs * zs).sum(dim=(2, 3))
+
+
+def affine_act(y, scale=None, shift=None, residual=None, act="none", slope=0.01):
+    """out = act(y * scale[n, c] + shift[n, c] + residual): the elementwise pass that applies a
+    batch/instance normalisation once its statistics are known. y: (N, C, H, W); scale, shift: (N, C)."""
+    z = y
+    if scale is not None:
+        z = z * scale[:, :, None, None]
+    if shift is not None:
+        z = z + shift[:, :, None, None]
+    if residual is not None:
+        z = z + residual
+    return activation(z, act, slope)
