@@ -150,3 +150,22 @@ def rnn_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh"):
         raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
     return run_direction(f"rnn_{nonlinearity}", input.unsqueeze(0), hx, None, w_ih, w_hh,
                          b_ih, b_hh)[1]
+
+
+def fused_conv2d(x, weight, **kwargs):
+    """Convolution with fused prologue/epilogue (semantics: recgen.reference.conv.fused_conv2d),
+    on the Triton path or the reference as the backend decides."""
+    if use_triton(x):
+        from recgen.ops.fused_conv import fused_conv2d as triton_fused_conv2d
+        return triton_fused_conv2d(x, weight, **kwargs)
+    from recgen.reference.conv import fused_conv2d as reference_fused_conv2d
+    return reference_fused_conv2d(x, weight, **kwargs)
+
+
+def affine_act(y, scale=None, shift=None, residual=None, act="none", slope=0.01):
+    """out = act(y * scale[n, c] + shift[n, c] + residual) (recgen.reference.conv.affine_act)."""
+    if use_triton(y):
+        from recgen.ops.affine import affine_act as triton_affine_act
+        return triton_affine_act(y, scale, shift, residual, act, slope)
+    from recgen.reference.conv import affine_act as reference_affine_act
+    return reference_affine_act(y, scale, shift, residual, act, slope)

@@ -1,0 +1,154 @@
+"""The fused pipeline of a residual block: convolutions with fused prologue/epilogue, batch or
+instance statistics taken in the conv epilogue, and at most one elementwise pass.
+
+    out = act_out(skip(x) + residual_scale * norm2(conv2(drop(act(norm1(conv1(x)))))))
+
+Passes over activation memory, forward (identity skip):
+- eval, BatchNorm or no norm: 2 conv kernels and nothing else (BN folded into the epilogues;
+  the residual add and final activation in conv2's epilogue);
+- training BatchNorm, or InstanceNorm: 2 conv kernels (each also writing per-(image, channel)
+  sums) and 1 elementwise pass (norm2 + residual + activation). norm1 + activation is applied
+  by conv2's prologue while it loads its input, so the normalised intermediate is never written.
+A 1x1 projection skip adds its own conv (its norm folded in eval; one more elementwise pass in
+training); dropout > 0 in training materialises the dropped activation (one more pass).
+Per-channel statistics math (tiny (N, C) tensors) runs in torch, so autograd differentiates
+through it; the kernels' backward receives the statistics' gradients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from recgen import functional
+
+
+@dataclass
+class ConvParams:
+    weight: torch.Tensor
+    bias: torch.Tensor | None = None
+
+
+def _bn_update_running(norm: torch.nn.modules.batchnorm._BatchNorm, mean, var_unbiased):
+    """torch's running-statistics update for BatchNorm in training mode."""
+    if not norm.track_running_stats:
+        return
+    with torch.no_grad():
+        norm.num_batches_tracked.add_(1)
+        factor = 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
+        norm.running_mean.mul_(1 - factor).add_(mean.detach().to(norm.running_mean.dtype), alpha=factor)
+        norm.running_var.mul_(1 - factor).add_(var_unbiased.detach().to(norm.running_var.dtype), alpha=factor)
+
+
+def uses_batch_statistics(norm) -> bool:
+    """Whether `norm` normalises with statistics of the current batch: torch's rule, on the norm
+    module's own training flag (a frozen BatchNorm in an otherwise training model stays eval)."""
+    if norm is None:
+        return False
+    if isinstance(norm, torch.nn.InstanceNorm2d):
+        return norm.training or not norm.track_running_stats
+    return norm.training or norm.running_mean is None
+
+
+def folded_affine(norm, bias):
+    """(scale, shift) per channel of `norm` in eval mode with running statistics, applied after
+    a conv with `bias`: norm(conv + bias) = conv * scale + shift."""
+    if norm is None:
+        return None, bias
+    inv = torch.rsqrt(norm.running_var + norm.eps)
+    scale = inv if norm.weight is None else norm.weight * inv
+    shift = -norm.running_mean * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias
+    if bias is not None:
+        shift = shift + bias * scale
+    return scale, shift
+
+
+def affine_from_stats(norm, z_sum, z_sumsq, pixels: int):
+    """(scale, shift) of shape (N, C) that normalise a conv output whose per-(image, channel)
+    sums are z_sum, z_sumsq over `pixels` pixels per image. Updates BatchNorm running stats."""
+    N = z_sum.shape[0]
+    if isinstance(norm, torch.nn.InstanceNorm2d):
+        mean = z_sum / pixels
+        var = (z_sumsq / pixels - mean * mean).clamp_min(0)
+    else:
+        count = N * pixels
+        if count <= 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input with "
+                             f"{N} image(s) of {pixels} pixel(s)")
+        mean = z_sum.sum(0) / count
+        var = (z_sumsq.sum(0) / count - mean * mean).clamp_min(0)
+        if norm.training:
+            _bn_update_running(norm, mean, var * (count / (count - 1)))
+        mean, var = mean.expand(N, -1), var.expand(N, -1)
+    scale = torch.rsqrt(var + norm.eps)
+    if norm.weight is not None:
+        scale = scale * norm.weight.to(scale.dtype)
+    shift = -mean * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias.to(shift.dtype)
+    return scale, shift
+
+
+def _norm_conv(x, conv: ConvParams, norm, *, stride=1, padding_mode="zeros",
+               upsample=False, prologue=None, act="none", slope=0.01, out_scale_mul=1.0,
+               residual=None):
+    """conv followed by `norm`: returns (y, pending) where pending is None when the norm, the
+    residual and the activation were all fused into the epilogue, else (scale, shift) per
+    (image, channel) still to apply to y (batch or instance statistics)."""
+    pro = prologue or {}
+    if uses_batch_statistics(norm):
+        y, z_sum, z_sumsq = functional.fused_conv2d(
+            x, conv.weight, stride=stride, padding_mode=padding_mode, upsample=upsample, **pro,
+            out_shift=conv.bias, stats=True)
+        scale, shift = affine_from_stats(norm, z_sum, z_sumsq, y.shape[2] * y.shape[3])
+        return y, (scale * out_scale_mul, shift * out_scale_mul)
+    scale, shift = folded_affine(norm, conv.bias)
+    if out_scale_mul != 1.0:
+        scale = torch.full_like(shift if shift is not None else conv.weight[:, 0, 0, 0], out_scale_mul) \
+            if scale is None else scale * out_scale_mul
+        shift = None if shift is None else shift * out_scale_mul
+    y = functional.fused_conv2d(
+        x, conv.weight, stride=stride, padding_mode=padding_mode, upsample=upsample, **pro,
+        out_scale=scale, out_shift=shift, residual=residual, out_act=act, out_slope=slope)
+    return y, None
+
+
+def residual_block(x, conv1: ConvParams, norm1, conv2: ConvParams, norm2, skip_conv, skip_norm,
+                   *, training: bool, stride=1, padding_mode="zeros", upsample=False,
+                   activation="relu", negative_slope=0.01, out_activation=True,
+                   residual_scale=1.0, dropout=0.0):
+    """Run a residual block's fused pipeline. x: (N, CI, H, W), best channels_last.
+    conv*: ConvParams (or modules with .weight/.bias); norm*: BatchNorm2d / InstanceNorm2d
+    modules or None (each follows its own training flag); `training` drives the dropout;
+    skip_conv None means an identity skip. Returns (N, CO, OH, OW)."""
+    act_kw = dict(act=activation, slope=negative_slope)
+    out_act = activation if out_activation else "none"
+    # Skip path first: in eval its norm folds into a 1x1 conv epilogue.
+    if skip_conv is None:
+        skip = x
+    else:
+        skip, pending = _norm_conv(x, skip_conv, skip_norm, stride=stride, upsample=upsample)
+        if pending is not None:
+            skip = functional.affine_act(skip, pending[0], pending[1])
+    y1, pending1 = _norm_conv(x, conv1, norm1, stride=stride, padding_mode=padding_mode,
+                              upsample=upsample, **({} if uses_batch_statistics(norm1) else act_kw))
+    prologue = None
+    if pending1 is not None:
+        if dropout > 0 and training:
+            y1 = F.dropout(functional.affine_act(y1, *pending1, **act_kw), dropout, True)
+        else:
+            prologue = dict(in_scale=pending1[0], in_shift=pending1[1], in_act=activation,
+                            in_slope=negative_slope)
+    elif dropout > 0 and training:
+        y1 = F.dropout(y1, dropout, True)
+    y2, pending2 = _norm_conv(y1, conv2, norm2, padding_mode=padding_mode,
+                              prologue=prologue, act=out_act, slope=negative_slope,
+                              out_scale_mul=residual_scale, residual=skip)
+    if pending2 is None:
+        return y2
+    return functional.affine_act(y2, pending2[0], pending2[1], residual=skip, act=out_act,
+                                 slope=negative_slope)
