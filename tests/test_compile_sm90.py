@@ -35,6 +35,21 @@ variants = [
                                          INPUT_PRECISION="ieee", REVERSE=False, HAS_LENGTHS=False,
                                          HAS_PROJ=False, HAS_BIAS=False, RELU=True)),
 ]
+float_scalars = {"in_slope", "out_slope"}
+if module == "conv":
+    io_pointers = {"x_ptr", "w_ptr", "res_ptr", "out_ptr"}
+    flags = dict(K=3, STRIDE=1, UPSAMPLE=True, REFLECT=True, HAS_IN_SCALE=True, HAS_IN_SHIFT=True, IN_ACT=2,
+                 HAS_OUT_SCALE=True, HAS_OUT_SHIFT=True, HAS_RESIDUAL=True, OUT_ACT=1, STATS=True,
+                 BLOCK_M=128, BLOCK_CI=32, BLOCK_CO=64)
+    variants = [
+        ("all-fp32-tf32", "fp32", dict(DOT_FP32=True, INPUT_PRECISION="tf32")),
+        ("all-bf16-k7-s2", "bf16", dict(K=7, STRIDE=2, DOT_FP32=False, INPUT_PRECISION="ieee")),
+        # No prologue/epilogue terms, no stats, smallest tiles (tl.dot's 16), leaky act_out.
+        ("plain-fp16-k1", "fp16", dict(K=1, UPSAMPLE=False, REFLECT=False, HAS_IN_SCALE=False, HAS_IN_SHIFT=False,
+                                       IN_ACT=0, HAS_OUT_SCALE=False, HAS_OUT_SHIFT=False, HAS_RESIDUAL=False,
+                                       OUT_ACT=2, STATS=False, DOT_FP32=False, INPUT_PRECISION="ieee",
+                                       BLOCK_M=16, BLOCK_CI=16, BLOCK_CO=16)),
+    ]
 for variant, io, overrides in variants:
     values = {**flags, **overrides}
     signature, constexprs = {}, {}
@@ -46,6 +61,8 @@ for variant, io, overrides in variants:
             signature[p.name] = "*i32"
         elif p.name.endswith("_ptr"):
             signature[p.name] = f"*{io}" if p.name in io_pointers else "*fp32"
+        elif p.name in float_scalars:
+            signature[p.name] = "fp32"
         else:
             signature[p.name] = "i32"
     compiled = triton.compile(ASTSource(fn, signature, constexprs=constexprs), target=GPUTarget("cuda", 90, 32))
@@ -53,7 +70,8 @@ for variant, io, overrides in variants:
 '''
 
 KERNELS = [("lstm", "_lstm_fwd_kernel"), ("lstm", "_lstm_bwd_kernel"), ("gru", "_gru_fwd_kernel"),
-           ("gru", "_gru_bwd_kernel"), ("rnn", "_rnn_fwd_kernel"), ("rnn", "_rnn_bwd_kernel")]
+           ("gru", "_gru_bwd_kernel"), ("rnn", "_rnn_fwd_kernel"), ("rnn", "_rnn_bwd_kernel"),
+           ("conv", "_conv2d_fwd_kernel")]
 
 
 @pytest.mark.parametrize("module,name", KERNELS, ids=[k[1] for k in KERNELS])

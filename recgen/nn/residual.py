@@ -37,9 +37,9 @@ def check_block_input(x, in_channels, weight, pad, padding_mode, upsample, name)
     """torch's errors for what the convolutions would reject, raised before any launch."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: input must be a Tensor, got {type(x).__name__}")
-    if x.dim() != 4:
-        raise RuntimeError(f"{name}: expected a 4-D input (N, C, H, W), got {x.dim()}-D input of "
-                           f"shape {tuple(x.shape)}")
+    if x.dim() != 4:  # ValueError, as the blocks' BatchNorm2d raises for it
+        raise ValueError(f"{name}: expected a 4-D input (N, C, H, W), got {x.dim()}-D input of "
+                         f"shape {tuple(x.shape)}")
     if x.shape[1] != in_channels:
         raise RuntimeError(f"{name}: expected input of shape (N, {in_channels}, H, W) to have "
                            f"{in_channels} channels, but got {x.shape[1]} channels instead")
