@@ -46,7 +46,9 @@ def fused_conv2d(x, weight, *, stride=1, padding_mode="zeros", upsample=False,
         a = a * in_scale[:, :, None, None]
     if in_shift is not None:
         a = a + in_shift[:, :, None, None]
-    a = activation(a, in_act, in_slope)
+    # The prologue runs in float32 or wider; the conv consumes it in the weight's dtype, as the
+    # kernel's tensor-core dot does.
+    a = activation(a, in_act, in_slope).to(weight.dtype)
     if upsample:
         a = F.interpolate(a, scale_factor=2, mode="nearest")
     pad = K // 2
@@ -60,7 +62,7 @@ def fused_conv2d(x, weight, *, stride=1, padding_mode="zeros", upsample=False,
         z = z + out_shift[None, :, None, None]
     if residual is not None:
         z = z + residual
-    out = activation(z, out_act, out_slope)
+    out = activation(z, out_act, out_slope).to(x.dtype)
     if not stats:
         return out
     zs = z.to(torch.float32) if z.dtype != torch.float64 else z
@@ -69,7 +71,8 @@ def fused_conv2d(x, weight, *, stride=1, padding_mode="zeros", upsample=False,
 
 def affine_act(y, scale=None, shift=None, residual=None, act="none", slope=0.01):
     """out = act(y * scale[n, c] + shift[n, c] + residual): the elementwise pass that applies a
-    batch/instance normalisation once its statistics are known. y: (N, C, H, W); scale, shift: (N, C)."""
+    batch/instance normalisation once its statistics are known. y: (N, C, H, W); scale, shift: (N, C).
+    The output keeps y's dtype: scale/shift are statistics (often float32) and do not promote it."""
     z = y
     if scale is not None:
         z = z * scale[:, :, None, None]
@@ -77,4 +80,4 @@ def affine_act(y, scale=None, shift=None, residual=None, act="none", slope=0.01)
         z = z + shift[:, :, None, None]
     if residual is not None:
         z = z + residual
-    return activation(z, act, slope)
+    return activation(z, act, slope).to(y.dtype)

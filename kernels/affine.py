@@ -1,0 +1,166 @@
+"""Affine + activation kernels: the elementwise pass that applies a batch/instance normalisation
+once its statistics are known, out = act(y * scale[n, c] + shift[n, c] + residual).
+
+Glossary: N images, C channels, H x W pixels per image (HW = H * W, pixel p = h * W + w).
+Tensors are logical (N, C, H, W) with any strides (channels-last memory, stride_c == 1, is the
+fast case: a tile row of channels is contiguous). Per-image vectors scale/shift are (N, C) with
+any strides (stride_n == 0 for a per-channel vector expanded over the batch).
+
+Grid: axis 0 runs over N * TILES (TILES = cdiv(HW, BLOCK_P) pixel tiles per image, so a tile
+never straddles two images and scale/shift are one [BLOCK_C] vector per program), axis 1 over
+channel blocks of BLOCK_C. ACT: 0 none, 1 relu, 2 leaky_relu (runtime `slope`).
+
+The backward writes, per program, partial sums over its pixel tile of dz * y (-> dscale) and dz
+(-> dshift) into float32 buffers (N, TILES, C); the launcher sums them over TILES with torch, so
+the result is deterministic (no atomics).
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _program_tile(HW, W, C, TILES, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's image n, pixel tile, pixel rows h / columns w and channels (int64), and
+    the pixel and channel masks."""
+    pid_nt = tl.program_id(0)
+    n = (pid_nt // TILES).to(tl.int64)
+    tile = pid_nt % TILES
+    offs_p = tile * BLOCK_P + tl.arange(0, BLOCK_P)  # within one image: int32 is enough
+    h = (offs_p // W).to(tl.int64)
+    w = (offs_p % W).to(tl.int64)
+    offs_c = (tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
+    return n, tile, h, w, offs_c, offs_p < HW, offs_c < C
+
+
+@triton.jit
+def _offsets(n, h, w, offs_c, stride_n, stride_c, stride_h, stride_w):
+    """[BLOCK_P, BLOCK_C] element offsets of pixels (h, w) and channels `offs_c` of image n."""
+    return n * stride_n + (h * stride_h + w * stride_w)[:, None] + (offs_c * stride_c)[None, :]
+
+
+@triton.jit
+def _pre_activation(y, scale, shift, res,
+                    HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
+    """z = y * scale + shift + residual in float32, each term only when present."""
+    z = y
+    if HAS_SCALE:
+        z = z * scale[None, :]
+    if HAS_SHIFT:
+        z = z + shift[None, :]
+    if HAS_RESIDUAL:
+        z = z + res
+    return z
+
+
+@triton.jit
+def _affine_act_fwd_kernel(
+    y_ptr,       # (N, C, H, W) input, any strides
+    scale_ptr,   # (N, C) per-image channel scale (HAS_SCALE)
+    shift_ptr,   # (N, C) per-image channel shift (HAS_SHIFT)
+    res_ptr,     # (N, C, H, W) residual, any strides (HAS_RESIDUAL)
+    out_ptr,     # (N, C, H, W) out: act(z), in the output dtype
+    slope,       # float: negative slope of leaky_relu (ACT == 2)
+    C, W, HW, TILES,
+    stride_yn, stride_yc, stride_yh, stride_yw,
+    stride_sn, stride_sc, stride_tn, stride_tc,   # scale (s), shift (t)
+    stride_rn, stride_rc, stride_rh, stride_rw,
+    stride_on, stride_oc, stride_oh, stride_ow,
+    HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    ACT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    n, tile, h, w, offs_c, mask_p, mask_c = _program_tile(HW, W, C, TILES, BLOCK_P, BLOCK_C)
+    mask = mask_p[:, None] & mask_c[None, :]
+    y_off = _offsets(n, h, w, offs_c, stride_yn, stride_yc, stride_yh, stride_yw)
+    y = tl.load(y_ptr + y_off, mask=mask, other=0.0).to(tl.float32)
+    scale = 0.0  # placeholders for absent terms, never read
+    shift = 0.0
+    res = 0.0
+    if HAS_SCALE:
+        scale = tl.load(scale_ptr + n * stride_sn + offs_c * stride_sc, mask=mask_c, other=0.0).to(tl.float32)
+    if HAS_SHIFT:
+        shift = tl.load(shift_ptr + n * stride_tn + offs_c * stride_tc, mask=mask_c, other=0.0).to(tl.float32)
+    if HAS_RESIDUAL:
+        r_off = _offsets(n, h, w, offs_c, stride_rn, stride_rc, stride_rh, stride_rw)
+        res = tl.load(res_ptr + r_off, mask=mask, other=0.0).to(tl.float32)
+    z = _pre_activation(y, scale, shift, res, HAS_SCALE, HAS_SHIFT, HAS_RESIDUAL)
+    if ACT == 1:
+        z = tl.where(z > 0, z, 0.0)
+    elif ACT == 2:
+        z = tl.where(z > 0, z, z * slope)
+    o_off = _offsets(n, h, w, offs_c, stride_on, stride_oc, stride_oh, stride_ow)
+    tl.store(out_ptr + o_off, z.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _affine_act_bwd_kernel(
+    dout_ptr,         # (N, C, H, W) gradient of out, any strides
+    out_ptr,          # (N, C, H, W) forward output (ACT != 0 and not MASK_FROM_Z)
+    y_ptr,            # (N, C, H, W) forward input (HAS_DSCALE or MASK_FROM_Z)
+    scale_ptr,        # (N, C) channel scale (HAS_SCALE: for dy, and for z under MASK_FROM_Z)
+    shift_ptr,        # (N, C) channel shift (HAS_SHIFT, only read under MASK_FROM_Z)
+    res_ptr,          # (N, C, H, W) residual (HAS_RESIDUAL, only read under MASK_FROM_Z)
+    dy_ptr,           # (N, C, H, W) out: dz * scale (HAS_DY); strides "d"
+    dres_ptr,         # (N, C, H, W) out: dz (HAS_DRES); strides "d"
+    dscale_part_ptr,  # (N, TILES, C) float32 out: per-tile sums of dz * y (HAS_DSCALE)
+    dshift_part_ptr,  # (N, TILES, C) float32 out: per-tile sums of dz (HAS_DSHIFT)
+    slope,            # float: negative slope of leaky_relu (ACT == 2)
+    C, W, HW, TILES,
+    stride_gn, stride_gc, stride_gh, stride_gw,   # dout (g)
+    stride_on, stride_oc, stride_oh, stride_ow,   # out
+    stride_dn, stride_dc, stride_dh, stride_dw,   # dy, dres
+    stride_yn, stride_yc, stride_yh, stride_yw,
+    stride_sn, stride_sc, stride_tn, stride_tc,   # scale (s), shift (t)
+    stride_rn, stride_rc, stride_rh, stride_rw,
+    HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    HAS_DY: tl.constexpr, HAS_DRES: tl.constexpr, HAS_DSCALE: tl.constexpr, HAS_DSHIFT: tl.constexpr,
+    ACT: tl.constexpr,
+    MASK_FROM_Z: tl.constexpr,  # leaky_relu with slope < 0: the sign of out is not that of z
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    n, tile, h, w, offs_c, mask_p, mask_c = _program_tile(HW, W, C, TILES, BLOCK_P, BLOCK_C)
+    mask = mask_p[:, None] & mask_c[None, :]
+    g_off = _offsets(n, h, w, offs_c, stride_gn, stride_gc, stride_gh, stride_gw)
+    # Masked lanes load dout = 0, so they add nothing to the partial sums below.
+    dz = tl.load(dout_ptr + g_off, mask=mask, other=0.0).to(tl.float32)
+    scale = 0.0  # placeholders for absent terms, never read
+    shift = 0.0
+    res = 0.0
+    y = 0.0
+    if HAS_SCALE:
+        scale = tl.load(scale_ptr + n * stride_sn + offs_c * stride_sc, mask=mask_c, other=0.0).to(tl.float32)
+    if HAS_DSCALE or MASK_FROM_Z:
+        y_off = _offsets(n, h, w, offs_c, stride_yn, stride_yc, stride_yh, stride_yw)
+        y = tl.load(y_ptr + y_off, mask=mask, other=0.0).to(tl.float32)
+    if ACT != 0:
+        # torch's rule: relu passes where its result is > 0; leaky_relu where its input is > 0.
+        # For slope >= 0 the two signs agree (both give the slope branch at z == 0).
+        if MASK_FROM_Z:
+            if HAS_SHIFT:
+                shift = tl.load(shift_ptr + n * stride_tn + offs_c * stride_tc, mask=mask_c,
+                                other=0.0).to(tl.float32)
+            if HAS_RESIDUAL:
+                r_off = _offsets(n, h, w, offs_c, stride_rn, stride_rc, stride_rh, stride_rw)
+                res = tl.load(res_ptr + r_off, mask=mask, other=0.0).to(tl.float32)
+            positive = _pre_activation(y, scale, shift, res, HAS_SCALE, HAS_SHIFT, HAS_RESIDUAL) > 0
+        else:
+            o_off = _offsets(n, h, w, offs_c, stride_on, stride_oc, stride_oh, stride_ow)
+            positive = tl.load(out_ptr + o_off, mask=mask, other=0.0).to(tl.float32) > 0
+        if ACT == 1:
+            dz = tl.where(positive, dz, 0.0)
+        else:
+            dz = tl.where(positive, dz, dz * slope)
+    d_off = _offsets(n, h, w, offs_c, stride_dn, stride_dc, stride_dh, stride_dw)
+    if HAS_DY:
+        if HAS_SCALE:
+            dy = dz * scale[None, :]
+        else:
+            dy = dz
+        tl.store(dy_ptr + d_off, dy.to(dy_ptr.dtype.element_ty), mask=mask)
+    if HAS_DRES:
+        tl.store(dres_ptr + d_off, dz.to(dres_ptr.dtype.element_ty), mask=mask)
+    part_off = (n * TILES + tile) * C + offs_c
+    if HAS_DSCALE:
+        tl.store(dscale_part_ptr + part_off, tl.sum(dz * y, axis=0), mask=mask_c)
+    if HAS_DSHIFT:
+        tl.store(dshift_part_ptr + part_off, tl.sum(dz, axis=0), mask=mask_c)

@@ -1,0 +1,238 @@
+"""Affine + activation, out = act(y * scale[n, c] + shift[n, c] + residual): launchers and the
+autograd Function of the elementwise pass that applies a batch/instance normalisation once its
+statistics are known (typically the tail of a residual block).
+
+Name chain: _affine_act_fwd_kernel / _affine_act_bwd_kernel -> affine_act_fwd / affine_act_bwd
+-> AffineActFunction -> affine_act.
+
+Layout: any strides are accepted (channels-last memory is the fast case). The output is
+allocated like y and the gradients of y and residual like the incoming gradient
+(`torch.empty_like`), so channels-last stays channels-last. Math is float32; the output keeps y's
+dtype (scale/shift are statistics, often float32, and must not promote a bf16 activation), as
+recgen.reference.conv.affine_act does. Backward: one launch writes dy / dresidual and
+per-tile partial sums for dscale / dshift, reduced with torch (deterministic, no atomics).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import triton
+
+from recgen.backend import interpreting
+from recgen.ops._launch import launch
+from recgen.ops.recurrence import POISON
+from recgen.reference.conv import ACTIVATIONS
+
+ACT_CODES = {"none": 0, "relu": 1, "leaky_relu": 2}
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_BLOCK_C = 128        # channels per tile (a contiguous row in channels-last memory)
+TILE_ELEMENTS = 4096     # elements per program: BLOCK_P = TILE_ELEMENTS // BLOCK_C pixels
+MIN_BLOCK = 16
+
+_forced: dict = {"blocks": None}
+
+
+@contextlib.contextmanager
+def forced_blocks(block_p: int, block_c: int):
+    """Use (BLOCK_P, BLOCK_C) for every affine launch in the block; tests use small tiles to get
+    several pixel tiles and channel blocks on tiny tensors."""
+    for name, b in (("block_p", block_p), ("block_c", block_c)):
+        if b < 1 or b & (b - 1):
+            raise ValueError(f"{name} must be a power of two, got {b}")
+    saved = _forced["blocks"]
+    _forced["blocks"] = (block_p, block_c)
+    try:
+        yield
+    finally:
+        _forced["blocks"] = saved
+
+
+def affine_blocks(C: int, HW: int) -> tuple:
+    """(BLOCK_P, BLOCK_C): a row of up to MAX_BLOCK_C channels, and enough pixels for about
+    TILE_ELEMENTS elements per program (fewer when the image is small)."""
+    if _forced["blocks"] is not None:
+        return _forced["blocks"]
+    block_c = min(max(triton.next_power_of_2(C), MIN_BLOCK), MAX_BLOCK_C)
+    block_p = min(max(TILE_ELEMENTS // block_c, MIN_BLOCK), max(triton.next_power_of_2(HW), MIN_BLOCK))
+    return block_p, block_c
+
+
+def _new_like(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """An output laid out like `t`, NaN-poisoned under the interpreter and when POISON is on."""
+    return _poisoned(torch.empty_like(t, dtype=dtype))
+
+
+def _poisoned(t: torch.Tensor) -> torch.Tensor:
+    if interpreting() or POISON["on"]:
+        t.fill_(float("nan"))
+    return t
+
+
+def _strides(t, prefix, dims):
+    """{stride_<prefix><dim>: stride} of a tensor with dimensions `dims`; zeros for None."""
+    strides = (0,) * len(dims) if t is None else t.stride()
+    return {f"stride_{prefix}{d}": s for d, s in zip(dims, strides)}
+
+
+def _strides4(t, prefix):
+    return _strides(t, prefix, "nchw")
+
+
+def _strides2(t, prefix):
+    return _strides(t, prefix, "nc")
+
+
+def _mask_from_z(act: str, slope: float) -> bool:
+    """torch's leaky_relu backward tests the sign of its input; the output has the same sign
+    unless slope < 0, and then the backward recomputes z instead of reading out."""
+    return act == "leaky_relu" and slope < 0
+
+
+def affine_act_fwd(y, scale, shift, residual, act, slope):
+    """out = act(y * scale[n, c] + shift[n, c] + residual) in one launch.
+
+    y: (N, C, H, W); scale, shift: (N, C) or None; residual: (N, C, H, W) or None; any strides.
+    act: 'none' | 'relu' | 'leaky_relu'. Returns out laid out like y, in y's dtype.
+    Inputs are assumed validated (see affine_act).
+    """
+    from recgen.kernels.affine import _affine_act_fwd_kernel
+
+    N, C, H, W = y.shape
+    out = _new_like(y, y.dtype)
+    block_p, block_c = affine_blocks(C, H * W)
+    tiles = triton.cdiv(H * W, block_p)
+    optional = dict(scale_ptr=scale, shift_ptr=shift, res_ptr=residual)
+    launch(
+        "affine_act_fwd", _affine_act_fwd_kernel, (N * tiles, triton.cdiv(C, block_c)),
+        y_ptr=y, **{k: y if v is None else v for k, v in optional.items()},  # y: unread stand-in
+        out_ptr=out, slope=float(slope), C=C, W=W, HW=H * W, TILES=tiles,
+        **_strides4(y, "y"), **_strides2(scale, "s"), **_strides2(shift, "t"), **_strides4(residual, "r"),
+        **_strides4(out, "o"),
+        HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, HAS_RESIDUAL=residual is not None,
+        ACT=ACT_CODES[act], BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4,
+    )
+    return out
+
+
+def affine_act_bwd(dout, out, y, scale, shift, residual, act, slope, grad_dtypes):
+    """Gradients of affine_act: one launch, then a torch sum of the per-tile partial sums.
+
+    dout: (N, C, H, W) gradient of out, any strides. The other tensors are passed only where
+    the kernel reads them, None otherwise: out (the forward output) for the relu / leaky_relu
+    mask when slope >= 0; y for dscale and for the z mask (leaky_relu with slope < 0); scale for
+    dy and the z mask; shift and residual for the z mask only.
+    grad_dtypes: dtypes of (dy, dscale, dshift, dresidual), None for a gradient not wanted.
+    Returns (dy, dscale, dshift, dresidual), None where not wanted: dy and dresidual laid out
+    like dout, dscale and dshift (N, C).
+    """
+    from recgen.kernels.affine import _affine_act_bwd_kernel
+
+    dy_dtype, dscale_dtype, dshift_dtype, dres_dtype = grad_dtypes
+    N, C, H, W = dout.shape
+    block_p, block_c = affine_blocks(C, H * W)
+    tiles = triton.cdiv(H * W, block_p)
+    dy = _new_like(dout, dy_dtype) if dy_dtype is not None else None
+    dres = _new_like(dout, dres_dtype) if dres_dtype is not None else None
+    part = dict(size=(N, tiles, C), dtype=torch.float32, device=dout.device)
+    dscale_part = _poisoned(torch.empty(**part)) if dscale_dtype is not None else None
+    dshift_part = _poisoned(torch.empty(**part)) if dshift_dtype is not None else None
+    ptrs = dict(out_ptr=out, y_ptr=y, scale_ptr=scale, shift_ptr=shift, res_ptr=residual, dy_ptr=dy,
+                dres_ptr=dres, dscale_part_ptr=dscale_part, dshift_part_ptr=dshift_part)
+    launch(
+        "affine_act_bwd", _affine_act_bwd_kernel, (N * tiles, triton.cdiv(C, block_c)),
+        dout_ptr=dout, **{k: dout if v is None else v for k, v in ptrs.items()},  # dout: unused stand-in
+        slope=float(slope), C=C, W=W, HW=H * W, TILES=tiles,
+        **_strides4(dout, "g"), **_strides4(out, "o"), **_strides4(dy if dy is not None else dres, "d"),
+        **_strides4(y, "y"), **_strides2(scale, "s"), **_strides2(shift, "t"), **_strides4(residual, "r"),
+        HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, HAS_RESIDUAL=residual is not None,
+        HAS_DY=dy is not None, HAS_DRES=dres is not None, HAS_DSCALE=dscale_part is not None,
+        HAS_DSHIFT=dshift_part is not None, ACT=ACT_CODES[act], MASK_FROM_Z=_mask_from_z(act, slope),
+        BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4,
+    )
+    # Deterministic reduction over the pixel tiles (zero tiles, an empty image, gives zeros).
+    dscale = dscale_part.sum(dim=1).to(dscale_dtype) if dscale_part is not None else None
+    dshift = dshift_part.sum(dim=1).to(dshift_dtype) if dshift_part is not None else None
+    return dy, dscale, dshift, dres
+
+
+class AffineActFunction(torch.autograd.Function):
+    """out = act(y * scale[n, c] + shift[n, c] + residual).
+
+    Inputs: y (N, C, H, W); scale, shift (N, C) or None (stride 0 over N is fine); residual
+    (N, C, H, W) or None; act ('none' | 'relu' | 'leaky_relu'); slope (float). Output
+    (N, C, H, W) laid out like y, in y's dtype. Only what the backward reads is saved.
+    """
+
+    @staticmethod
+    def forward(ctx, y, scale, shift, residual, act, slope):
+        out = affine_act_fwd(y, scale, shift, residual, act, slope)
+        z_mask = _mask_from_z(act, slope)
+        need_dy, need_dscale, need_dshift, need_dres = ctx.needs_input_grad[:4]
+        ctx.save_for_backward(
+            out if act != "none" and not z_mask else None,
+            y if z_mask or need_dscale else None,
+            scale if z_mask or need_dy else None,
+            shift if z_mask else None,
+            residual if z_mask else None,
+        )
+        ctx.act, ctx.slope = act, slope
+        ctx.grad_dtypes = tuple(t.dtype if t is not None and need else None for t, need in
+                                zip((y, scale, shift, residual), (need_dy, need_dscale, need_dshift, need_dres)))
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout):
+        out, y, scale, shift, residual = ctx.saved_tensors
+        grads = affine_act_bwd(dout, out, y, scale, shift, residual, ctx.act, ctx.slope, ctx.grad_dtypes)
+        return (*grads, None, None)
+
+
+def _check_tensor(name, t, y, shapes, expected):
+    """Raise a RuntimeError naming `name` unless t is a float tensor on y's device with a shape
+    in `shapes` (the exact shapes accepted, described by `expected`)."""
+    if not isinstance(t, torch.Tensor):
+        raise RuntimeError(f"affine_act: {name} must be a tensor or None, got {type(t).__name__}")
+    if t.dtype not in DTYPES:
+        raise RuntimeError(f"affine_act: {name} dtype must be one of float32, float16, bfloat16, got {t.dtype}")
+    if t.device != y.device:
+        raise RuntimeError(f"affine_act: {name} must be on {y.device} like y, got {t.device}")
+    if tuple(t.shape) not in shapes:
+        raise RuntimeError(f"affine_act: {name} must have shape {expected}, got {tuple(t.shape)}")
+
+
+def affine_act(y, scale=None, shift=None, residual=None, act="none", slope=0.01):
+    """out = act(y * scale[n, c] + shift[n, c] + residual) with fused Triton kernels: the
+    contract of recgen.reference.conv.affine_act, differentiable in y, scale, shift, residual.
+
+    y: (N, C, H, W), any strides (channels-last memory is the fast case); scale, shift: (N, C),
+    or (1, C) / (C,) for one vector shared by all images (expanded, so their gradient is summed
+    over N); residual: (N, C, H, W) or None; act: 'none' | 'relu' | 'leaky_relu' (with `slope`).
+    Tensors are float32/float16/bfloat16 on one device (CUDA, or CPU under TRITON_INTERPRET=1);
+    the output is laid out like y, in y's dtype, as the reference's.
+
+    >>> y = torch.randn(2, 8, 5, 5).to(memory_format=torch.channels_last)
+    >>> out = affine_act(y, torch.rand(2, 8), torch.randn(2, 8), act="relu")
+    """
+    if act not in ACT_CODES:
+        raise ValueError(f"affine_act: unknown activation {act!r}; expected one of {ACTIVATIONS}")
+    slope = float(slope)
+    if not isinstance(y, torch.Tensor) or y.dim() != 4:
+        got = f"{y.dim()}-D shape {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
+        raise RuntimeError(f"affine_act: y must be a 4-D (N, C, H, W) tensor, got {got}")
+    N, C = y.shape[:2]
+    _check_tensor("y", y, y, {tuple(y.shape)}, "(N, C, H, W)")
+    if not (y.is_cuda or (y.device.type == "cpu" and interpreting())):
+        raise RuntimeError(f"affine_act: y must be a CUDA tensor (or a CPU tensor with TRITON_INTERPRET=1 "
+                           f"set before importing recgen), got device {y.device}")
+    vectors = {}
+    for name, t in (("scale", scale), ("shift", shift)):
+        if t is not None:
+            _check_tensor(name, t, y, {(N, C), (1, C), (C,)}, f"(N, C) = {(N, C)}, (1, C) or (C,) with C = {C}")
+            t = t.expand(N, C)
+        vectors[name] = t
+    if residual is not None:
+        _check_tensor("residual", residual, y, {tuple(y.shape)}, f"{tuple(y.shape)} like y")
+    return AffineActFunction.apply(y, vectors["scale"], vectors["shift"], residual, act, slope)
