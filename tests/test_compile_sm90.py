@@ -35,7 +35,7 @@ variants = [
                                          INPUT_PRECISION="ieee", REVERSE=False, HAS_LENGTHS=False,
                                          HAS_PROJ=False, HAS_BIAS=False, RELU=True)),
 ]
-float_scalars = {"in_slope", "out_slope"}
+float_scalars = {"in_slope", "out_slope", "slope"}
 if module == "conv":
     io_pointers = {"x_ptr", "w_ptr", "res_ptr", "out_ptr"}
     flags = dict(K=3, STRIDE=1, UPSAMPLE=True, REFLECT=True, HAS_IN_SCALE=True, HAS_IN_SHIFT=True, IN_ACT=2,
@@ -49,6 +49,17 @@ if module == "conv":
                                        IN_ACT=0, HAS_OUT_SCALE=False, HAS_OUT_SHIFT=False, HAS_RESIDUAL=False,
                                        OUT_ACT=2, STATS=False, DOT_FP32=False, INPUT_PRECISION="ieee",
                                        BLOCK_M=16, BLOCK_CI=16, BLOCK_CO=16)),
+    ]
+if module == "affine":
+    io_pointers = {"y_ptr", "res_ptr", "out_ptr", "dout_ptr", "dy_ptr", "dres_ptr"}
+    flags = dict(HAS_SCALE=True, HAS_SHIFT=True, HAS_RESIDUAL=True, HAS_DY=True, HAS_DRES=True, HAS_DSCALE=True,
+                 HAS_DSHIFT=True, ACT=2, MASK_FROM_Z=False, BLOCK_P=32, BLOCK_C=128)
+    variants = [
+        ("all-leaky-fp32", "fp32", {}),
+        ("all-leaky-zmask-bf16", "bf16", dict(MASK_FROM_Z=True, BLOCK_P=16, BLOCK_C=64)),
+        # No optional terms and no gradient but dy, relu, the smallest tiles the tests force.
+        ("plain-relu-fp16", "fp16", dict(HAS_SCALE=False, HAS_SHIFT=False, HAS_RESIDUAL=False, HAS_DRES=False,
+                                         HAS_DSCALE=False, HAS_DSHIFT=False, ACT=1, BLOCK_P=16, BLOCK_C=4)),
     ]
 for variant, io, overrides in variants:
     values = {**flags, **overrides}
@@ -71,7 +82,7 @@ for variant, io, overrides in variants:
 
 KERNELS = [("lstm", "_lstm_fwd_kernel"), ("lstm", "_lstm_bwd_kernel"), ("gru", "_gru_fwd_kernel"),
            ("gru", "_gru_bwd_kernel"), ("rnn", "_rnn_fwd_kernel"), ("rnn", "_rnn_bwd_kernel"),
-           ("conv", "_conv2d_fwd_kernel")]
+           ("conv", "_conv2d_fwd_kernel"), ("affine", "_affine_act_fwd_kernel"), ("affine", "_affine_act_bwd_kernel")]
 
 
 @pytest.mark.parametrize("module,name", KERNELS, ids=[k[1] for k in KERNELS])
