@@ -18,6 +18,8 @@ the result is deterministic (no atomics).
 import triton
 import triton.language as tl
 
+from recgen.kernels.math import activation
+
 
 @triton.jit
 def _program_tile(HW, W, C, TILES, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -83,11 +85,7 @@ def _affine_act_fwd_kernel(
     if HAS_RESIDUAL:
         r_off = _offsets(n, h, w, offs_c, stride_rn, stride_rc, stride_rh, stride_rw)
         res = tl.load(res_ptr + r_off, mask=mask, other=0.0).to(tl.float32)
-    z = _pre_activation(y, scale, shift, res, HAS_SCALE, HAS_SHIFT, HAS_RESIDUAL)
-    if ACT == 1:
-        z = tl.where(z > 0, z, 0.0)
-    elif ACT == 2:
-        z = tl.where(z > 0, z, z * slope)
+    z = activation(_pre_activation(y, scale, shift, res, HAS_SCALE, HAS_SHIFT, HAS_RESIDUAL), ACT, slope)
     o_off = _offsets(n, h, w, offs_c, stride_on, stride_oc, stride_oh, stride_ow)
     tl.store(out_ptr + o_off, z.to(out_ptr.dtype.element_ty), mask=mask)
 

@@ -22,17 +22,7 @@ import triton
 import triton.language as tl
 
 from recgen.kernels.conv_index import source_index
-from recgen.kernels.math import mma
-
-
-@triton.jit
-def _activation(x, ACT: tl.constexpr, slope):
-    """ACT 0: identity, 1: relu, 2: leaky_relu(slope), on float32 values."""
-    if ACT == 1:
-        x = tl.maximum(x, 0.0)
-    elif ACT == 2:
-        x = tl.where(x > 0.0, x, x * slope)
-    return x
+from recgen.kernels.math import activation, mma
 
 
 @triton.jit
@@ -93,7 +83,7 @@ def _conv2d_fwd_kernel(
                         a = a * tl.load(in_scale_ptr + n * CI + offs_ci, mask=mask_ci, other=0.0)[None, :]
                     if HAS_IN_SHIFT:
                         a = a + tl.load(in_shift_ptr + n * CI + offs_ci, mask=mask_ci, other=0.0)[None, :]
-                    a = _activation(a, IN_ACT, in_slope)
+                    a = activation(a, IN_ACT, in_slope)
                     # Padding pads the post-prologue activation: a zero-padded tap reads 0, not act(shift).
                     a = tl.where(mask_a, a, 0.0)
                 b = tl.load(w_ptr + (tap_row + offs_ci[:, None]).to(tl.int64) * CO + offs_co[None, :],
@@ -118,6 +108,6 @@ def _conv2d_fwd_kernel(
         part = (n * TILES + tile) * CO + co64
         tl.store(sum_ptr + part, tl.sum(z, axis=0), mask=mask_co)
         tl.store(sumsq_ptr + part, tl.sum(z * z, axis=0), mask=mask_co)
-    out = _activation(acc, OUT_ACT, out_slope)
+    out = activation(acc, OUT_ACT, out_slope)
     tl.store(out_ptr + n * stride_on + co64[None, :] * stride_oc + (oh64 * stride_oh + ow64 * stride_ow)[:, None],
              out.to(out_ptr.dtype.element_ty), mask=mask_o)

@@ -59,3 +59,23 @@ def load_tile(ptr, offs_r, offs_c, stride_r, stride_c, n_r, n_c):
     g of W_hh (G*H, P) is `ptr = w + g*H*P`; strides (1, P) read it transposed, (P, 1) as is."""
     mask = (offs_r[:, None] < n_r) & (offs_c[None, :] < n_c)
     return tl.load(ptr + offs_r[:, None] * stride_r + offs_c[None, :] * stride_c, mask=mask, other=0.0)
+
+
+@triton.jit
+def activation(x, ACT: tl.constexpr, slope):
+    """ACT 0: identity, 1: relu, 2: leaky_relu(slope), on float32 values (codes: ops/_launch.ACT_CODES)."""
+    if ACT == 1:
+        x = tl.maximum(x, 0.0)
+    elif ACT == 2:
+        x = tl.where(x > 0.0, x, x * slope)
+    return x
+
+
+@triton.jit
+def activation_grad(grad, pre, ACT: tl.constexpr, slope):
+    """grad * act'(pre), as torch's threshold/leaky_relu backward: the slope applies at pre <= 0."""
+    if ACT == 1:
+        grad = tl.where(pre > 0.0, grad, 0.0)
+    elif ACT == 2:
+        grad = tl.where(pre > 0.0, grad, grad * slope)
+    return grad

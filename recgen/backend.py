@@ -52,10 +52,10 @@ def interpreting() -> bool:
 
 def triton_available() -> bool:
     try:
-        import triton  # noqa: F401
+        import triton
     except ImportError:
         return False
-    return True
+    return hasattr(triton, "jit")
 
 
 def use_triton(tensor: torch.Tensor) -> bool:

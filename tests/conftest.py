@@ -14,7 +14,7 @@ if not CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import recgen  # noqa: E402
-from recgen.ops import recurrence  # noqa: E402
+from recgen.ops import _launch  # noqa: E402
 
 DEVICE = "cuda" if CUDA else "cpu"
 
@@ -32,10 +32,10 @@ def pytest_collection_modifyitems(config, items):
 def _fresh_state():
     """Each test starts on the default backend, with outputs poisoned with NaN on every device."""
     recgen.set_backend("auto")
-    recurrence.POISON["on"] = True
+    _launch.POISON["on"] = True
     yield
     recgen.set_backend("auto")
-    recurrence.POISON["on"] = False
+    _launch.POISON["on"] = False
 
 
 @pytest.fixture(autouse=True)

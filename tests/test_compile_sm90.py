@@ -61,6 +61,19 @@ if module == "affine":
         ("plain-relu-fp16", "fp16", dict(HAS_SCALE=False, HAS_SHIFT=False, HAS_RESIDUAL=False, HAS_DRES=False,
                                          HAS_DSCALE=False, HAS_DSHIFT=False, ACT=1, BLOCK_P=16, BLOCK_C=4)),
     ]
+if module == "conv_bwd":
+    io_pointers = {"dacc_ptr", "w_ptr", "x_ptr", "dx_ptr"}
+    flags = dict(K=3, STRIDE=2, UPSAMPLE=True, REFLECT=True, HAS_IN_SCALE=True, HAS_IN_SHIFT=True, IN_ACT=2,
+                 BLOCK_P=64, BLOCK_CI=64, BLOCK_CO=64, BLOCK_R=64)
+    variants = [
+        ("all-fp32-tf32", "fp32", dict(DOT_FP32=True, INPUT_PRECISION="tf32")),
+        ("relu-fp16-k7", "fp16", dict(K=7, STRIDE=1, REFLECT=False, HAS_IN_SCALE=False, IN_ACT=1,
+                                      DOT_FP32=False, INPUT_PRECISION="ieee")),
+        # No prologue, zero padding, K=1, smallest tiles (tl.dot's 16).
+        ("plain-bf16-k1", "bf16", dict(K=1, STRIDE=1, UPSAMPLE=False, REFLECT=False, HAS_IN_SCALE=False,
+                                       HAS_IN_SHIFT=False, IN_ACT=0, DOT_FP32=False, INPUT_PRECISION="ieee",
+                                       BLOCK_P=16, BLOCK_CI=16, BLOCK_CO=16, BLOCK_R=16)),
+    ]
 for variant, io, overrides in variants:
     values = {**flags, **overrides}
     signature, constexprs = {}, {}
@@ -82,7 +95,9 @@ for variant, io, overrides in variants:
 
 KERNELS = [("lstm", "_lstm_fwd_kernel"), ("lstm", "_lstm_bwd_kernel"), ("gru", "_gru_fwd_kernel"),
            ("gru", "_gru_bwd_kernel"), ("rnn", "_rnn_fwd_kernel"), ("rnn", "_rnn_bwd_kernel"),
-           ("conv", "_conv2d_fwd_kernel"), ("affine", "_affine_act_fwd_kernel"), ("affine", "_affine_act_bwd_kernel")]
+           ("conv", "_conv2d_fwd_kernel"), ("conv_bwd", "_conv2d_bwd_data_kernel"),
+           ("conv_bwd", "_conv2d_bwd_weight_kernel"), ("affine", "_affine_act_fwd_kernel"),
+           ("affine", "_affine_act_bwd_kernel")]
 
 
 @pytest.mark.parametrize("module,name", KERNELS, ids=[k[1] for k in KERNELS])

@@ -10,6 +10,25 @@ import torch
 from recgen.backend import interpreting
 
 LAUNCH_COUNTS: Counter = Counter()
+# Outputs are NaN-poisoned under the interpreter and when tests switch this on (on the GPU it
+# costs a memset, so it is off by default), so an element a kernel forgets to write shows up.
+POISON = {"on": False}
+
+
+# The kernels' activation codes (constexpr IN_ACT / OUT_ACT / ACT), kernels/math.py:activation.
+ACT_CODES = {"none": 0, "relu": 1, "leaky_relu": 2}
+
+
+def new_output(shape, dtype, device) -> torch.Tensor:
+    """An output buffer the kernel must fill completely (NaN-poisoned in tests)."""
+    return poisoned(torch.empty(shape, dtype=dtype, device=device))
+
+
+def poisoned(out: torch.Tensor) -> torch.Tensor:
+    """Fill a freshly allocated kernel output with NaN when poisoning is on; returns it."""
+    if interpreting() or POISON["on"]:
+        out.fill_(float("nan"))
+    return out
 
 
 def launch(name: str, kernel, grid, **kwargs) -> None:

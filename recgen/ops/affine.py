@@ -21,11 +21,9 @@ import torch
 import triton
 
 from recgen.backend import interpreting
-from recgen.ops._launch import launch
-from recgen.ops.recurrence import POISON
+from recgen.ops._launch import ACT_CODES, launch, poisoned
 from recgen.reference.conv import ACTIVATIONS
 
-ACT_CODES = {"none": 0, "relu": 1, "leaky_relu": 2}
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_BLOCK_C = 128        # channels per tile (a contiguous row in channels-last memory)
 TILE_ELEMENTS = 4096     # elements per program: BLOCK_P = TILE_ELEMENTS // BLOCK_C pixels
@@ -60,14 +58,8 @@ def affine_blocks(C: int, HW: int) -> tuple:
 
 
 def _new_like(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """An output laid out like `t`, NaN-poisoned under the interpreter and when POISON is on."""
-    return _poisoned(torch.empty_like(t, dtype=dtype))
-
-
-def _poisoned(t: torch.Tensor) -> torch.Tensor:
-    if interpreting() or POISON["on"]:
-        t.fill_(float("nan"))
-    return t
+    """An output laid out like `t` (NaN-poisoned in tests)."""
+    return poisoned(torch.empty_like(t, dtype=dtype))
 
 
 def _strides(t, prefix, dims):
@@ -136,8 +128,8 @@ def affine_act_bwd(dout, out, y, scale, shift, residual, act, slope, grad_dtypes
     dy = _new_like(dout, dy_dtype) if dy_dtype is not None else None
     dres = _new_like(dout, dres_dtype) if dres_dtype is not None else None
     part = dict(size=(N, tiles, C), dtype=torch.float32, device=dout.device)
-    dscale_part = _poisoned(torch.empty(**part)) if dscale_dtype is not None else None
-    dshift_part = _poisoned(torch.empty(**part)) if dshift_dtype is not None else None
+    dscale_part = poisoned(torch.empty(**part)) if dscale_dtype is not None else None
+    dshift_part = poisoned(torch.empty(**part)) if dshift_dtype is not None else None
     ptrs = dict(out_ptr=out, y_ptr=y, scale_ptr=scale, shift_ptr=shift, res_ptr=residual, dy_ptr=dy,
                 dres_ptr=dres, dscale_part_ptr=dscale_part, dshift_part_ptr=dshift_part)
     launch(

@@ -13,13 +13,11 @@ import contextlib
 import torch
 import triton
 
-from recgen.ops._launch import dot_flags, launch
-from recgen.ops.recurrence import new_output
+from recgen.ops._launch import ACT_CODES, dot_flags, launch, new_output
 from recgen.reference.conv import ACTIVATIONS, PADDING_MODES
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 STRIDES = (1, 2)
-ACT_CODES = {"none": 0, "relu": 1, "leaky_relu": 2}  # the kernels' IN_ACT / OUT_ACT codes
 MIN_DOT = 16  # tl.dot needs at least 16 rows and columns
 
 _forced: dict = {"blocks": None}
@@ -75,7 +73,7 @@ def _check_choice(name, value, choices):
         raise ValueError(f"conv2d_fwd: unknown {name} {value!r}; expected one of {choices}")
 
 
-def _out_size(S: int, K: int, stride: int, upsample: bool) -> int:
+def conv_out_size(S: int, K: int, stride: int, upsample: bool) -> int:
     L = 2 * S if upsample else S
     return (L + 2 * (K // 2) - K) // stride + 1
 
@@ -126,7 +124,7 @@ def conv2d_fwd(x, weight, *, stride=1, padding_mode="zeros", upsample=False,
             if K // 2 >= L:
                 raise RuntimeError(f"conv2d_fwd: reflect padding {K // 2} (K={K}) must be smaller than "
                                    f"the {'upsampled ' if upsample else ''}input size {dim}={L}")
-    OH, OW = _out_size(H, K, stride, upsample), _out_size(W, K, stride, upsample)
+    OH, OW = conv_out_size(H, K, stride, upsample), conv_out_size(W, K, stride, upsample)
     in_scale = _check_vector("in_scale", in_scale, (N, CI), x)
     in_shift = _check_vector("in_shift", in_shift, (N, CI), x)
     out_scale = _check_vector("out_scale", out_scale, (CO,), x)

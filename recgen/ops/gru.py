@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from recgen.ops._launch import dot_flags, launch
+from recgen.ops._launch import dot_flags, launch, new_output
 from recgen.ops.config import recurrence_config
-from recgen.ops.recurrence import grid_for, h_prev_sequence, lengths_arg, new_output, zeros_if_none
+from recgen.ops.recurrence import grid_for, h_prev_sequence, lengths_arg, zeros_if_none
 
 
 def gru_fwd(xw, h0, w_hh, b_hh, lengths, reverse):

@@ -9,10 +9,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from recgen.ops._launch import dot_flags, launch
+from recgen.ops._launch import dot_flags, launch, new_output
 from recgen.ops.config import recurrence_config
 from recgen.ops.recurrence import (
-    grid_for, h_prev_sequence, lengths_arg, new_output, summed_bias, zeros_if_none,
+    grid_for, h_prev_sequence, lengths_arg, summed_bias, zeros_if_none,
 )
 
 

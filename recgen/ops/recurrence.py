@@ -4,20 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from recgen.backend import interpreting
-
-
-def new_output(shape, dtype, device) -> torch.Tensor:
-    """An output buffer the kernel must fill completely. Under the interpreter (tests, `recgen
-    check`) it is poisoned with NaN so that an element the kernel forgets to write shows up."""
-    out = torch.empty(shape, dtype=dtype, device=device)
-    if interpreting() or POISON["on"]:
-        out.fill_(float("nan"))
-    return out
-
-
-# Tests on the GPU switch poisoning on; it costs a memset, so it is off by default there.
-POISON = {"on": False}
 
 
 def lengths_arg(lengths, like: torch.Tensor) -> torch.Tensor:

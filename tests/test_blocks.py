@@ -1,0 +1,229 @@
+"""Residual blocks: the fused pipeline and modules against the reference block (the block's own
+torch modules and plain torch ops): outputs, BatchNorm running statistics, and the gradients of
+the input and of every weight, bias and norm parameter, in train and eval."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import recgen
+from recgen import blocks
+from recgen.ops import LAUNCH_COUNTS
+from recgen.reference import residual as reference
+from recgen.testing import TOLERANCES, max_rel_error
+
+CONFIGS = {  # id -> (ResidualBlock kwargs, in_channels)
+    "bn": (dict(norm="batch"), 3),
+    "in": (dict(norm="instance"), 5),
+    "in-noaffine-reflect-noact": (dict(norm="instance", affine=False, padding_mode="reflect",
+                                       out_activation=False), 3),
+    "nonorm-leaky-scale": (dict(norm=None, activation="leaky_relu", residual_scale=0.3), 3),
+    "bn-stride2-proj": (dict(norm="batch", out_channels=5, stride=2), 3),
+    "in-up-proj-reflect": (dict(norm="instance", out_channels=4, upsample=True, padding_mode="reflect"), 5),
+    "bn-k5": (dict(norm="batch", kernel_size=5), 3),
+}
+
+
+def _randomise_norms(block):
+    """Non-trivial running statistics and affine parameters, so eval-mode folding is exercised."""
+    with torch.no_grad():
+        for m in block.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+            if isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d)) and m.weight is not None:
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+
+
+def _compare(block, x, train, dtype=torch.float32, device="cpu"):
+    """Run `block` (recgen) and the reference on a float64 copy; compare outputs, running
+    statistics, and every gradient."""
+    block.train(train)
+    ref = copy.deepcopy(block).to(torch.float64)
+    xr = x.detach().to(torch.float64).requires_grad_()
+    xt = x.detach().to(device, dtype).requires_grad_()
+    out = block(xt)
+    expected = reference.residual_block(xr, training=train, **ref._block_parts())
+    grad = torch.randn_like(expected)
+    out.backward(grad.to(out.dtype))
+    expected.backward(grad)
+    tol = TOLERANCES[dtype]
+    errors = {"out": max_rel_error(out, expected), "dx": max_rel_error(xt.grad, xr.grad)}
+    for (name, p), q in zip(block.named_parameters(), ref.parameters()):
+        errors[f"d{name}"] = max_rel_error(p.grad, q.grad)
+    for (name, b), c in zip(block.named_buffers(), ref.buffers()):
+        errors[name] = max_rel_error(b.float(), c.float())
+    bad = {k: v for k, v in errors.items() if not v <= tol}
+    assert not bad, f"relative errors above {tol}: {bad}"
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("key", list(CONFIGS))
+def test_pipeline_logic_with_reference_ops(key, train):
+    """The fused pipeline's norm/statistics/folding logic, run on the reference ops in float64,
+    equals the unfused reference block: isolates the pipeline from the kernels."""
+    kwargs, cin = CONFIGS[key]
+    torch.manual_seed(0)
+    block = recgen.nn.ResidualBlock(cin, **kwargs).double()
+    _randomise_norms(block)
+    block.train(train)
+    ref = copy.deepcopy(block)
+    x = torch.randn(2, cin, 7, 10, dtype=torch.float64, requires_grad=True)
+    xr = x.detach().clone().requires_grad_()
+    recgen.set_backend("reference")
+    out = blocks.residual_block(x, training=train, **block._block_parts())
+    expected = reference.residual_block(xr, training=train, **ref._block_parts())
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    expected.backward(grad)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-10, atol=1e-10)
+    for p, q in zip(block.parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-10)
+    for b, c in zip(block.buffers(), ref.buffers()):
+        torch.testing.assert_close(b, c, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("key", list(CONFIGS))
+def test_block_matches_reference(key, train, device):
+    kwargs, cin = CONFIGS[key]
+    torch.manual_seed(1)
+    block = recgen.nn.ResidualBlock(cin, **kwargs).to(device)
+    _randomise_norms(block)
+    before = LAUNCH_COUNTS["conv2d_fwd"]
+    _compare(block, torch.randn(2, cin, 7, 10), train, device=device)
+    assert LAUNCH_COUNTS["conv2d_fwd"] > before  # the Triton convolution ran
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_block_half_precision(dtype, device):
+    torch.manual_seed(2)
+    block = recgen.nn.ResidualBlock(5, norm="batch").to(device, dtype)
+    _randomise_norms(block)
+    _compare(block, torch.randn(1, 5, 6, 7), True, dtype=dtype, device=device)
+
+
+def _launches():
+    return LAUNCH_COUNTS["conv2d_fwd"], LAUNCH_COUNTS["affine_act_fwd"]
+
+
+@pytest.mark.parametrize("train,expected", [(False, (2, 0)), (True, (2, 1))], ids=["eval", "train"])
+def test_batchnorm_block_passes_over_memory(train, expected, device):
+    """Eval: two conv kernels and nothing else. Training: two conv kernels and one elementwise pass."""
+    block = recgen.nn.ResidualBlock(4, norm="batch").to(device).train(train)
+    x = torch.randn(2, 4, 5, 6, device=device)
+    before = _launches()
+    with torch.no_grad():
+        block(x)
+    after = _launches()
+    assert (after[0] - before[0], after[1] - before[1]) == expected
+
+
+# Stand-ins written like torchvision's BasicBlock and the CycleGAN ResnetBlock (same attribute
+# names, structure and forward), so convert's structural recognition is tested without them.
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x):
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        return self.relu(out + identity)
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, dim, padding_type="reflect", norm_layer=nn.InstanceNorm2d, use_dropout=False, use_bias=True):
+        super().__init__()
+        pad = {"reflect": [nn.ReflectionPad2d(1)], "replicate": [nn.ReplicationPad2d(1)], "zero": []}[padding_type]
+        p = 1 if padding_type == "zero" else 0
+        layers = pad + [nn.Conv2d(dim, dim, 3, padding=p, bias=use_bias), norm_layer(dim), nn.ReLU(True)]
+        if use_dropout:
+            layers += [nn.Dropout(0.5)]
+        layers += pad + [nn.Conv2d(dim, dim, 3, padding=p, bias=use_bias), norm_layer(dim)]
+        self.conv_block = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return x + self.conv_block(x)
+
+
+def _model():
+    down = nn.Sequential(nn.Conv2d(3, 5, 1, 2, bias=False), nn.BatchNorm2d(5))
+    return nn.Sequential(BasicBlock(3, 3), BasicBlock(3, 5, 2, down), nn.Conv2d(5, 4, 1),
+                         ResnetBlock(4), ResnetBlock(4, "zero", nn.BatchNorm2d, use_bias=False),
+                         ResnetBlock(4, "replicate"), ResnetBlock(4, use_dropout=True))
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_convert_swaps_known_blocks_and_keeps_results(train, device):
+    torch.manual_seed(3)
+    model = _model().to(device)
+    _randomise_norms(model)
+    original = copy.deepcopy(model).train(train)
+    params = {n: p for n, p in model.named_parameters()}
+    keys = list(model.state_dict())
+    report = []
+    recgen.convert(model, report)
+    assert [(n, c) for n, c in report] == [("0", "BasicBlock"), ("1", "BasicBlock"), ("3", "ResnetBlock"),
+                                           ("4", "ResnetBlock"), ("6", "ResnetBlock")]
+    assert isinstance(model[0], recgen.nn.FusedBasicBlock) and isinstance(model[3], recgen.nn.FusedResnetBlock)
+    assert type(model[5]) is ResnetBlock  # replication padding: not supported, left alone
+    assert list(model.state_dict()) == keys
+    assert all(p is params[n] for n, p in model.named_parameters())
+    model.train(train)
+    if train:  # the dropout block is random in training: compare the deterministic prefix
+        model, original = model[:6], original[:6]
+    x = torch.randn(2, 3, 8, 9, device=device)
+    out, expected = model(x), original(x)
+    assert max_rel_error(out, expected) <= TOLERANCES[torch.float32]
+    for b, c in zip(model.buffers(), original.buffers()):
+        assert max_rel_error(b.float(), c.float()) <= TOLERANCES[torch.float32]
+
+
+def test_block_bad_input_raises_before_launch(device):
+    block = recgen.nn.ResidualBlock(3, norm="batch", padding_mode="reflect", kernel_size=5).to(device)
+    torch_conv = nn.Conv2d(3, 3, 5, padding=2, padding_mode="reflect").to(device)
+    before = dict(LAUNCH_COUNTS)
+    cases = [
+        (torch.randn(2, 4, 7, 7, device=device), RuntimeError, "to have 3 channels, but got 4"),
+        (torch.randn(3, 7, 7, device=device), ValueError, "expected a 4-D input"),
+        (torch.randn(2, 3, 7, 7, device=device, dtype=torch.float64), RuntimeError, "input dtype torch.float64"),
+        (torch.randn(2, 3, 2, 7, device=device), RuntimeError, "reflection padding 2 must be less"),
+    ]
+    for x, exc, msg in cases:
+        with pytest.raises(exc, match=msg):
+            block(x)
+        with pytest.raises(exc):  # what torch's own layers raise for it
+            torch_conv(x) if x.dim() == 4 else nn.BatchNorm2d(3).to(device)(x)
+    assert dict(LAUNCH_COUNTS) == before
+    for kwargs, msg in [(dict(norm="group"), "norm must be one of"), (dict(stride=3), "stride must be one of"),
+                        (dict(kernel_size=4), "kernel_size must be odd"), (dict(activation="gelu"), "activation")]:
+        with pytest.raises(ValueError, match=msg):
+            recgen.nn.ResidualBlock(3, **kwargs)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("key", list(CONFIGS))
+def test_gpu_block_grid(key, dtype, train):
+    kwargs, cin = CONFIGS[key]
+    torch.manual_seed(4)
+    block = recgen.nn.ResidualBlock(cin, **kwargs).to("cuda", dtype)
+    _randomise_norms(block)
+    _compare(block, torch.randn(4, cin, 19, 23), train, dtype=dtype, device="cuda")
