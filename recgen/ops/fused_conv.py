@@ -4,10 +4,11 @@ Name chain: _conv2d_fwd_kernel / _conv2d_bwd_data_kernel / _conv2d_bwd_weight_ke
 -> conv2d_fwd / conv2d_bwd_data / conv2d_bwd_weight -> FusedConv2dFunction
 -> recgen.functional.fused_conv2d -> recgen.nn.ResidualBlock.
 
-Forward semantics: recgen.reference.conv.fused_conv2d. Backward passes over memory: one
-elementwise pass for the epilogue's activation/affine backward (dz, and dacc = dz * out_scale),
-the data-gradient kernel (with the prologue's backward fused in), the weight-gradient kernel, and,
-only when out_scale needs a gradient, a recompute of the un-scaled conv (a saved-memory trade).
+Forward semantics: recgen.reference.conv.fused_conv2d. Backward passes over memory: the
+epilogue's backward (activation, scale, shift, residual: affine_act's backward kernel, writing
+dacc and the per-channel sums; a torch elementwise pass when the statistics' gradient enters),
+the data-gradient kernel (with the prologue's backward fused in), the weight-gradient kernel,
+and, only when out_scale needs a gradient, a recompute of the un-scaled conv (saves memory).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from recgen.ops.affine import affine_act_bwd
 from recgen.ops.conv import conv2d_fwd
 from recgen.ops.conv_bwd import conv2d_bwd_data, conv2d_bwd_weight
 
@@ -39,15 +41,6 @@ class ConvSpec:
         return dict(in_act=self.in_act, in_slope=self.in_slope)
 
 
-def _activation_grad(dout: torch.Tensor, out: torch.Tensor, act: str, slope: float) -> torch.Tensor:
-    """d act(z) / dz from the saved output: for relu and leaky_relu (slope > 0) sign(out) = sign(z)."""
-    if act == "none":
-        return dout
-    if act == "relu":
-        return torch.where(out > 0, dout, torch.zeros_like(dout))
-    return torch.where(out > 0, dout, dout * slope)
-
-
 class FusedConv2dFunction(torch.autograd.Function):
     """out[, sum, sumsq] = fused_conv2d(x, weight, ...); see recgen.reference.conv.fused_conv2d."""
 
@@ -58,8 +51,10 @@ class FusedConv2dFunction(torch.autograd.Function):
                             residual=residual, out_act=spec.out_act, out_slope=spec.out_slope,
                             stats=spec.stats)
         out, z_sum, z_sumsq = result if spec.stats else (result, None, None)
-        ctx.save_for_backward(x, weight, in_scale, in_shift, out_scale, out)
-        ctx.spec, ctx.has_shift, ctx.has_residual = spec, out_shift is not None, residual is not None
+        # residual is saved only for its dtype and for leaky_relu with a negative slope (the mask
+        # then comes from z); saving a tensor that autograd already holds costs no memory.
+        ctx.save_for_backward(x, weight, in_scale, in_shift, out_scale, out_shift, residual, out)
+        ctx.spec = spec
         if spec.stats:
             return out, z_sum, z_sumsq
         return out
@@ -67,25 +62,39 @@ class FusedConv2dFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout, dsum=None, dsumsq=None):
-        x, weight, in_scale, in_shift, out_scale, out = ctx.saved_tensors
-        spec = ctx.spec
-        need = ctx.needs_input_grad
-        dz = _activation_grad(dout, out, spec.out_act, spec.out_slope).to(torch.float32)
+        x, weight, in_scale, in_shift, out_scale, out_shift, residual, out = ctx.saved_tensors
+        spec, need = ctx.spec, ctx.needs_input_grad
+        N, CO = out.shape[:2]
+        acc = None
+        if out_scale is not None and need[4]:
+            # d out_scale = sum dz * acc: recompute the un-scaled conv rather than keep it alive.
+            acc = conv2d_fwd(x, weight, **spec.geometry(), in_scale=in_scale, in_shift=in_shift,
+                             **spec.prologue())
         if spec.stats:
-            # sum and sumsq are of z (= out: stats require out_act 'none').
+            # sum/sumsq are of z = out (stats require out_act 'none'): one elementwise pass.
+            dz = dout.to(torch.float32)
             if dsum is not None:
                 dz = dz + dsum[:, :, None, None]
             if dsumsq is not None:
                 dz = dz + 2 * out.to(torch.float32) * dsumsq[:, :, None, None]
-        d_out_shift = dz.sum(dim=(0, 2, 3)).to(out.dtype) if ctx.has_shift and need[5] else None
-        d_residual = dz.to(out.dtype) if ctx.has_residual and need[6] else None
-        d_out_scale = None
-        if out_scale is not None and need[4]:
-            acc = conv2d_fwd(x, weight, **spec.geometry(), in_scale=in_scale, in_shift=in_shift,
-                             **spec.prologue())
-            d_out_scale = (dz * acc.to(torch.float32)).sum(dim=(0, 2, 3)).to(out_scale.dtype)
-        dacc = dz if out_scale is None else dz * out_scale.to(torch.float32)[None, :, None, None]
-        dacc = dacc.to(x.dtype).contiguous(memory_format=torch.channels_last)
+            d_out_shift = dz.sum(dim=(0, 2, 3)).to(out_shift.dtype) if need[5] else None
+            d_out_scale = (dz * acc.to(torch.float32)).sum(dim=(0, 2, 3)).to(out_scale.dtype) if acc is not None else None
+            d_residual = dz.to(residual.dtype) if need[6] else None
+            dacc = dz if out_scale is None else dz * out_scale.to(torch.float32)[None, :, None, None]
+            dacc = dacc.to(x.dtype)
+        else:
+            # The epilogue's activation/affine/residual backward is affine_act's backward kernel
+            # with y = acc: dacc = act'(.) * dout * out_scale, d residual, and per-(n, co) sums.
+            expand = (lambda v: None if v is None else v.expand(N, CO))
+            grad_dtypes = (x.dtype, torch.float32 if acc is not None else None,
+                           torch.float32 if out_shift is not None and need[5] else None,
+                           residual.dtype if residual is not None and need[6] else None)
+            dacc, d_scale_nc, d_shift_nc, d_residual = affine_act_bwd(
+                dout, out, acc, expand(out_scale), expand(out_shift), residual, spec.out_act,
+                spec.out_slope, grad_dtypes)
+            d_out_scale = None if d_scale_nc is None else d_scale_nc.sum(0).to(out_scale.dtype)
+            d_out_shift = None if d_shift_nc is None else d_shift_nc.sum(0).to(out_shift.dtype)
+        dacc = dacc.contiguous(memory_format=torch.channels_last)
         dx = d_in_scale = d_in_shift = dw = None
         if need[0] or need[2] or need[3]:
             dx, d_in_scale, d_in_shift = conv2d_bwd_data(
