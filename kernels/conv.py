@@ -14,7 +14,7 @@ so its per-channel partial statistics belong to a single (image, channel) pair.
 Fused around the GEMM (see recgen.reference.conv.fused_conv2d for the semantics):
   prologue  a   = act_in(x * in_scale[n, ci] + in_shift[n, ci]), zero where the tap reads padding
   epilogue  z   = acc * out_scale[co] + out_shift[co] + residual[n, co, oh, ow]
-            out = act_out(z);  STATS: per-program sums of z and z*z per output channel.
+            out = act_out(z);  STATS: per-program sums of z and z*z per output channel, of z as stored.
 Activation codes (IN_ACT, OUT_ACT): 0 none, 1 relu, 2 leaky_relu with a runtime slope.
 """
 
@@ -103,8 +103,11 @@ def _conv2d_fwd_kernel(
                       + (oh64 * stride_rh + ow64 * stride_rw)[:, None], mask=mask_o, other=0.0)
         acc = acc + res.to(tl.float32)
     if STATS:
+        # Statistics of z as stored (rounded to the output dtype): the normalisation and its
+        # backward then see the same values; with fp32 z but bf16 storage, the var backward
+        # (2 z dsumsq + dsum, which cancels when |mean| >> std) would amplify the rounding.
         # Rows past the image (and columns past CO) would add out_shift: keep them out of the sums.
-        z = tl.where(mask_o, acc, 0.0)
+        z = tl.where(mask_o, acc.to(out_ptr.dtype.element_ty).to(tl.float32), 0.0)
         part = (n * TILES + tile) * CO + co64
         tl.store(sum_ptr + part, tl.sum(z, axis=0), mask=mask_co)
         tl.store(sumsq_ptr + part, tl.sum(z * z, axis=0), mask=mask_co)

@@ -1,4 +1,6 @@
-"""`recgen check`: every kernel against its reference on this machine's device.
+"""`recgen check`: every kernel against its reference on this machine's device: the recurrences
+(outputs and all gradients), the fused convolution (forward and backward) and residual blocks
+(outputs, running statistics and all gradients, train and eval).
 
 On a machine without CUDA the kernels run on the CPU under Triton's interpreter (slow, so
 the grid is small). One line per op and dtype; exit status 1 on any failure.
@@ -17,6 +19,62 @@ import torch
 OPS = [("lstm", "lstm", 0), ("lstm_proj", "lstm", 3), ("gru", "gru", 0),
        ("rnn_tanh", "rnn_tanh", 0), ("rnn_relu", "rnn_relu", 0)]
 SHAPES = [(5, 3, 4, 13, None, False), (1, 1, 3, 5, None, True), (4, 17, 5, 8, [4, 1, 3] + [2] * 14, True)]
+# Fused convolution: (x shape, CO, K, kwargs, optional tensors): epilogue, prologue with
+# reflection + stride 2 + upsampling, statistics.
+CONV_CASES = [
+    ((2, 3, 7, 10), 5, 3, dict(out_act="leaky_relu", out_slope=0.2), {"out_scale", "out_shift", "residual"}),
+    ((1, 5, 6, 7), 4, 3, dict(in_act="relu", padding_mode="reflect", stride=2, upsample=True),
+     {"in_scale", "in_shift", "out_shift"}),
+    ((2, 3, 5, 6), 4, 5, dict(stats=True), {"out_shift"}),
+]
+# Residual blocks: (ResidualBlock kwargs, in_channels, train).
+BLOCK_CASES = [(dict(norm="batch"), 3, True), (dict(norm="batch", out_channels=5, stride=2), 3, False),
+               (dict(norm="instance", padding_mode="reflect", upsample=True, out_channels=4), 5, True)]
+# In half precision a value within rounding of a ReLU kink may land on the other side than in
+# float64, and its whole gradient moves (then BatchNorm's backward spreads it to every input):
+# a real rounding effect, not an error of the kernels. Half-precision blocks are therefore
+# checked with a kink-free activation (leaky_relu of slope 1, through the same fused code
+# path); the kinks are checked in float32. A shift before InstanceNorm then has a zero
+# gradient, so the instance-norm case drops its affine parameters.
+HALF_BLOCK_OVERRIDES = dict(activation="leaky_relu", negative_slope=1.0)
+
+
+def half_precision_safe(kwargs: dict) -> dict:
+    """ResidualBlock kwargs made kink-free for a half-precision comparison (see above)."""
+    return {**kwargs, **HALF_BLOCK_OVERRIDES, **({"affine": False} if kwargs.get("norm") == "instance" else {})}
+
+
+def _recurrent_errors(cell, proj, dtype, device):
+    from recgen.testing import compare_direction, random_direction_inputs
+    for k, (T, B, I, H, lens, reverse) in enumerate(SHAPES):
+        gen = torch.Generator().manual_seed(k)
+        inputs = random_direction_inputs(cell, T, B, I, H, proj=min(proj, H - 1), dtype=dtype,
+                                         device=device, generator=gen)
+        yield compare_direction(cell, inputs, torch.tensor(lens) if lens else None, reverse)
+
+
+def _conv_errors(dtype, device):
+    from recgen.testing import compare_fused_conv
+    for k, (shape, co, kernel, kwargs, present) in enumerate(CONV_CASES):
+        yield compare_fused_conv(shape, co, kernel, kwargs, present, dtype, device, seed=k)
+
+
+def _block_errors(dtype, device):
+    import recgen
+    from recgen.testing import compare_block, randomise_norms
+    for k, (kwargs, cin, train) in enumerate(BLOCK_CASES):
+        torch.manual_seed(k)
+        if dtype != torch.float32:
+            kwargs = half_precision_safe(kwargs)
+        block = recgen.nn.ResidualBlock(cin, **kwargs)
+        randomise_norms(block)
+        yield compare_block(block, torch.randn(2, cin, 7, 6), train, dtype, device, seed=k)
+
+
+def checks():
+    """(label, errors(dtype, device) -> iterable of {tensor: relative error}) for every op."""
+    ops = [(label, lambda dt, dev, c=cell, p=proj: _recurrent_errors(c, p, dt, dev)) for label, cell, proj in OPS]
+    return ops + [("fused_conv", _conv_errors), ("res_block", _block_errors)]
 
 
 def run_check(dtypes=None, out=None) -> bool:
@@ -26,7 +84,7 @@ def run_check(dtypes=None, out=None) -> bool:
     if not cuda:
         os.environ["TRITON_INTERPRET"] = "1"  # read when the kernel modules are first imported
     from recgen.backend import triton_available
-    from recgen.testing import DTYPE_NAMES, TOLERANCES, compare_direction, random_direction_inputs
+    from recgen.testing import DTYPE_NAMES, TOLERANCES
 
     if not triton_available():
         print("recgen check: triton is not installed; only the reference path is available", file=out)
@@ -37,20 +95,16 @@ def run_check(dtypes=None, out=None) -> bool:
     import triton
     print(f"recgen check on {name}: torch {torch.__version__}, triton {triton.__version__}", file=out)
     ok = True
-    for label, cell, proj in OPS:
+    for label, errors_of in checks():
         for dtype in dtypes:
             start, worst, worst_name = time.perf_counter(), 0.0, ""
-            for k, (T, B, I, H, lens, reverse) in enumerate(SHAPES):
-                gen = torch.Generator().manual_seed(k)
-                inputs = random_direction_inputs(cell, T, B, I, H, proj=min(proj, H - 1),
-                                                 dtype=dtype, device=device, generator=gen)
-                lengths = torch.tensor(lens) if lens else None
-                for tensor_name, err in compare_direction(cell, inputs, lengths, reverse).items():
+            for errors in errors_of(dtype, device):
+                for tensor_name, err in errors.items():
                     if not err <= worst:
                         worst, worst_name = err, tensor_name
             passed = worst <= TOLERANCES[dtype]
             ok &= passed
-            print(f"{label:10s} {DTYPE_NAMES[dtype]:5s} max rel err {worst:.2e} ({worst_name or '-':5s}) "
+            print(f"{label:10s} {DTYPE_NAMES[dtype]:5s} max rel err {worst:.2e} ({worst_name or '-':14s}) "
                   f"tol {TOLERANCES[dtype]:.0e}  {'PASS' if passed else 'FAIL'}  "
                   f"{time.perf_counter() - start:.1f}s", file=out)
     print("all ops passed" if ok else "FAILURES above", file=out)

@@ -74,3 +74,84 @@ def compare_direction(cell, inputs, lengths=None, reverse=False, grad_seed=0):
     for n in names:
         errors[f"d{n}"] = max_rel_error(tri[n].grad, ref[n].grad)
     return errors
+
+
+def _errors_of(pairs: dict, tri_leaves: dict, ref_leaves: dict) -> dict:
+    """Relative errors of output pairs and of the gradients of matching leaves."""
+    errors = {name: max_rel_error(a, b) for name, (a, b) in pairs.items()}
+    errors.update({f"d{k}": max_rel_error(tri_leaves[k].grad, ref_leaves[k].grad) for k in tri_leaves})
+    return errors
+
+
+def compare_fused_conv(x_shape, co, k, kwargs, present, dtype=torch.float32, device="cpu", seed=0):
+    """recgen's fused_conv2d (Triton, with autograd) vs the float64 reference: errors of the
+    outputs and of the gradients of x, weight and the optional tensors named in `present`
+    (in_scale, in_shift, out_scale, out_shift, residual)."""
+    from recgen.ops.fused_conv import fused_conv2d
+    from recgen.reference.conv import fused_conv2d as reference_fused_conv2d
+
+    gen = torch.Generator().manual_seed(seed)
+    N, CI, H, W = x_shape
+    up, stride = 2 if kwargs.get("upsample") else 1, kwargs.get("stride", 1)
+    OH, OW = (up * H - 1) // stride + 1, (up * W - 1) // stride + 1
+
+    def rnd(*shape, low=-1.0, high=1.0):
+        return (torch.rand(*shape, generator=gen, dtype=torch.float64) * (high - low) + low).to(dtype)
+
+    made = {"x": rnd(N, CI, H, W), "weight": rnd(co, CI, k, k) / k,
+            "in_scale": rnd(N, CI, low=0.5, high=1.5), "in_shift": rnd(N, CI),
+            "out_scale": rnd(co, low=0.5, high=1.5), "out_shift": rnd(co), "residual": rnd(N, co, OH, OW)}
+    inputs = {n: v for n, v in made.items() if n in ("x", "weight") or n in present}
+    tri = {n: v.detach().clone().to(device) for n, v in inputs.items()}
+    tri["x"] = tri["x"].contiguous(memory_format=torch.channels_last)
+    tri = {n: v.requires_grad_() for n, v in tri.items()}
+    ref = {n: v.to(torch.float64).requires_grad_() for n, v in inputs.items()}
+    with backend("triton"):
+        out_t = fused_conv2d(**tri, **kwargs)
+    out_r = reference_fused_conv2d(**ref, **kwargs)
+    out_t = out_t if isinstance(out_t, tuple) else (out_t,)
+    out_r = out_r if isinstance(out_r, tuple) else (out_r,)
+    grads = [torch.rand(o.shape, generator=gen, dtype=torch.float64) - 0.5 for o in out_r]
+    torch.autograd.backward(out_t, [g.to(o.device, o.dtype) for g, o in zip(grads, out_t)])
+    torch.autograd.backward(out_r, grads)
+    names = ["out", "sum", "sumsq"]
+    return _errors_of({names[i]: p for i, p in enumerate(zip(out_t, out_r))}, tri, ref)
+
+
+def randomise_norms(block: torch.nn.Module) -> None:
+    """Non-trivial running statistics and affine parameters, so eval-mode folding is exercised."""
+    with torch.no_grad():
+        for m in block.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+            if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.InstanceNorm2d)) and m.weight is not None:
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+
+
+def compare_block(block: torch.nn.Module, x: torch.Tensor, train: bool, dtype=torch.float32,
+                  device="cpu", seed=0) -> dict:
+    """A recgen residual block (on `device`, `dtype`) vs the reference block on a float64 copy:
+    errors of the output, of every running statistic, and of the gradients of the input and of
+    every parameter. Both start from the same state."""
+    import copy
+
+    from recgen.reference.residual import residual_block
+
+    block = block.to(device, dtype).train(train)
+    ref = copy.deepcopy(block).to(torch.float64)
+    xr = x.detach().to(torch.float64).requires_grad_()
+    xt = x.detach().to(device, dtype).requires_grad_()
+    with backend("triton"):
+        out = block(xt)
+    expected = residual_block(xr, training=train, **ref._block_parts())
+    grad = torch.rand(expected.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) - 0.5
+    out.backward(grad.to(out.device, out.dtype))
+    expected.backward(grad)
+    errors = {"out": max_rel_error(out, expected), "dx": max_rel_error(xt.grad, xr.grad)}
+    for (name, p), q in zip(block.named_parameters(), ref.parameters()):
+        errors[f"d{name}"] = max_rel_error(p.grad, q.grad)
+    for (name, b), c in zip(block.named_buffers(), ref.buffers()):
+        errors[name] = max_rel_error(b.float(), c.float())
+    return errors

@@ -10,9 +10,10 @@ from torch import nn
 
 import recgen
 from recgen import blocks
+from recgen.check import HALF_BLOCK_OVERRIDES, half_precision_safe
 from recgen.ops import LAUNCH_COUNTS
 from recgen.reference import residual as reference
-from recgen.testing import TOLERANCES, max_rel_error
+from recgen.testing import TOLERANCES, compare_block, max_rel_error, randomise_norms
 
 CONFIGS = {  # id -> (ResidualBlock kwargs, in_channels)
     "bn": (dict(norm="batch"), 3),
@@ -26,38 +27,10 @@ CONFIGS = {  # id -> (ResidualBlock kwargs, in_channels)
 }
 
 
-def _randomise_norms(block):
-    """Non-trivial running statistics and affine parameters, so eval-mode folding is exercised."""
-    with torch.no_grad():
-        for m in block.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-            if isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d)) and m.weight is not None:
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.5, 0.5)
-
-
 def _compare(block, x, train, dtype=torch.float32, device="cpu"):
-    """Run `block` (recgen) and the reference on a float64 copy; compare outputs, running
-    statistics, and every gradient."""
-    block.train(train)
-    ref = copy.deepcopy(block).to(torch.float64)
-    xr = x.detach().to(torch.float64).requires_grad_()
-    xt = x.detach().to(device, dtype).requires_grad_()
-    out = block(xt)
-    expected = reference.residual_block(xr, training=train, **ref._block_parts())
-    grad = torch.randn_like(expected)
-    out.backward(grad.to(out.dtype))
-    expected.backward(grad)
-    tol = TOLERANCES[dtype]
-    errors = {"out": max_rel_error(out, expected), "dx": max_rel_error(xt.grad, xr.grad)}
-    for (name, p), q in zip(block.named_parameters(), ref.parameters()):
-        errors[f"d{name}"] = max_rel_error(p.grad, q.grad)
-    for (name, b), c in zip(block.named_buffers(), ref.buffers()):
-        errors[name] = max_rel_error(b.float(), c.float())
-    bad = {k: v for k, v in errors.items() if not v <= tol}
-    assert not bad, f"relative errors above {tol}: {bad}"
+    errors = compare_block(block, x, train, dtype, device)
+    bad = {k: v for k, v in errors.items() if not v <= TOLERANCES[dtype]}
+    assert not bad, f"relative errors above {TOLERANCES[dtype]}: {bad}"
 
 
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
@@ -68,7 +41,7 @@ def test_pipeline_logic_with_reference_ops(key, train):
     kwargs, cin = CONFIGS[key]
     torch.manual_seed(0)
     block = recgen.nn.ResidualBlock(cin, **kwargs).double()
-    _randomise_norms(block)
+    randomise_norms(block)
     block.train(train)
     ref = copy.deepcopy(block)
     x = torch.randn(2, cin, 7, 10, dtype=torch.float64, requires_grad=True)
@@ -93,7 +66,7 @@ def test_block_matches_reference(key, train, device):
     kwargs, cin = CONFIGS[key]
     torch.manual_seed(1)
     block = recgen.nn.ResidualBlock(cin, **kwargs).to(device)
-    _randomise_norms(block)
+    randomise_norms(block)
     before = LAUNCH_COUNTS["conv2d_fwd"]
     _compare(block, torch.randn(2, cin, 7, 10), train, device=device)
     assert LAUNCH_COUNTS["conv2d_fwd"] > before  # the Triton convolution ran
@@ -101,9 +74,10 @@ def test_block_matches_reference(key, train, device):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_block_half_precision(dtype, device):
+    """Kink-free activation in half precision: see recgen.check.HALF_BLOCK_OVERRIDES."""
     torch.manual_seed(2)
-    block = recgen.nn.ResidualBlock(5, norm="batch").to(device, dtype)
-    _randomise_norms(block)
+    block = recgen.nn.ResidualBlock(5, norm="batch", **HALF_BLOCK_OVERRIDES).to(device, dtype)
+    randomise_norms(block)
     _compare(block, torch.randn(1, 5, 6, 7), True, dtype=dtype, device=device)
 
 
@@ -173,7 +147,7 @@ def _model():
 def test_convert_swaps_known_blocks_and_keeps_results(train, device):
     torch.manual_seed(3)
     model = _model().to(device)
-    _randomise_norms(model)
+    randomise_norms(model)
     original = copy.deepcopy(model).train(train)
     params = {n: p for n, p in model.named_parameters()}
     keys = list(model.state_dict())
@@ -224,6 +198,7 @@ def test_block_bad_input_raises_before_launch(device):
 def test_gpu_block_grid(key, dtype, train):
     kwargs, cin = CONFIGS[key]
     torch.manual_seed(4)
+    kwargs = kwargs if dtype == torch.float32 else half_precision_safe(kwargs)
     block = recgen.nn.ResidualBlock(cin, **kwargs).to("cuda", dtype)
-    _randomise_norms(block)
+    randomise_norms(block)
     _compare(block, torch.randn(4, cin, 19, 23), train, dtype=dtype, device="cuda")

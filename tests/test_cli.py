@@ -18,7 +18,7 @@ def test_check_passes_and_prints_one_line_per_op_and_dtype(capsys):
     assert main(["check", "--dtype", "fp32"]) == 0
     lines = capsys.readouterr().out.splitlines()
     ops = [ln.split()[0] for ln in lines if ln.endswith("s") and " fp32 " in ln]
-    assert ops == ["lstm", "lstm_proj", "gru", "rnn_tanh", "rnn_relu"]
+    assert ops == ["lstm", "lstm_proj", "gru", "rnn_tanh", "rnn_relu", "fused_conv", "res_block"]
     assert all("PASS" in ln for ln in lines if " fp32 " in ln)
     assert lines[-1] == "all ops passed"
 

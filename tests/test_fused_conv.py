@@ -5,9 +5,7 @@ import pytest
 import torch
 
 from recgen.ops import LAUNCH_COUNTS
-from recgen.ops.fused_conv import fused_conv2d
-from recgen.reference.conv import fused_conv2d as reference_fused_conv2d
-from recgen.testing import TOLERANCES, max_rel_error
+from recgen.testing import TOLERANCES, compare_fused_conv
 
 CASES = {  # id -> (N, CI, CO, H, W, K, kwargs, tensors present)
     "epilogue-all-leaky": (2, 3, 5, 7, 10, 3, dict(out_act="leaky_relu", out_slope=0.2),
@@ -21,19 +19,6 @@ CASES = {  # id -> (N, CI, CO, H, W, K, kwargs, tensors present)
     "stats-scale-k1": (1, 12, 5, 4, 7, 1, dict(stats=True), {"out_scale", "out_shift"}),
     "plain-k7": (1, 3, 3, 8, 8, 7, dict(), set()),
 }
-
-
-def _inputs(N, CI, CO, H, W, K, kwargs, present, dtype, gen):
-    OH = ((2 * H if kwargs.get("upsample") else H) - 1) // kwargs.get("stride", 1) + 1
-    OW = ((2 * W if kwargs.get("upsample") else W) - 1) // kwargs.get("stride", 1) + 1
-
-    def rnd(*shape, low=-1.0, high=1.0):
-        return (torch.rand(*shape, generator=gen, dtype=torch.float64) * (high - low) + low).to(dtype)
-
-    t = {"x": rnd(N, CI, H, W), "weight": rnd(CO, CI, K, K) / K,
-         "in_scale": rnd(N, CI, low=0.5, high=1.5), "in_shift": rnd(N, CI),
-         "out_scale": rnd(CO, low=0.5, high=1.5), "out_shift": rnd(CO), "residual": rnd(N, CO, OH, OW)}
-    return {k: v for k, v in t.items() if k in ("x", "weight") or k in present}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -51,24 +36,11 @@ def test_gpu_fused_conv(key, dtype):
 
 def _check(key, dtype, device):
     N, CI, CO, H, W, K, kwargs, present = CASES[key]
-    inputs = _inputs(N, CI, CO, H, W, K, kwargs, present, dtype, torch.Generator().manual_seed(len(key)))
-    tri = {k: v.detach().clone().to(device) for k, v in inputs.items()}
-    tri["x"] = tri["x"].contiguous(memory_format=torch.channels_last)
-    tri = {k: v.requires_grad_() for k, v in tri.items()}
-    ref = {k: v.detach().to(torch.float64).requires_grad_() for k, v in inputs.items()}
-    before = tuple(LAUNCH_COUNTS[n] for n in ("conv2d_fwd", "conv2d_bwd_data", "conv2d_bwd_weight"))
-    out_t = fused_conv2d(**tri, **kwargs)
-    out_r = reference_fused_conv2d(**ref, **kwargs)
-    out_t = out_t if isinstance(out_t, tuple) else (out_t,)
-    out_r = out_r if isinstance(out_r, tuple) else (out_r,)
-    gen = torch.Generator().manual_seed(7)
-    grads = [torch.rand(o.shape, generator=gen, dtype=torch.float64) - 0.5 for o in out_r]
-    torch.autograd.backward(out_t, [g.to(o.device, o.dtype) for g, o in zip(grads, out_t)])
-    torch.autograd.backward(out_r, grads)
-    errors = {f"out{i}": max_rel_error(a, b) for i, (a, b) in enumerate(zip(out_t, out_r))}
-    errors.update({f"d{k}": max_rel_error(tri[k].grad, ref[k].grad) for k in inputs})
-    assert set(errors) == {f"out{i}" for i in range(len(out_r))} | {f"d{k}" for k in inputs}
+    before = tuple(LAUNCH_COUNTS[n] for n in ("conv2d_bwd_data", "conv2d_bwd_weight"))
+    errors = compare_fused_conv((N, CI, H, W), CO, K, kwargs, present, dtype, device, seed=len(key))
+    expected = {"out", "dx", "dweight"} | {f"d{n}" for n in present} | ({"sum", "sumsq"} if kwargs.get("stats") else set())
+    assert set(errors) == expected
     bad = {k: v for k, v in errors.items() if not v <= TOLERANCES[dtype]}
     assert not bad, bad
-    after = tuple(LAUNCH_COUNTS[n] for n in ("conv2d_fwd", "conv2d_bwd_data", "conv2d_bwd_weight"))
-    assert after[1] - before[1] == 1 and after[2] - before[2] == 1
+    after = tuple(LAUNCH_COUNTS[n] for n in ("conv2d_bwd_data", "conv2d_bwd_weight"))
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 1)

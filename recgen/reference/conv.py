@@ -8,8 +8,8 @@ fused_conv2d computes
     acc = conv2d(pad(upsample(a)), weight, stride)                   (no bias: use out_shift)
     z   = acc * out_scale[co] + out_shift[co] + residual             (epilogue; missing terms skipped)
     out = act_out(z)
-and, with stats=True, the per-(image, channel) sums of z and z**2 over the output pixels, in
-float32 (what a following BatchNorm/InstanceNorm needs): shapes (N, CO).
+and, with stats=True, the per-(image, channel) sums of z and z**2 (z as stored, rounded to
+x's dtype) over the output pixels, in float32 (what a following BatchNorm/InstanceNorm needs): shapes (N, CO).
 """
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ def fused_conv2d(x, weight, *, stride=1, padding_mode="zeros", upsample=False,
     out = activation(z, out_act, out_slope).to(x.dtype)
     if not stats:
         return out
-    zs = z.to(torch.float32) if z.dtype != torch.float64 else z
+    # Statistics of z as stored, in x's dtype (the kernel rounds the same way).
+    zs = z.to(x.dtype).to(torch.float32) if x.dtype != torch.float64 else z
     return out, zs.sum(dim=(2, 3)), (zs * zs).sum(dim=(2, 3))
 
 
