@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# One device-tool run: GPU test suite, `recgen check` and the fwd+bwd benchmark, with every log
-# written under $OUT (the device tool brings $OUT back). The GPU machine has no network, so
-# recgen is laid out on PYTHONPATH by copying (recgen/ plus kernels/ as recgen/kernels).
-#   run: bash bench/gpu_session.sh
+# Runbook for a session lent the GPU (device tool): each stage fits one 10-minute device call
+# and writes its logs under $OUT (which the tool brings back). The GPU machine has no network,
+# so recgen is laid out on PYTHONPATH by copying (recgen/ plus kernels/ as recgen/kernels).
+#   bash bench/gpu_session.sh check      # device, versions, `recgen check` (all dtypes)
+#   bash bench/gpu_session.sh tests      # the gpu-marked tests (recurrent, conv, blocks)
+#   bash bench/gpu_session.sh bench      # fwd+bwd timings vs cuDNN, JSON lines
 set -uo pipefail
+stage=${1:?usage: gpu_session.sh check|tests|bench}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 out=${OUT:-$repo/bench/results/gpu-session}
 mkdir -p "$out" /tmp/recgen-site
@@ -17,8 +20,14 @@ cd /tmp  # not the repo root, so ./recgen (without kernels/) does not shadow the
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 } 2>&1 | tee "$out/device.txt"
-python3 -c "import recgen.cli as c; raise SystemExit(c.main(['check']))" 2>&1 | tee "$out/check.txt"
-timeout 420 python3 -m pytest "$repo/tests" -q -x -p no:cacheprovider 2>&1 | tail -n 60 | tee "$out/pytest.txt"
-for args in "--cell lstm" "--cell gru" "--cell lstm --dtype fp32"; do
-  python3 "$repo/bench/lstm_vs_cudnn.py" $args --out "$out/bench.jsonl" 2>&1 | tee -a "$out/bench.txt"
-done
+case "$stage" in
+  check) python3 -c "import recgen.cli as c; raise SystemExit(c.main(['check']))" 2>&1 | tee "$out/check.txt" ;;
+  tests) timeout 560 python3 -m pytest "$repo/tests" -q -m gpu -p no:cacheprovider -n 8 2>&1 \
+           | tail -n 80 | tee "$out/pytest-gpu.txt" ;;
+  bench)
+    for args in "--cell lstm" "--cell gru" "--cell lstm --dtype fp32"; do
+      python3 "$repo/bench/lstm_vs_cudnn.py" $args --out "$out/bench.jsonl" 2>&1 | tee -a "$out/bench.txt"
+    done
+    python3 "$repo/bench/residual_vs_cudnn.py" --out "$out/bench.jsonl" 2>&1 | tee -a "$out/bench.txt" ;;
+  *) echo "unknown stage $stage" >&2; exit 2 ;;
+esac

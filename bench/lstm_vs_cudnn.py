@@ -12,14 +12,15 @@ device, torch and triton versions and the date. Results are appended as JSON lin
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import statistics
+import pathlib
 import sys
-import time
 
 import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from timing import environment, median_ms  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 MODULES = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN"}
@@ -39,23 +40,11 @@ def parse(argv):
     return p.parse_args(argv)
 
 
-def time_fwd_bwd(module, x, rounds, warmup, cuda):
+def fwd_bwd_step(module, x):
     def step():
         y, _ = module(x)
         y.float().sum().backward()
-
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(rounds):
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        step()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return step
 
 
 def main(argv=None):
@@ -64,8 +53,6 @@ def main(argv=None):
     if args.quick:
         os.environ["TRITON_INTERPRET"] = "1"
         args.T, args.B, args.H, args.rounds, args.warmup, args.dtype = 4, 2, 16, 2, 1, "fp32"
-    import triton
-
     import recgen
 
     device = "cuda" if cuda else "cpu"
@@ -77,15 +64,12 @@ def main(argv=None):
     rec.load_state_dict(ref.state_dict())
     x = torch.randn(args.T, args.B, args.H, device=device, dtype=dtype, requires_grad=True)
     header = {
-        "device": torch.cuda.get_device_name() if cuda else "cpu (Triton interpreter: not kernel speed)",
-        "torch": torch.__version__, "triton": triton.__version__,
-        "date": datetime.date.today().isoformat(),
-        "op": args.cell, "pass": "fwdbwd", "dtype": args.dtype,
+        **environment(cuda), "op": args.cell, "pass": "fwdbwd", "dtype": args.dtype,
         "shape": {"T": args.T, "B": args.B, "I": args.H, "H": args.H},
     }
     results = {}
     for provider, module in (("recgen", rec), ("cudnn" if cuda else "torch", ref)):
-        results[provider] = time_fwd_bwd(module, x, args.rounds, args.warmup, cuda)
+        results[provider] = median_ms(fwd_bwd_step(module, x), args.rounds, args.warmup, cuda)
     base = results["recgen"]
     print(f"{header['device']} | torch {header['torch']} | triton {header['triton']} | {header['date']}")
     print(f"{args.cell} fwd+bwd T={args.T} B={args.B} I=H={args.H} {args.dtype}, median of {args.rounds}")
