@@ -1,0 +1,9 @@
+"""Recurrent layers (lstm, gru, rnn_tanh; I = H, 1 layer): every provider, fwd and fwd+bwd."""
+
+import pytest
+from conftest import cases, run_case
+
+
+@pytest.mark.parametrize("case", cases("recurrent"))
+def test_recurrent(benchmark, case, pass_, provider):
+    run_case(benchmark, case, pass_, provider)

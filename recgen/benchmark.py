@@ -1,0 +1,273 @@
+"""`recgen bench`: the standard benchmark grid, its providers and the timing loop.
+
+The grid lives here, in one place, and is shared by `recgen bench` and the pytest-benchmark
+files in bench/. Each case is timed per provider:
+- recgen:    recgen's module (Triton kernels);
+- cudnn:     the torch.nn module, eager (cuDNN on CUDA; on the CPU torch's own CPU kernels);
+- compile:   torch.compile of the torch.nn module (compiled in the warm-up, outside the timing);
+- flashrnn:  the FlashRNN package, where importable (recurrent only);
+- reference: recgen's pure-PyTorch reference ops.
+A provider that cannot run a case is recorded with ms=None and the reason, never dropped.
+Inputs are built and compilation/autotuning is done outside the timed region; CUDA is
+synchronised around each timed run; the median over the rounds is reported with peak memory.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import itertools
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+import recgen
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PROVIDERS = ("recgen", "cudnn", "compile", "flashrnn", "reference")
+PEERS = ("compile", "flashrnn")  # other projects' code: their failures are results
+
+# The standard grids (the benchmark issue's): recurrent cells with I = H, 1 layer, one direction.
+RECURRENT_GRID = dict(op=("lstm", "gru", "rnn_tanh"), T=(64, 512), B=(1, 16, 64, 256),
+                      H=(128, 256, 512, 1024), dtype=("bf16", "fp32"))
+RESIDUAL_GRID = dict(op=("basicblock_bn", "resnetblock_in"), N=(8, 32), C=(64, 128, 256), S=(32, 64),
+                     dtype=("bf16",), train=(True, False))
+# --quick on a GPU: the headline points; on the CPU (interpreter): tiny smoke sizes.
+QUICK_GPU = {"recurrent": dict(RECURRENT_GRID, T=(512,), B=(16, 64), H=(256, 512), dtype=("bf16",)),
+             "residual": dict(RESIDUAL_GRID, N=(8,), C=(128,), S=(64,), train=(True,))}
+CPU_GRID = {"recurrent": dict(op=("lstm", "gru", "rnn_tanh"), T=(4,), B=(2,), H=(16,), dtype=("fp32",)),
+            "residual": dict(op=("basicblock_bn", "resnetblock_in"), N=(2,), C=(4,), S=(6,), dtype=("fp32",),
+                             train=(True, False))}
+PASSES = ("fwd", "fwdbwd")
+
+
+@dataclass(frozen=True)
+class Case:
+    family: str
+    op: str
+    dtype: str
+    shape: dict = field(hash=False)
+
+    def label(self) -> str:
+        return f"{self.op} " + " ".join(f"{k}={v}" for k, v in self.shape.items()) + f" {self.dtype}"
+
+
+def grid(family: str, quick: bool, cuda: bool) -> list:
+    """The cases of `family` for this machine: the standard grid, --quick's subset, or the CPU grid."""
+    if family not in ("recurrent", "residual"):
+        raise ValueError(f"unknown family {family!r}; expected 'recurrent' or 'residual'")
+    spec = (QUICK_GPU[family] if quick else (RECURRENT_GRID if family == "recurrent" else RESIDUAL_GRID)) \
+        if cuda else CPU_GRID[family]
+    keys = list(spec)
+    cases = []
+    for values in itertools.product(*(spec[k] for k in keys)):
+        v = dict(zip(keys, values))
+        if family == "recurrent":
+            shape = {"T": v["T"], "B": v["B"], "I": v["H"], "H": v["H"]}
+        else:
+            shape = {"N": v["N"], "C": v["C"], "H": v["S"], "W": v["S"], "train": v["train"]}
+        cases.append(Case(family, v["op"], v["dtype"], shape))
+    return cases
+
+
+# ---- modules and inputs -------------------------------------------------------------------
+
+def _torch_recurrent(op: str, size: int) -> nn.Module:
+    if op == "lstm":
+        return nn.LSTM(size, size)
+    if op == "gru":
+        return nn.GRU(size, size)
+    return nn.RNN(size, size, nonlinearity="tanh")
+
+
+class _BasicBlock(nn.Module):
+    """torchvision's BasicBlock, written out (torchvision is not a dependency)."""
+
+    def __init__(self, planes):
+        super().__init__()
+        self.conv1 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = None
+
+    def forward(self, x):
+        return self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))) + x)
+
+
+class _ResnetBlock(nn.Module):
+    """The CycleGAN generator's ResnetBlock (reflection padding, InstanceNorm)."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.conv_block = nn.Sequential(
+            nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3), nn.InstanceNorm2d(dim), nn.ReLU(True),
+            nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3), nn.InstanceNorm2d(dim))
+
+    def forward(self, x):
+        return x + self.conv_block(x)
+
+
+# BasicBlock and ResnetBlock are the names recgen.convert recognises.
+_BasicBlock.__name__, _ResnetBlock.__name__ = "BasicBlock", "ResnetBlock"
+
+
+def build(case: Case, device: str):
+    """(torch module, input) for a case, on `device` in the case's dtype."""
+    dtype = DTYPES[case.dtype]
+    torch.manual_seed(0)
+    if case.family == "recurrent":
+        s = case.shape
+        module = _torch_recurrent(case.op, s["H"])
+        x = torch.randn(s["T"], s["B"], s["I"])
+    else:
+        s = case.shape
+        module = (_BasicBlock if case.op == "basicblock_bn" else _ResnetBlock)(s["C"])
+        module.train(s["train"])
+        x = torch.randn(s["N"], s["C"], s["H"], s["W"])
+    module = module.to(device, dtype)
+    x = x.to(device, dtype)
+    if case.family == "residual":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return module, x
+
+
+def provider_module(provider: str, case: Case, torch_module: nn.Module):
+    """The callable a provider times, or a string saying why it cannot run the case."""
+    if provider == "cudnn":
+        return torch_module
+    if provider in ("recgen", "reference"):
+        return recgen.convert(copy.deepcopy(torch_module))
+    if provider == "compile":
+        return torch.compile(copy.deepcopy(torch_module))
+    if provider == "flashrnn":
+        if case.family != "recurrent":
+            return "FlashRNN has no residual blocks"
+        try:
+            from flashrnn.flashrnn import flashrnn
+        except ImportError as error:
+            return f"flashrnn is not importable on this machine ({error})"
+        return _FlashRNNLayer(flashrnn, case.op, torch_module)
+    raise ValueError(f"unknown provider {provider!r}; expected one of {PROVIDERS}")
+
+
+FLASHRNN_FUNCTIONS = {"lstm": "lstm", "gru": "gru", "rnn_tanh": "elman"}
+FLASHRNN_BACKEND = "cuda_fused"  # FlashRNN's fastest backend for hidden sizes it fuses
+
+
+class _FlashRNNLayer:
+    """FlashRNN's entry point behind the torch module's call contract (input (T, B, I)). The
+    input projection x W_ih^T + b is part of the timed step, as it is in recgen and cuDNN.
+    FlashRNN's gate order differs from torch's; for timing only the shapes matter."""
+
+    def __init__(self, flashrnn, op, torch_module):
+        self.flashrnn, self.function = flashrnn, FLASHRNN_FUNCTIONS[op]
+        self.w_ih = torch_module.weight_ih_l0.detach().requires_grad_()
+        gates, hidden = torch_module.weight_hh_l0.shape[0] // torch_module.hidden_size, torch_module.hidden_size
+        w_hh = torch_module.weight_hh_l0.detach().view(gates, hidden, hidden)
+        self.R = w_hh.unsqueeze(1).contiguous().requires_grad_()            # (G, NH=1, D, D)
+        b = torch_module.bias_hh_l0.detach().view(gates, hidden)
+        self.b = b.unsqueeze(1).contiguous().requires_grad_()               # (G, NH=1, D)
+        self.gates, self.hidden = gates, hidden
+
+    def __call__(self, x):
+        T, B, _ = x.shape
+        wx = torch.nn.functional.linear(x.transpose(0, 1), self.w_ih)       # (B, T, G*D)
+        wx = wx.view(B, T, self.gates, 1, self.hidden)
+        dtype = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}[x.dtype]
+        return self.flashrnn(wx, self.R, self.b, function=self.function, backend=FLASHRNN_BACKEND, dtype=dtype)
+
+
+# ---- timing -------------------------------------------------------------------------------
+
+def make_step(module, x, pass_: str, recurrent: bool):
+    """The timed callable of one pass: forward under no_grad, or forward + backward of a sum."""
+    def fwd():
+        with torch.no_grad():
+            module(x)
+
+    def fwdbwd():
+        out = module(x)
+        (out[0] if recurrent else out).float().sum().backward()
+
+    return fwd if pass_ == "fwd" else fwdbwd
+
+
+def time_step(step, rounds: int, warmup: int, cuda: bool):
+    """(median ms, peak MiB or None) of `step` over `rounds` synchronised runs after `warmup`."""
+    for _ in range(warmup):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(rounds):
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
+    return statistics.median(times), peak
+
+
+def measure(case: Case, provider: str, pass_: str, device: str, rounds: int, warmup: int) -> dict:
+    """One result row in recgen.bench_report's schema."""
+    cuda = device == "cuda"
+    row = {"family": case.family, "op": case.op, "pass": pass_, "dtype": case.dtype,
+           "shape": dict(case.shape), "provider": provider, "ms": None, "peak_mb": None, "note": ""}
+    if provider == "compile" and not cuda:
+        row["note"] = "not run on the CPU: compilation takes minutes on a 2-core machine"
+        return row
+    torch_module, x = build(case, device)
+    module = provider_module(provider, case, torch_module)
+    if isinstance(module, str):
+        row["note"] = module
+        return row
+    if pass_ == "fwdbwd":
+        x.requires_grad_()
+    backend = "reference" if provider == "reference" else "auto"
+    step = make_step(module, x, pass_, case.family == "recurrent")
+    with recgen.backend.backend(backend):
+        if provider in PEERS:
+            # A peer library that fails on a case is reported as unsupported, with its error;
+            # recgen's own failures are never caught.
+            try:
+                row["ms"], row["peak_mb"] = time_step(step, rounds, warmup, cuda)
+            except Exception as error:  # noqa: BLE001 - any peer failure is a result to report
+                row["note"] = f"{provider} failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}"
+                return row
+        else:
+            row["ms"], row["peak_mb"] = time_step(step, rounds, warmup, cuda)
+    if not cuda:
+        row["note"] = "CPU timing (Triton interpreter for recgen): not kernel speed"
+    return row
+
+
+def environment(cuda: bool) -> dict:
+    import triton
+    return {"device": torch.cuda.get_device_name() if cuda else "cpu (Triton interpreter)",
+            "torch": torch.__version__, "triton": triton.__version__,
+            "date": datetime.date.today().isoformat()}
+
+
+def run(families=("recurrent", "residual"), quick=False, providers=PROVIDERS, rounds=None,
+        warmup=None, progress=True) -> dict:
+    """Run the grid of each family on this machine's device; returns the results dict."""
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    rounds = rounds or (20 if cuda else 2)
+    warmup = warmup or (3 if cuda else 1)
+    jobs = [(case, p, pass_) for family in families for case in grid(family, quick, cuda)
+            for pass_ in PASSES for p in providers]
+    if progress:
+        from tqdm import tqdm
+        jobs = tqdm(jobs, desc="recgen bench", unit="run")
+    results = [measure(case, p, pass_, device, rounds, warmup) for case, p, pass_ in jobs]
+    return {**environment(cuda), "results": results}

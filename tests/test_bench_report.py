@@ -1,0 +1,259 @@
+"""The benchmark report: format checks (each malformed field is named), ratio arithmetic,
+markdown content, the three files `write_report` writes, and the PNGs, on small synthetic
+results (no benchmark is run)."""
+
+import copy
+import json
+import math
+import re
+import subprocess
+import sys
+
+import pytest
+
+from recgen import bench_report as br
+
+GPU = "NVIDIA H200"
+CPU = "cpu (Triton interpreter: not kernel speed)"
+LSTM_SHAPE = {"T": 64, "B": 16, "I": 128, "H": 256}
+BLOCK_SHAPE = {"N": 8, "C": 64, "H": 32, "W": 32, "train": True}
+GRU_SHAPE = {"T": 1, "B": 1, "I": 3, "H": 5}
+
+
+def row(family, op, pass_, dtype, shape, provider, ms, note="", peak_mb=None):
+    return {"family": family, "op": op, "pass": pass_, "dtype": dtype, "shape": dict(shape),
+            "provider": provider, "ms": ms, "peak_mb": peak_mb, "note": note}
+
+
+def make_results(device=GPU):
+    """Three cases: an LSTM with three peers (one unsupported), a residual block with only
+    cudnn, and a GRU recgen could not run (its peer has a time but no ratio)."""
+    lstm = ("recurrent", "lstm", "fwdbwd", "bf16", LSTM_SHAPE)
+    block = ("residual", "block", "fwd", "fp16", BLOCK_SHAPE)
+    gru = ("recurrent", "gru", "fwd", "fp32", GRU_SHAPE)
+    return {
+        "device": device, "torch": "2.5.1", "triton": "3.1.0", "date": "2025-01-31",
+        "results": [
+            row(*lstm, "recgen", 2.0, peak_mb=12.5),
+            row(*lstm, "cudnn", 3.0, peak_mb=10.0),
+            row(*lstm, "compile", 1.0),
+            row(*lstm, "flashrnn", None, note="needs H a multiple of 64"),
+            row(*block, "recgen", 4.0),
+            row(*block, "cudnn", 5.0),
+            row(*gru, "recgen", None, note="no | kernel for T=1"),
+            row(*gru, "cudnn", 0.5),
+        ],
+    }
+
+
+_DELETE = object()
+
+
+def _set(path, value):
+    """A mutation that sets results[...path...] = value (_DELETE deletes the key)."""
+    def mutate(results):
+        target = results
+        for key in path[:-1]:
+            target = target[key]
+        if value is _DELETE:
+            del target[path[-1]]
+        else:
+            target[path[-1]] = value
+    return mutate
+
+# (id, mutation, the field the error must name)
+MALFORMED = [
+    ("empty-dict", lambda r: r.clear(), "device"),  # the first missing key is named
+    ("missing-triton", _set(["triton"], _DELETE), "triton"),
+    ("extra-top-key", _set(["host"], "node1"), "host"),
+    ("device-not-str", _set(["device"], 123), "device"),
+    ("device-empty", _set(["device"], "  "), "device"),
+    ("date-format", _set(["date"], "2025/01/31"), "date"),
+    ("date-impossible", _set(["date"], "2025-02-30"), "date"),
+    ("results-not-list", _set(["results"], {}), "results"),
+    ("row-not-dict", _set(["results", 2], "lstm"), "results[2]"),
+    ("row-missing-note", _set(["results", 1, "note"], _DELETE), "results[1].note"),
+    ("row-extra-key", _set(["results", 0, "gpu"], "h200"), "results[0].gpu"),
+    ("family", _set(["results", 0, "family"], "conv"), "results[0].family"),
+    ("op-not-str", _set(["results", 0, "op"], 7), "results[0].op"),
+    ("pass", _set(["results", 4, "pass"], "bwd"), "results[4].pass"),
+    ("dtype", _set(["results", 5, "dtype"], "fp64"), "results[5].dtype"),
+    ("shape-not-dict", _set(["results", 0, "shape"], [64, 16]), "results[0].shape"),
+    ("recurrent-shape-missing-I", _set(["results", 1, "shape", "I"], _DELETE), "results[1].shape.I"),
+    ("residual-shape-with-T", _set(["results", 4, "shape", "T"], 3), "results[4].shape.T"),
+    ("residual-shape-missing-train", _set(["results", 5, "shape", "train"], _DELETE),
+     "results[5].shape.train"),
+    ("shape-zero", _set(["results", 0, "shape", "T"], 0), "results[0].shape.T"),
+    ("shape-float", _set(["results", 0, "shape", "B"], 16.0), "results[0].shape.B"),
+    ("shape-bool", _set(["results", 0, "shape", "H"], True), "results[0].shape.H"),
+    ("train-not-bool", _set(["results", 4, "shape", "train"], 1), "results[4].shape.train"),
+    ("provider-empty", _set(["results", 1, "provider"], ""), "results[1].provider"),
+    ("ms-str", _set(["results", 1, "ms"], "3.0"), "results[1].ms"),
+    ("ms-bool", _set(["results", 1, "ms"], True), "results[1].ms"),
+    ("ms-zero", _set(["results", 1, "ms"], 0.0), "results[1].ms"),
+    ("ms-nan", _set(["results", 1, "ms"], math.nan), "results[1].ms"),
+    ("peak-negative", _set(["results", 0, "peak_mb"], -1.0), "results[0].peak_mb"),
+    ("note-none", _set(["results", 0, "note"], None), "results[0].note"),
+    ("null-ms-without-reason", _set(["results", 3, "note"], ""), "results[3].note"),
+    ("duplicate-provider", lambda r: r["results"].append(copy.deepcopy(r["results"][1])),
+     "results[8].provider"),
+]
+
+
+def test_valid_results_pass():
+    br.validate(make_results())
+    br.validate(make_results(CPU))
+    br.validate({"device": GPU, "torch": "2.5.1", "triton": "3.1.0", "date": "2025-01-31", "results": []})
+
+
+@pytest.mark.parametrize("mutate, field", [m[1:] for m in MALFORMED], ids=[m[0] for m in MALFORMED])
+def test_validate_names_the_bad_field(mutate, field):
+    results = make_results()
+    mutate(results)
+    with pytest.raises(ValueError) as err:
+        br.validate(results)
+    assert str(err.value).startswith(f"{field}: "), str(err.value)
+
+
+def test_validate_rejects_non_dict():
+    with pytest.raises(ValueError, match="must be a dict"):
+        br.validate([make_results()])
+
+
+def test_case_key_ignores_shape_order_and_provider():
+    a, b = make_results()["results"][:2]
+    b["shape"] = dict(reversed(list(b["shape"].items())))
+    assert br.case_key(a) == br.case_key(b)
+    assert br.case_key(a) == ("recurrent", "lstm", "fwdbwd", "bf16",
+                              (("B", 16), ("H", 256), ("I", 128), ("T", 64)))
+    b["dtype"] = "fp16"
+    assert br.case_key(a) != br.case_key(b)
+
+
+def test_ratio_table():
+    table = br.ratio_table(make_results())
+    assert [(e["op"], e["recgen_ms"]) for e in table] == [("lstm", 2.0), ("block", 4.0), ("gru", None)]
+    lstm, block, gru = table
+    assert list(lstm["peers"]) == ["cudnn", "compile", "flashrnn"]
+    assert lstm["shape"] == LSTM_SHAPE and lstm["pass"] == "fwdbwd" and lstm["dtype"] == "bf16"
+    assert lstm["peers"]["cudnn"]["ratio"] == pytest.approx(1.5)
+    assert lstm["peers"]["compile"]["ratio"] == pytest.approx(0.5)
+    assert lstm["peers"]["flashrnn"] == {"ms": None, "ratio": None, "note": "needs H a multiple of 64"}
+    assert block["peers"]["cudnn"]["ratio"] == pytest.approx(1.25)
+    assert block["peers"]["compile"] == {"ms": None, "ratio": None, "note": ""}  # no row at all
+    assert gru["recgen_note"] == "no | kernel for T=1"
+    assert gru["peers"]["cudnn"] == {"ms": 0.5, "ratio": None, "note": ""}
+
+
+def test_ratio_table_validates():
+    results = make_results()
+    results["results"][0]["pass"] = "backward"
+    with pytest.raises(ValueError, match=re.escape("results[0].pass")):
+        br.ratio_table(results)
+
+
+def test_shape_text():
+    assert br.shape_text("recurrent", LSTM_SHAPE) == "T=64 B=16 I=128 H=256"
+    assert br.shape_text("residual", BLOCK_SHAPE) == "N=8 C=64 32x32 train"
+    assert br.shape_text("residual", {**BLOCK_SHAPE, "W": 16, "train": False}) == "N=8 C=64 32x16 eval"
+
+
+def _table_rows(md):
+    return [line for line in md.splitlines() if line.startswith("|")]
+
+
+def _cells(line):
+    # Split on unescaped pipes only: an escaped "\|" belongs to a note.
+    return [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+
+
+def test_markdown_content():
+    md = br.to_markdown(make_results())
+    header = md.splitlines()[0]
+    for part in (GPU, "2.5.1", "3.1.0", "2025-01-31"):
+        assert part in header
+    rows = _table_rows(md)
+    assert _cells(rows[0]) == ["family", "op", "pass", "dtype", "shape", "recgen ms",
+                               "cudnn ms (ratio)", "compile ms (ratio)", "flashrnn ms (ratio)"]
+    assert len(rows) == 2 + 3
+    assert all(len(_cells(r)) == 9 for r in rows)
+    lstm, block, gru = (_cells(r) for r in rows[2:])
+    assert lstm == ["recurrent", "lstm", "fwdbwd", "bf16", "T=64 B=16 I=128 H=256", "2.000",
+                    "3.000 (1.50)", "1.000 (0.50)", "unsupported: needs H a multiple of 64"]
+    assert block == ["residual", "block", "fwd", "fp16", "N=8 C=64 32x32 train", "4.000",
+                     "5.000 (1.25)", "-", "-"]
+    assert gru[5:] == ["unsupported: no \\| kernel for T=1", "0.500", "-", "-"]
+    assert "peer time / recgen time" in md
+    assert "not kernel speed" not in md
+
+
+def test_markdown_cpu_warning():
+    md = br.to_markdown(make_results(CPU))
+    warnings = [line for line in md.splitlines() if "not kernel speed" in line and line.startswith("**")]
+    assert len(warnings) == 1 and warnings[0].endswith("**")
+    assert "CPU" in warnings[0]
+
+
+def test_write_report_and_load(tmp_path):
+    results = make_results()
+    out = tmp_path / "new" / "dir"
+    paths = br.write_report(results, out)
+    assert set(paths) == {"json", "md", "png"}
+    assert {p.name for p in paths.values()} == {f"nvidia-h200_2025-01-31.{ext}" for ext in ("json", "md", "png")}
+    assert sorted(out.iterdir()) == sorted(paths.values())
+    assert br.load(paths["json"]) == results
+    assert paths["md"].read_text() == br.to_markdown(results)
+    assert paths["png"].read_bytes().startswith(b"\x89PNG")
+
+
+def test_write_report_cpu_slug(tmp_path):
+    paths = br.write_report(make_results(CPU), tmp_path)
+    assert paths["md"].name == "cpu-triton-interpreter-not-kernel-speed_2025-01-31.md"
+    assert "not kernel speed" in paths["md"].read_text()
+
+
+def test_write_report_validates_first(tmp_path):
+    results = make_results()
+    results["results"][2]["dtype"] = "int8"
+    with pytest.raises(ValueError, match=re.escape("results[2].dtype")):
+        br.write_report(results, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_load_rejects_bad_file(tmp_path):
+    results = make_results()
+    del results["date"]
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(results))
+    with pytest.raises(ValueError, match="^date: missing"):
+        br.load(path)
+
+
+def _png_height(path):
+    import matplotlib.image
+    return matplotlib.image.imread(path).shape[0]
+
+
+def test_plot_ratios(tmp_path):
+    path = br.plot_ratios(make_results(), tmp_path / "ratios.png")
+    assert path.read_bytes().startswith(b"\x89PNG")
+    assert _png_height(path) == 600  # the full plot, not the "no comparable results" card
+
+
+@pytest.mark.parametrize("keep", ["nothing", "recgen-only", "no-ratios"])
+def test_plot_ratios_empty(tmp_path, keep):
+    results = make_results()
+    if keep == "nothing":
+        results["results"] = []
+    elif keep == "recgen-only":
+        results["results"] = [r for r in results["results"] if r["provider"] == "recgen"]
+    else:  # peers and recgen present, but never both times for one case: nothing to plot
+        results["results"] = [results["results"][i] for i in (3, 6, 7)]
+    path = br.plot_ratios(results, tmp_path / "empty.png")
+    assert path.read_bytes().startswith(b"\x89PNG")
+    assert _png_height(path) == 300  # the short "no comparable results" card
+
+
+def test_import_does_not_load_matplotlib():
+    code = "import sys, recgen.bench_report; assert 'matplotlib' not in sys.modules, 'imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
