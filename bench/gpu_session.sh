@@ -4,7 +4,7 @@
 # so recgen is laid out on PYTHONPATH by copying (recgen/ plus kernels/ as recgen/kernels).
 #   bash bench/gpu_session.sh check      # device, versions, `recgen check` (all dtypes)
 #   bash bench/gpu_session.sh tests      # the gpu-marked tests (recurrent, conv, blocks)
-#   bash bench/gpu_session.sh bench      # fwd+bwd timings vs cuDNN, JSON lines
+#   bash bench/gpu_session.sh bench      # recgen bench --quick: JSON, markdown, PNG
 set -uo pipefail
 stage=${1:?usage: gpu_session.sh check|tests|bench}
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,10 +24,7 @@ case "$stage" in
   check) python3 -c "import recgen.cli as c; raise SystemExit(c.main(['check']))" 2>&1 | tee "$out/check.txt" ;;
   tests) timeout 560 python3 -m pytest "$repo/tests" -q -m gpu -p no:cacheprovider -n 8 2>&1 \
            | tail -n 80 | tee "$out/pytest-gpu.txt" ;;
-  bench)
-    for args in "--cell lstm" "--cell gru" "--cell lstm --dtype fp32"; do
-      python3 "$repo/bench/lstm_vs_cudnn.py" $args --out "$out/bench.jsonl" 2>&1 | tee -a "$out/bench.txt"
-    done
-    python3 "$repo/bench/residual_vs_cudnn.py" --out "$out/bench.jsonl" 2>&1 | tee -a "$out/bench.txt" ;;
+  bench) timeout 560 python3 -c "import recgen.cli as c; raise SystemExit(c.main(['bench', '--quick', '--out', '$out']))" \
+           2>&1 | tee "$out/bench.txt" ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;
 esac

@@ -41,3 +41,19 @@ def test_benchmark_suite_smoke():
                           "-p", "no:cacheprovider"], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert " passed" in run.stdout.splitlines()[-1]
+
+
+def test_recgen_bench_writes_report(tmp_path, capsys):
+    """`recgen bench --family recurrent` on this machine: table printed, three files written,
+    every provider recorded (timed, or unsupported with a reason)."""
+    from recgen.bench_report import load
+    assert main(["bench", "--family", "recurrent", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "| recurrent | lstm | fwdbwd |" in printed
+    files = sorted(p.suffix for p in tmp_path.iterdir())
+    assert files == [".json", ".md", ".png"]
+    results = load(next(tmp_path.glob("*.json")))
+    providers = {r["provider"] for r in results["results"]}
+    assert providers == {"recgen", "cudnn", "compile", "flashrnn", "reference"}
+    assert all((r["ms"] is not None) or r["note"] for r in results["results"])
+    assert all(r["ms"] is not None for r in results["results"] if r["provider"] == "recgen")
