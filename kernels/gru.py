@@ -1,6 +1,6 @@
 """GRU recurrence kernels: one launch runs the whole time loop of one layer and direction.
 
-Glossary: T steps, B batch, H hidden (the recurrent width P equals H: a GRU does not project),
+Glossary: T steps, B batch, D directions (one program per batch tile and direction), H hidden (the recurrent width P equals H: a GRU does not project),
 G = 3 gates in torch's order (r, z, n). One program owns BLOCK_B batch rows for all T steps.
 BLOCK_H tiles the gate columns a step produces, BLOCK_P the columns of h_{t-1} it contracts over.
 
@@ -19,25 +19,34 @@ step, which works for any hidden size. recgen/ops/config.py chooses between them
 import triton
 import triton.language as tl
 
-from recgen.kernels.math import batch_tile, load_tile, mma, sigmoid, step_time_index, tanh
+from recgen.kernels.math import batch_tile, direction, load_tile, mma, sigmoid, step_time_index, tanh
 
 
 @triton.jit
 def _gru_fwd_kernel(
-    xw_ptr,       # (T, B, 3H) input projection x W_ih^T + b_ih, last dim contiguous
-    w_hh_ptr,     # (3H, H) recurrent weights, contiguous
-    b_hh_ptr,     # (3H,) recurrent bias (HAS_BIAS)
+    xw_ptr,       # (T, B, D*3H) input projection x W_ih^T + b_ih, last dim contiguous
+    w_hh_ptr,     # (D, 3H, H) recurrent weights, contiguous
+    b_hh_ptr,     # (D, 3H) recurrent bias (HAS_BIAS)
     lengths_ptr,  # (B,) int32 valid steps per row (HAS_LENGTHS)
-    y_ptr,        # (T, B, H) out: hidden states, zero at padding, last dim contiguous
-    saved_ptr,    # (T, B, 4H) float32 out: r, z, n and gh_n = h W_hn^T + b_hn, zero at padding
-    h_state_ptr,  # (2, B, H) float32 in/out: slot 0 holds h0; slot T % 2 ends with h_n
+    y_ptr,        # (T, B, D*H) out: hidden states, zero at padding, last dim contiguous
+    saved_ptr,    # (D, T, B, 4H) float32 out: r, z, n and gh_n = h W_hn^T + b_hn, zero at padding
+    h_state_ptr,  # (D, 2, B, H) float32 in/out: slot 0 holds h0; slot T % 2 ends with h_n
     T, B, H,
     stride_xt, stride_xb, stride_yt, stride_yb,
-    REVERSE: tl.constexpr, HAS_LENGTHS: tl.constexpr, HAS_BIAS: tl.constexpr,
+    first_reverse,  # 1: direction 0 runs reversed (a lone reverse direction)
+    HAS_LENGTHS: tl.constexpr, HAS_BIAS: tl.constexpr,
     RESIDENT: tl.constexpr, DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     mask_b, rows, lengths = batch_tile(lengths_ptr, B, T, HAS_LENGTHS, BLOCK_B)
+    d, rev = direction(first_reverse)
+    # This program's direction: its block of every per-direction tensor.
+    xw_ptr += d * 3 * H
+    y_ptr += d * H
+    w_hh_ptr += d * 3 * H * H
+    b_hh_ptr += d * 3 * H
+    saved_ptr += d * T * B * 4 * H
+    h_state_ptr += d * 2 * B * H
     ar_h = tl.arange(0, BLOCK_H)
     ar_p = tl.arange(0, BLOCK_P)
 
@@ -48,7 +57,7 @@ def _gru_fwd_kernel(
         w_n = load_tile(w_hh_ptr + 2 * H * H, ar_p, ar_h, 1, H, H, H)
 
     for s in range(T):
-        t, active = step_time_index(s, lengths, REVERSE)
+        t, active = step_time_index(s, lengths, rev)
         live = mask_b & active
         src = h_state_ptr + (s % 2) * B * H
         dst = h_state_ptr + ((s + 1) % 2) * B * H
@@ -100,20 +109,29 @@ def _gru_fwd_kernel(
 
 @triton.jit
 def _gru_bwd_kernel(
-    dy_ptr,       # (T, B, H) gradient of the outputs, contiguous
-    saved_ptr,    # (T, B, 4H) float32 r, z, n, gh_n from the forward
-    h_prev_ptr,   # (T, B, H) h_{t-1} of each step in the direction of travel, contiguous
-    w_hh_ptr,     # (3H, H) recurrent weights, contiguous
+    dy_ptr,       # (D, T, B, H) gradient of the outputs, contiguous
+    saved_ptr,    # (D, T, B, 4H) float32 r, z, n, gh_n from the forward
+    h_prev_ptr,   # (D, T, B, H) h_{t-1} of each step in the direction of travel, contiguous
+    w_hh_ptr,     # (D, 3H, H) recurrent weights, contiguous
     lengths_ptr,  # (B,) int32 valid steps per row (HAS_LENGTHS)
-    dxw_ptr,      # (T, B, 3H) float32 out: gradient of xw (dr_pre, dz_pre, dn_pre), zero at padding
-    dghn_ptr,     # (T, B, H) float32 out: gradient of gh_n (dn_pre * r), zero at padding
-    dh_state_ptr, # (2, B, H) float32 in/out: slot 0 holds dh_n; slot T % 2 ends with dh_0
+    dxw_ptr,      # (D, T, B, 3H) float32 out: gradient of xw (dr_pre, dz_pre, dn_pre), zero at padding
+    dghn_ptr,     # (D, T, B, H) float32 out: gradient of gh_n (dn_pre * r), zero at padding
+    dh_state_ptr, # (D, 2, B, H) float32 in/out: slot 0 holds dh_n; slot T % 2 ends with dh_0
     T, B, H,
-    REVERSE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    first_reverse,  # 1: direction 0 runs reversed (a lone reverse direction)
+    HAS_LENGTHS: tl.constexpr,
     RESIDENT: tl.constexpr, DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     mask_b, rows, lengths = batch_tile(lengths_ptr, B, T, HAS_LENGTHS, BLOCK_B)
+    d, rev = direction(first_reverse)
+    dy_ptr += d * T * B * H
+    saved_ptr += d * T * B * 4 * H
+    h_prev_ptr += d * T * B * H
+    w_hh_ptr += d * 3 * H * H
+    dxw_ptr += d * T * B * 3 * H
+    dghn_ptr += d * T * B * H
+    dh_state_ptr += d * 2 * B * H
     ar_h = tl.arange(0, BLOCK_H)
     ar_p = tl.arange(0, BLOCK_P)
 
@@ -125,7 +143,7 @@ def _gru_bwd_kernel(
 
     for i in range(T):
         s = T - 1 - i
-        t, active = step_time_index(s, lengths, REVERSE)
+        t, active = step_time_index(s, lengths, rev)
         live = mask_b & active
         src = dh_state_ptr + (i % 2) * B * H
         dst = dh_state_ptr + ((i + 1) % 2) * B * H

@@ -1,6 +1,6 @@
 """LSTM recurrence kernels: one launch runs the whole time loop of one layer and direction.
 
-Glossary: T steps, B batch, H hidden, P recurrent width (proj_size, or H without projection),
+Glossary: T steps, B batch, D directions (one program per batch tile and direction), H hidden, P recurrent width (proj_size, or H without projection),
 G = 4 gates in torch's order (i, f, g, o). One program owns BLOCK_B batch rows for all T steps.
 
 State lives in small float32 scratch buffers in global memory (L1/L2 resident): h ping-pongs
@@ -13,28 +13,40 @@ every step, which works for any hidden size. recgen/ops/config.py chooses betwee
 import triton
 import triton.language as tl
 
-from recgen.kernels.math import batch_tile, load_tile, mma, sigmoid, step_time_index, tanh
+from recgen.kernels.math import batch_tile, direction, load_tile, mma, sigmoid, step_time_index, tanh
 
 
 @triton.jit
 def _lstm_fwd_kernel(
-    xw_ptr,       # (T, B, 4H) input projection x W_ih^T + b_ih + b_hh, last dim contiguous
-    w_hh_ptr,     # (4H, P) recurrent weights, contiguous
-    w_hr_ptr,     # (P, H) projection weights, contiguous (HAS_PROJ)
+    xw_ptr,       # (T, B, D*4H) input projection x W_ih^T + b_ih + b_hh, last dim contiguous
+    w_hh_ptr,     # (D, 4H, P) recurrent weights, contiguous
+    w_hr_ptr,     # (D, P, H) projection weights, contiguous (HAS_PROJ)
     lengths_ptr,  # (B,) int32 valid steps per row (HAS_LENGTHS)
-    y_ptr,        # (T, B, P) out: hidden states, zero at padding, last dim contiguous
-    gates_ptr,    # (T, B, 4H) float32 out: activated gates, saved for the backward
-    c_ptr,        # (T, B, H) float32 out: cell states, saved for the backward
-    m_ptr,        # (T, B, H) float32 out: o * tanh(c) before the projection (HAS_PROJ)
-    h_state_ptr,  # (2, B, P) float32 in/out: slot 0 holds h0; slot T % 2 ends with h_n
-    c_state_ptr,  # (B, H) float32 in/out: holds c0, ends with c_n
+    y_ptr,        # (T, B, D*P) out: hidden states, zero at padding, last dim contiguous
+    gates_ptr,    # (D, T, B, 4H) float32 out: activated gates, saved for the backward
+    c_ptr,        # (D, T, B, H) float32 out: cell states, saved for the backward
+    m_ptr,        # (D, T, B, H) float32 out: o * tanh(c) before the projection (HAS_PROJ)
+    h_state_ptr,  # (D, 2, B, P) float32 in/out: slot 0 holds h0; slot T % 2 ends with h_n
+    c_state_ptr,  # (D, B, H) float32 in/out: holds c0, ends with c_n
     T, B, H, P,
     stride_xt, stride_xb, stride_yt, stride_yb,
-    REVERSE: tl.constexpr, HAS_LENGTHS: tl.constexpr, HAS_PROJ: tl.constexpr,
+    first_reverse,  # 1: direction 0 runs reversed (a lone reverse direction)
+    HAS_LENGTHS: tl.constexpr, HAS_PROJ: tl.constexpr,
     RESIDENT: tl.constexpr, DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     mask_b, rows, lengths = batch_tile(lengths_ptr, B, T, HAS_LENGTHS, BLOCK_B)
+    d, rev = direction(first_reverse)
+    # This program's direction: its block of every per-direction tensor.
+    xw_ptr += d * 4 * H
+    y_ptr += d * P
+    w_hh_ptr += d * 4 * H * P
+    w_hr_ptr += d * P * H
+    gates_ptr += d * T * B * 4 * H
+    c_ptr += d * T * B * H
+    m_ptr += d * T * B * H
+    h_state_ptr += d * 2 * B * P
+    c_state_ptr += d * B * H
     ar_h = tl.arange(0, BLOCK_H)
     ar_p = tl.arange(0, BLOCK_P)
 
@@ -49,7 +61,7 @@ def _lstm_fwd_kernel(
             w_r = load_tile(w_hr_ptr, ar_h, ar_p, 1, H, H, P)
 
     for s in range(T):
-        t, active = step_time_index(s, lengths, REVERSE)
+        t, active = step_time_index(s, lengths, rev)
         live = mask_b & active
         src = h_state_ptr + (s % 2) * B * P
         dst = h_state_ptr + ((s + 1) % 2) * B * P
@@ -126,23 +138,35 @@ def _lstm_fwd_kernel(
 
 @triton.jit
 def _lstm_bwd_kernel(
-    dy_ptr,       # (T, B, P) gradient of the outputs, contiguous
-    gates_ptr,    # (T, B, 4H) float32 activated gates from the forward
-    c_ptr,        # (T, B, H) float32 cell states from the forward
-    c0_ptr,       # (B, H) float32 initial cell state
-    w_hh_ptr,     # (4H, P) recurrent weights, contiguous
-    w_hr_ptr,     # (P, H) projection weights, contiguous (HAS_PROJ)
+    dy_ptr,       # (D, T, B, P) gradient of the outputs, contiguous
+    gates_ptr,    # (D, T, B, 4H) float32 activated gates from the forward
+    c_ptr,        # (D, T, B, H) float32 cell states from the forward
+    c0_ptr,       # (D, B, H) float32 initial cell state
+    w_hh_ptr,     # (D, 4H, P) recurrent weights, contiguous
+    w_hr_ptr,     # (D, P, H) projection weights, contiguous (HAS_PROJ)
     lengths_ptr,  # (B,) int32 valid steps per row (HAS_LENGTHS)
-    dgates_ptr,   # (T, B, 4H) float32 out: gradient of the gate pre-activations, zero at padding
-    dh_ptr,       # (T, B, P) float32 out: total gradient of each h_t (HAS_PROJ, for dW_hr)
-    dh_state_ptr, # (2, B, P) float32 in/out: slot 0 holds dh_n; slot T % 2 ends with dh_0
-    dc_state_ptr, # (B, H) float32 in/out: holds dc_n, ends with dc_0
+    dgates_ptr,   # (D, T, B, 4H) float32 out: gradient of the gate pre-activations, zero at padding
+    dh_ptr,       # (D, T, B, P) float32 out: total gradient of each h_t (HAS_PROJ, for dW_hr)
+    dh_state_ptr, # (D, 2, B, P) float32 in/out: slot 0 holds dh_n; slot T % 2 ends with dh_0
+    dc_state_ptr, # (D, B, H) float32 in/out: holds dc_n, ends with dc_0
     T, B, H, P,
-    REVERSE: tl.constexpr, HAS_LENGTHS: tl.constexpr, HAS_PROJ: tl.constexpr,
+    first_reverse,  # 1: direction 0 runs reversed (a lone reverse direction)
+    HAS_LENGTHS: tl.constexpr, HAS_PROJ: tl.constexpr,
     RESIDENT: tl.constexpr, DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     mask_b, rows, lengths = batch_tile(lengths_ptr, B, T, HAS_LENGTHS, BLOCK_B)
+    d, rev = direction(first_reverse)
+    dy_ptr += d * T * B * P
+    gates_ptr += d * T * B * 4 * H
+    c_ptr += d * T * B * H
+    c0_ptr += d * B * H
+    w_hh_ptr += d * 4 * H * P
+    w_hr_ptr += d * P * H
+    dgates_ptr += d * T * B * 4 * H
+    dh_ptr += d * T * B * P
+    dh_state_ptr += d * 2 * B * P
+    dc_state_ptr += d * B * H
     ar_h = tl.arange(0, BLOCK_H)
     ar_p = tl.arange(0, BLOCK_P)
 
@@ -158,14 +182,11 @@ def _lstm_bwd_kernel(
 
     for i in range(T):
         s = T - 1 - i
-        t, active = step_time_index(s, lengths, REVERSE)
+        t, active = step_time_index(s, lengths, rev)
         live = mask_b & active
         src = dh_state_ptr + (i % 2) * B * P
         dst = dh_state_ptr + ((i + 1) % 2) * B * P
-        if REVERSE:
-            t_prev = t + 1
-        else:
-            t_prev = t - 1
+        t_prev = tl.where(rev, t + 1, t - 1)
         has_prev = (lengths * 0 + s) > 0  # per row, so it broadcasts into the load masks
         if HAS_PROJ:
             # Total gradient of h_t = output gradient + gradient carried from step t+1.

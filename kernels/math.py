@@ -26,19 +26,25 @@ def mma(a, b, DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr):
 
 
 @triton.jit
-def step_time_index(s, lengths, REVERSE: tl.constexpr):
+def step_time_index(s, lengths, reverse):
     """Time index each batch row reads and writes at loop step `s`, and whether the row is active.
 
-    Row b is active for s < lengths[b]; forward it visits t = s, reversed t = lengths[b]-1-s.
-    Inactive rows point at t = s, which lies in their padding, so that over the whole loop
-    every (t, b) position is written exactly once (padding gets zeros).
+    Row b is active for s < lengths[b]; forward it visits t = s, reversed (`reverse`, a runtime
+    flag: the two directions of a layer share one launch) t = lengths[b]-1-s. Inactive rows
+    point at t = s, which lies in their padding, so that over the whole loop every (t, b)
+    position is written exactly once (padding gets zeros).
     """
     active = s < lengths
-    if REVERSE:
-        t = tl.where(active, lengths - 1 - s, s)
-    else:
-        t = s + lengths * 0
+    t = tl.where(active & reverse, lengths - 1 - s, s + lengths * 0)
     return t.to(tl.int64), active
+
+
+@triton.jit
+def direction(first_reverse):
+    """(d, reverse) of this program: program_id(1) picks the direction of a bidirectional layer
+    (d = 1 runs reversed); a one-direction launch passes first_reverse = 1 to run reversed."""
+    d = tl.program_id(1)
+    return d, ((first_reverse + d) % 2) == 1
 
 
 @triton.jit

@@ -1,7 +1,7 @@
 """Elman RNN recurrence kernels (tanh or relu): one launch runs the whole time loop of one layer
 and direction.
 
-Glossary: T steps, B batch, H hidden (the recurrent width equals H: there is no projection).
+Glossary: T steps, B batch, D directions (one program per batch tile and direction), H hidden (the recurrent width equals H: there is no projection).
 One gate block: h_t = act(xw_t + h_{t-1} W_hh^T), act = tanh, or relu when RELU. One program
 owns BLOCK_B batch rows for all T steps; BLOCK_H tiles the output columns of a step and BLOCK_P
 the contracted columns (both all of H when RESIDENT).
@@ -15,24 +15,32 @@ recgen/ops/config.py chooses between them.
 import triton
 import triton.language as tl
 
-from recgen.kernels.math import batch_tile, load_tile, mma, step_time_index, tanh
+from recgen.kernels.math import batch_tile, direction, load_tile, mma, step_time_index, tanh
 
 
 @triton.jit
 def _rnn_fwd_kernel(
-    xw_ptr,       # (T, B, H) input projection x W_ih^T + b_ih + b_hh, last dim contiguous
-    w_hh_ptr,     # (H, H) recurrent weights, contiguous
+    xw_ptr,       # (T, B, D*H) input projection x W_ih^T + b_ih + b_hh, last dim contiguous
+    w_hh_ptr,     # (D, H, H) recurrent weights, contiguous
     lengths_ptr,  # (B,) int32 valid steps per row (HAS_LENGTHS)
-    y_ptr,        # (T, B, H) out: hidden states, zero at padding, last dim contiguous
-    act_ptr,      # (T, B, H) float32 out: activations h_t, zero at padding, saved for the backward
-    h_state_ptr,  # (2, B, H) float32 in/out: slot 0 holds h0; slot T % 2 ends with h_n
+    y_ptr,        # (T, B, D*H) out: hidden states, zero at padding, last dim contiguous
+    act_ptr,      # (D, T, B, H) float32 out: activations h_t, zero at padding, saved for the backward
+    h_state_ptr,  # (D, 2, B, H) float32 in/out: slot 0 holds h0; slot T % 2 ends with h_n
     T, B, H,
     stride_xt, stride_xb, stride_yt, stride_yb,
-    REVERSE: tl.constexpr, HAS_LENGTHS: tl.constexpr, RELU: tl.constexpr,
+    first_reverse,  # 1: direction 0 runs reversed (a lone reverse direction)
+    HAS_LENGTHS: tl.constexpr, RELU: tl.constexpr,
     RESIDENT: tl.constexpr, DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     mask_b, rows, lengths = batch_tile(lengths_ptr, B, T, HAS_LENGTHS, BLOCK_B)
+    d, rev = direction(first_reverse)
+    # This program's direction: its block of every per-direction tensor.
+    xw_ptr += d * H
+    y_ptr += d * H
+    w_hh_ptr += d * H * H
+    act_ptr += d * T * B * H
+    h_state_ptr += d * 2 * B * H
     ar_h = tl.arange(0, BLOCK_H)
     ar_p = tl.arange(0, BLOCK_P)
 
@@ -41,7 +49,7 @@ def _rnn_fwd_kernel(
         w = load_tile(w_hh_ptr, ar_p, ar_h, 1, H, H, H)
 
     for s in range(T):
-        t, active = step_time_index(s, lengths, REVERSE)
+        t, active = step_time_index(s, lengths, rev)
         live = mask_b & active
         src = h_state_ptr + (s % 2) * B * H
         dst = h_state_ptr + ((s + 1) % 2) * B * H
@@ -75,18 +83,25 @@ def _rnn_fwd_kernel(
 
 @triton.jit
 def _rnn_bwd_kernel(
-    dy_ptr,       # (T, B, H) gradient of the outputs, contiguous
-    act_ptr,      # (T, B, H) float32 activations h_t from the forward
-    w_hh_ptr,     # (H, H) recurrent weights, contiguous
+    dy_ptr,       # (D, T, B, H) gradient of the outputs, contiguous
+    act_ptr,      # (D, T, B, H) float32 activations h_t from the forward
+    w_hh_ptr,     # (D, H, H) recurrent weights, contiguous
     lengths_ptr,  # (B,) int32 valid steps per row (HAS_LENGTHS)
-    dpre_ptr,     # (T, B, H) float32 out: gradient of the pre-activation (= of xw), zero at padding
-    dh_state_ptr, # (2, B, H) float32 in/out: slot 0 holds dh_n; slot T % 2 ends with dh_0
+    dpre_ptr,     # (D, T, B, H) float32 out: gradient of the pre-activation (= of xw), zero at padding
+    dh_state_ptr, # (D, 2, B, H) float32 in/out: slot 0 holds dh_n; slot T % 2 ends with dh_0
     T, B, H,
-    REVERSE: tl.constexpr, HAS_LENGTHS: tl.constexpr, RELU: tl.constexpr,
+    first_reverse,  # 1: direction 0 runs reversed (a lone reverse direction)
+    HAS_LENGTHS: tl.constexpr, RELU: tl.constexpr,
     RESIDENT: tl.constexpr, DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     mask_b, rows, lengths = batch_tile(lengths_ptr, B, T, HAS_LENGTHS, BLOCK_B)
+    d, rev = direction(first_reverse)
+    dy_ptr += d * T * B * H
+    act_ptr += d * T * B * H
+    w_hh_ptr += d * H * H
+    dpre_ptr += d * T * B * H
+    dh_state_ptr += d * 2 * B * H
     ar_h = tl.arange(0, BLOCK_H)
     ar_p = tl.arange(0, BLOCK_P)
 
@@ -96,7 +111,7 @@ def _rnn_bwd_kernel(
 
     for i in range(T):
         s = T - 1 - i
-        t, active = step_time_index(s, lengths, REVERSE)
+        t, active = step_time_index(s, lengths, rev)
         live = mask_b & active
         src = dh_state_ptr + (i % 2) * B * H
         dst = dh_state_ptr + ((i + 1) % 2) * B * H

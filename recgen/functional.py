@@ -1,8 +1,8 @@
 """Functional entry points: multi-layer, bidirectional recurrences and single cells.
 
-Each layer and direction is one call of the op chosen by the backend (recgen.backend): the
-Triton path (input projection as one matmul, then one kernel launch for the whole time loop)
-or the pure-PyTorch reference. Inputs are validated by the modules (recgen.nn) before any launch.
+Each layer is one call of the op chosen by the backend (recgen.backend): the Triton path (the
+input projection of all directions as one matmul, then one kernel launch running the whole
+time loop of every direction) or the pure-PyTorch reference. Inputs are validated by the modules (recgen.nn) before any launch.
 """
 
 from __future__ import annotations
@@ -67,6 +67,30 @@ def split_params(params, num_layers: int, num_directions: int, has_bias: bool, h
     return groups
 
 
+def run_layer(cell, x, h0, c0, groups, lengths=None):
+    """One layer with all its D directions (D = len(groups); direction 1 runs reversed).
+
+    x: (T, B, I); h0: (D, B, P); c0: (D, B, H) or None; groups: D tuples (w_ih, w_hh, b_ih,
+    b_hh, w_hr). On the Triton path the D directions share one launch each way. Returns
+    y (T, B, D*P), h_n (D, B, P), c_n (D, B, H) or None.
+    """
+    if not use_triton(x):
+        outs = [recurrent_direction(cell, x, h0[d], None if c0 is None else c0[d], *g, lengths, d == 1)
+                for d, g in enumerate(groups)]
+        y = outs[0][0] if len(outs) == 1 else torch.cat([o[0] for o in outs], dim=-1)
+        c_n = None if c0 is None else torch.stack([o[2] for o in outs])
+        return y, torch.stack([o[1] for o in outs]), c_n
+    w_ih, w_hh, b_ih, b_hh, w_hr = (list(column) for column in zip(*groups))
+    if cell == "lstm":
+        from recgen.ops.lstm import lstm_layer
+        return lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths)
+    if cell == "gru":
+        from recgen.ops.gru import gru_layer
+        return (*gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths), None)
+    from recgen.ops.rnn import rnn_layer
+    return (*rnn_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, nonlinearity=cell[len("rnn_"):]), None)
+
+
 def recurrent_stack(cell, x, h0, c0, params, *, num_layers=1, bidirectional=False, bias=True,
                     proj_size=0, dropout=0.0, training=False, lengths=None):
     """Run a stack of recurrent layers over a padded time-major sequence.
@@ -74,6 +98,8 @@ def recurrent_stack(cell, x, h0, c0, params, *, num_layers=1, bidirectional=Fals
     x: (T, B, I); h0: (L*D, B, P); c0: (L*D, B, H) for LSTM else None; params: flat list in
     torch's order; lengths: (B,) valid steps (None: all T). Returns y (T, B, D*P), h_n, c_n.
     """
+    if cell not in CELLS:
+        raise ValueError(f"unknown cell {cell!r}; expected one of {CELLS}")
     D = 2 if bidirectional else 1
     if lengths is not None:
         check_lengths(lengths, x.shape[0], x.shape[1])
@@ -81,19 +107,15 @@ def recurrent_stack(cell, x, h0, c0, params, *, num_layers=1, bidirectional=Fals
     h_out, c_out = [], []
     layer_in = x
     for layer in range(num_layers):
-        outs = []
-        for d in range(D):
-            k = layer * D + d
-            y, h_n, c_n = run_direction(cell, layer_in, h0[k], None if c0 is None else c0[k],
-                                        *groups[k], lengths=lengths, reverse=d == 1)
-            outs.append(y)
-            h_out.append(h_n)
-            c_out.append(c_n)
-        layer_in = outs[0] if D == 1 else torch.cat(outs, dim=-1)
+        k = layer * D
+        layer_in, h_n, c_n = run_layer(cell, layer_in, h0[k:k + D], None if c0 is None else c0[k:k + D],
+                                       groups[k:k + D], lengths)
+        h_out.append(h_n)
+        c_out.append(c_n)
         if dropout > 0 and training and layer < num_layers - 1:
             layer_in = F.dropout(layer_in, p=dropout, training=True)
-    c_final = torch.stack(c_out) if c0 is not None else None
-    return layer_in, torch.stack(h_out), c_final
+    c_final = torch.cat(c_out) if c0 is not None else None
+    return layer_in, torch.cat(h_out), c_final
 
 
 def _time_major(x, batch_first):

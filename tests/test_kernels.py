@@ -10,7 +10,7 @@ import torch
 
 from recgen.ops import LAUNCH_COUNTS
 from recgen.ops.config import forced_mode, recurrence_config
-from recgen.testing import DTYPE_NAMES, TOLERANCES, compare_direction, random_direction_inputs
+from recgen.testing import DTYPE_NAMES, TOLERANCES, compare_direction, max_rel_error, random_direction_inputs
 
 CELLS = [("lstm", 0), ("lstm", 3), ("gru", 0), ("rnn_tanh", 0), ("rnn_relu", 0)]
 # (T, B, I, H, lengths): T=1/B=1, odd H, two batch tiles (B=17), unsorted packed lengths.
@@ -118,3 +118,43 @@ def test_gpu_grid(cell, proj, shape, reverse, dtype):
 def test_gpu_streamed(cell, proj):
     _check(cell, proj, (16, 33, 40, 100, list(range(16, 0, -1)) * 2 + [7]), True, torch.float32, "cuda",
            mode=("streamed", 32))
+
+
+@pytest.mark.parametrize("cell,proj", CELLS, ids=[f"{c}{'p' if p else ''}" for c, p in CELLS])
+@pytest.mark.parametrize("mode", [None, ("streamed", 16)], ids=["resident", "streamed"])
+def test_bidirectional_layer_is_one_launch(cell, proj, mode, device):
+    """Both directions of a layer run in one launch each way (a program per batch tile and
+    direction), and match the float64 reference of each direction: outputs and all gradients."""
+    from recgen.backend import backend
+    from recgen.functional import run_layer
+    T, B, I, H = 5, 4, 3, 20
+    lengths = torch.tensor([5, 2, 4, 1])
+    gen = torch.Generator().manual_seed(zlib.crc32(f"{cell}{proj}{mode}".encode()))
+    dirs = [random_direction_inputs(cell, T, B, I, H, proj=proj, device=device, generator=gen) for _ in range(2)]
+    names = ["w_ih", "w_hh", "b_ih", "b_hh", "w_hr"]
+    x = dirs[0]["x"]
+    h0 = torch.stack([d["h0"] for d in dirs])
+    c0 = torch.stack([d["c0"] for d in dirs]) if cell == "lstm" else None
+    leaves = {"x": x, "h0": h0, **({"c0": c0} if c0 is not None else {}),
+              **{f"{n}{k}": dirs[k][n] for n in names for k in range(2) if dirs[k][n] is not None}}
+    tri = {n: v.detach().clone().requires_grad_() for n, v in leaves.items()}
+    ref = {n: v.detach().to(torch.float64).requires_grad_() for n, v in leaves.items()}
+
+    def run(t):
+        groups = [tuple(t.get(f"{n}{k}") for n in names) for k in range(2)]
+        return run_layer(cell, t["x"], t["h0"], t.get("c0"), groups, lengths)
+
+    family = FAMILY[cell]
+    before = LAUNCH_COUNTS[f"{family}_fwd"], LAUNCH_COUNTS[f"{family}_bwd"]
+    with forced_mode(*mode) if mode else contextlib.nullcontext(), backend("triton"):
+        out_t = [o for o in run(tri) if o is not None]
+        grads = [torch.rand_like(o) - 0.5 for o in out_t]
+        torch.autograd.backward(out_t, grads)
+    with backend("reference"):
+        out_r = [o for o in run(ref) if o is not None]
+        torch.autograd.backward(out_r, [g.double() for g in grads])
+    assert (LAUNCH_COUNTS[f"{family}_fwd"], LAUNCH_COUNTS[f"{family}_bwd"]) == (before[0] + 1, before[1] + 1)
+    errors = {f"out{i}": max_rel_error(a, b) for i, (a, b) in enumerate(zip(out_t, out_r))}
+    errors.update({f"d{n}": max_rel_error(tri[n].grad, ref[n].grad) for n in leaves})
+    bad = {k: v for k, v in errors.items() if not v <= TOLERANCES[torch.float32]}
+    assert not bad, bad

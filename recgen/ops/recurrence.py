@@ -36,13 +36,60 @@ def zeros_if_none(grad, like: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(like) if grad is None else grad
 
 
-def grid_for(batch: int, cfg) -> tuple:
-    """One program per tile of cfg.block_b batch rows."""
-    return ((batch + cfg.block_b - 1) // cfg.block_b,)
-
-
 def summed_bias(b_ih, b_hh):
     """b_ih + b_hh folded into the input projection; either may be None."""
     if b_ih is None or b_hh is None:
         return b_hh if b_ih is None else b_ih
     return b_ih + b_hh
+
+
+# ---- layers with D directions in one launch ----------------------------------------------
+# Per-direction tensors are stacked on a leading D axis; the input projection of all
+# directions is one matmul whose last dimension holds the D gate blocks side by side, and the
+# output (T, B, D*P) is written by the kernels in place, as torch.nn lays it out.
+
+def layer_grid(batch: int, cfg, directions: int) -> tuple:
+    """One program per tile of cfg.block_b batch rows and per direction."""
+    return ((batch + cfg.block_b - 1) // cfg.block_b, directions)
+
+
+def projected_inputs(x, w_ih, b_ih, b_hh, fold_hidden_bias: bool):
+    """x (T, B, I) -> xw (T, B, D*G*H) for the D directions' (w_ih, b_ih, b_hh) lists: one matmul.
+    fold_hidden_bias adds b_hh too (LSTM, RNN); GRU keeps b_hh for inside the kernel."""
+    biases = [summed_bias(bi, bh) if fold_hidden_bias else bi for bi, bh in zip(b_ih, b_hh)]
+    bias = None if biases[0] is None else torch.cat(biases)
+    weight = w_ih[0] if len(w_ih) == 1 else torch.cat(w_ih)
+    return torch.nn.functional.linear(x, weight, bias)
+
+
+def stacked(tensors):
+    """(D, ...) from a list of D per-direction tensors, or None when they are None."""
+    if tensors[0] is None:
+        return None
+    return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
+
+
+def direction_major(t: torch.Tensor, directions: int) -> torch.Tensor:
+    """(T, B, D*X) -> (D, T, B, X) contiguous, as the backward kernels read output gradients."""
+    T, B, DX = t.shape
+    return t.view(T, B, directions, DX // directions).permute(2, 0, 1, 3).contiguous()
+
+
+def time_major(t: torch.Tensor) -> torch.Tensor:
+    """(D, T, B, X) -> (T, B, D*X): the gradient of the input projection, all directions."""
+    D, T, B, X = t.shape
+    return t[0] if D == 1 else t.permute(1, 2, 0, 3).reshape(T, B, D * X)
+
+
+def h_prev_directions(y, h0, lengths, first_reverse: bool) -> torch.Tensor:
+    """(D, T, B, P): the state each step of each direction started from (see h_prev_sequence)."""
+    D, P = h0.shape[0], h0.shape[2]
+    return torch.stack([h_prev_sequence(y[..., d * P:(d + 1) * P], h0[d], lengths,
+                                        bool((int(first_reverse) + d) % 2)) for d in range(D)])
+
+
+def bmm_t(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum over (T, B) of a^T b for (D, T, B, X) and (D, T, B, Y) -> (D, X, Y): weight gradients
+    as one matrix product per direction over all steps."""
+    D, T, B, X = a.shape
+    return torch.bmm(a.reshape(D, T * B, X).transpose(1, 2), b.reshape(D, T * B, b.shape[-1]).to(a.dtype))
