@@ -19,7 +19,11 @@ def main(argv=None) -> int:
     bench.add_argument("--provider", action="append", choices=["recgen", "cudnn", "compile", "flashrnn", "reference"],
                        help="providers to time (default: all)")
     bench.add_argument("--out", default="recgen-bench", help="folder for the JSON, markdown and PNG")
+    from recgen.train import add_parsers as add_train_parsers
+    add_train_parsers(sub)  # train, sample
     args = parser.parse_args(argv)
+    if args.command in ("train", "sample"):
+        return args.handler(args)
     if args.command == "bench":
         return _bench(args)
     if args.command == "check":

@@ -1,0 +1,99 @@
+"""torch_twin: the same model on torch.nn's layers, for comparing recgen against torch.
+
+recgen's recurrent modules subclass torch's and add nothing to the instance, so their twin is
+the same object with its class set back to the torch parent. The residual blocks have no
+torch.nn class: their twin is TorchResidualBlock, which holds the same submodules and runs the
+plain-torch reference (recgen.reference.residual.residual_block).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from recgen import nn as rnn
+from recgen.nn.residual import _FusedForward
+from recgen.reference import residual as reference
+
+TORCH_PARENTS = {
+    rnn.RNN: torch.nn.RNN, rnn.GRU: torch.nn.GRU, rnn.LSTM: torch.nn.LSTM,
+    rnn.RNNCell: torch.nn.RNNCell, rnn.GRUCell: torch.nn.GRUCell, rnn.LSTMCell: torch.nn.LSTMCell,
+}
+
+
+class TorchResidualBlock(nn.Module):
+    """The twin of a recgen residual block (ResidualBlock, FusedBasicBlock, FusedResnetBlock):
+    the block's own submodules, parameters and settings (so the same state_dict keys), with a
+    forward of plain torch ops. The block class's _block_parts reads them off this module.
+
+    >>> twin = TorchResidualBlock(recgen.nn.ResidualBlock(8, 16, stride=2))
+    """
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        if not isinstance(block, _FusedForward):
+            raise TypeError("TorchResidualBlock: expected a recgen residual block, "
+                            f"got {type(block).__name__}")
+        self.source_class = type(block).__name__
+        self._parts = type(block)._block_parts
+        for name, child in block._modules.items():  # None entries too (e.g. norm=None)
+            self.register_module(name, child)
+        for name, param in block._parameters.items():
+            self.register_parameter(name, param)
+        for name, buf in block._buffers.items():
+            self.register_buffer(name, buf, persistent=name not in block._non_persistent_buffers_set)
+        for name, value in vars(block).items():
+            if not name.startswith("_") and name != "training":
+                setattr(self, name, value)
+        self.train(block.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return reference.residual_block(x, training=self.training, **self._parts(self))
+
+    def extra_repr(self) -> str:
+        return f"twin of {self.source_class}"
+
+
+def _twin_of(module: nn.Module) -> nn.Module:
+    """The torch twin of one module (changed in place where a class swap suffices), or the
+    module itself when it is not a recgen one."""
+    cls = type(module)
+    if cls in TORCH_PARENTS:
+        module.__class__ = TORCH_PARENTS[cls]
+        if isinstance(module, nn.RNNBase):
+            module.flatten_parameters()  # cuDNN's packed weights, as a freshly built torch module has
+        return module
+    if isinstance(module, _FusedForward):
+        return TorchResidualBlock(module)
+    if isinstance(module, tuple(TORCH_PARENTS)):
+        # A subclass of a recgen module may override forward: no faithful twin, so say so.
+        raise TypeError(f"torch_twin: no torch twin for {cls.__module__}.{cls.__qualname__}, "
+                        "a subclass of a recgen.nn module")
+    return module
+
+
+def _swap_children(module: nn.Module) -> None:
+    for name, child in list(module._modules.items()):
+        if child is None:
+            continue
+        twin = _twin_of(child)
+        if twin is not child:
+            module._modules[name] = twin
+        if not isinstance(twin, TorchResidualBlock):
+            _swap_children(twin)
+
+
+def torch_twin(model: nn.Module) -> nn.Module:
+    """A deep copy of `model` with every recgen.nn module replaced by its torch twin, holding
+    equal (copied, not shared) parameters and buffers. The copy keeps the model's class, so a
+    GenerativeModel's twin trains and samples through the same methods.
+
+    >>> twin = torch_twin(model)    # same outputs, on torch.nn.LSTM and plain-torch blocks
+    """
+    twin = _twin_of(copy.deepcopy(model))
+    if isinstance(twin, TorchResidualBlock):
+        return twin
+    _swap_children(twin)
+    return twin
