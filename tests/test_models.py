@@ -17,7 +17,9 @@ from recgen.testing import TOLERANCES, max_rel_error
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
-TOL = TOLERANCES[torch.float32]
+# recgen vs its torch twin: two float32 implementations, each within the float32 tolerance of
+# the exact result, so up to twice that apart.
+TOL = 2 * TOLERANCES[torch.float32]
 LOSS_TOL = 1e-4  # a loss after one step of Adam; Adam's first step is sign(grad), so not 2e-5
 RECGEN_NN = (recgen.nn.RNN, recgen.nn.GRU, recgen.nn.LSTM, recgen.nn.RNNCell, recgen.nn.GRUCell,
              recgen.nn.LSTMCell, recgen.nn.ResidualBlock)
