@@ -3,6 +3,7 @@ path ran) and the dot precision switches."""
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 
 import torch
@@ -29,6 +30,25 @@ def poisoned(out: torch.Tensor) -> torch.Tensor:
     if interpreting() or POISON["on"]:
         out.fill_(float("nan"))
     return out
+
+
+@contextlib.contextmanager
+def overriding(state: dict, **updates):
+    """Set entries of a module-level override dict (forced modes and tile sizes, used by tests
+    and benchmarks) for the duration of a with block, then restore them."""
+    saved = dict(state)
+    state.update(updates)
+    try:
+        yield
+    finally:
+        state.clear()
+        state.update(saved)
+
+
+def check_power_of_two(name: str, value, minimum: int = 1) -> None:
+    """Tile sizes are constexpr powers of two; tl.dot operands need at least 16."""
+    if value is not None and (value < minimum or value & (value - 1)):
+        raise ValueError(f"{name} must be a power of two >= {minimum}, got {value}")
 
 
 def launch(name: str, kernel, grid, **kwargs) -> None:

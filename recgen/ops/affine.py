@@ -15,13 +15,12 @@ per-tile partial sums for dscale / dshift, reduced with torch (deterministic, no
 
 from __future__ import annotations
 
-import contextlib
 
 import torch
 import triton
 
 from recgen.backend import interpreting
-from recgen.ops._launch import ACT_CODES, launch, poisoned
+from recgen.ops._launch import ACT_CODES, check_power_of_two, launch, overriding, poisoned
 from recgen.reference.conv import ACTIVATIONS
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -32,19 +31,12 @@ MIN_BLOCK = 16
 _forced: dict = {"blocks": None}
 
 
-@contextlib.contextmanager
 def forced_blocks(block_p: int, block_c: int):
     """Use (BLOCK_P, BLOCK_C) for every affine launch in the block; tests use small tiles to get
     several pixel tiles and channel blocks on tiny tensors."""
     for name, b in (("block_p", block_p), ("block_c", block_c)):
-        if b < 1 or b & (b - 1):
-            raise ValueError(f"{name} must be a power of two, got {b}")
-    saved = _forced["blocks"]
-    _forced["blocks"] = (block_p, block_c)
-    try:
-        yield
-    finally:
-        _forced["blocks"] = saved
+        check_power_of_two(name, b)
+    return overriding(_forced, blocks=(block_p, block_c))
 
 
 def affine_blocks(C: int, HW: int) -> tuple:

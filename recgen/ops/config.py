@@ -12,11 +12,12 @@ program can keep in registers and shared memory without spilling), streamed othe
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
 import triton
+
+from recgen.ops._launch import check_power_of_two, overriding
 
 RESIDENT_BUDGET_BYTES = 64 * 1024
 STREAM_BLOCK = 64
@@ -52,16 +53,9 @@ def recurrence_config(gates: int, hidden: int, width: int, dtype: torch.dtype,
     return RecurrenceConfig(False, MIN_DOT, min(block, h_pad), min(block, p_pad), num_warps=4)
 
 
-@contextlib.contextmanager
 def forced_mode(mode: str, block: int | None = None):
-    """Force a mode (and streamed tile size) for every launch in the block; used by tests and bench."""
+    """Force a mode (and streamed tile size) for every launch in a with block; tests and bench."""
     if mode not in MODES:
         raise ValueError(f"unknown recurrence mode {mode!r}; expected one of {MODES}")
-    if block is not None and (block < MIN_DOT or block & (block - 1)):
-        raise ValueError(f"block must be a power of two >= {MIN_DOT}, got {block}")
-    saved = dict(_forced)
-    _forced.update(mode=mode, block=block)
-    try:
-        yield
-    finally:
-        _forced.update(saved)
+    check_power_of_two("block", block, MIN_DOT)
+    return overriding(_forced, mode=mode, block=block)

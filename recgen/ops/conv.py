@@ -8,12 +8,11 @@ bfloat16 data. Arguments are checked before anything is launched.
 
 from __future__ import annotations
 
-import contextlib
 
 import torch
 import triton
 
-from recgen.ops._launch import ACT_CODES, dot_flags, launch, new_output
+from recgen.ops._launch import ACT_CODES, check_power_of_two, dot_flags, launch, new_output, overriding
 from recgen.reference.conv import ACTIVATIONS, PADDING_MODES
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -40,18 +39,11 @@ def conv_blocks(M: int, CI: int, CO: int) -> tuple:
     return block_m, block_ci, block_co, num_warps
 
 
-@contextlib.contextmanager
 def forced_blocks(block_m: int, block_ci: int, block_co: int, num_warps: int = 4):
-    """Force the tile sizes of every conv launch in the block; used by tests and bench."""
+    """Force the tile sizes of every conv launch in a with block; used by tests and bench."""
     for name, b in (("block_m", block_m), ("block_ci", block_ci), ("block_co", block_co)):
-        if b < MIN_DOT or b & (b - 1):
-            raise ValueError(f"{name} must be a power of two >= {MIN_DOT}, got {b}")
-    previous = _forced["blocks"]
-    _forced["blocks"] = (block_m, block_ci, block_co, num_warps)
-    try:
-        yield
-    finally:
-        _forced["blocks"] = previous
+        check_power_of_two(name, b, MIN_DOT)
+    return overriding(_forced, blocks=(block_m, block_ci, block_co, num_warps))
 
 
 def _check_vector(name, t, shape, x):

@@ -11,13 +11,12 @@ sums go to float32 buffers that torch sums, so results are deterministic.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
 import triton
 
-from recgen.ops._launch import ACT_CODES, dot_flags, launch, new_output, poisoned
+from recgen.ops._launch import ACT_CODES, check_power_of_two, dot_flags, launch, new_output, overriding, poisoned
 from recgen.ops.conv import conv_out_size
 from recgen.reference.conv import ACTIVATIONS, PADDING_MODES
 
@@ -69,20 +68,13 @@ def conv_bwd_config(N: int, CI: int, CO: int, H: int, W: int, OH: int, OW: int, 
     return ConvBwdConfig(block_p, block_ci, block_co, block_r, split, per_split * block_r)
 
 
-@contextlib.contextmanager
 def forced_config(split: int | None = None, channel_block: int | None = None):
     """Force the weight gradient's split (at most one per BLOCK_R step) and cap the channel blocks
-    of every conv backward launch in the block; used by tests and bench."""
+    of every conv backward launch in a with block; used by tests and bench."""
     if split is not None and split < 1:
         raise ValueError(f"split must be >= 1, got {split}")
-    if channel_block is not None and (channel_block < MIN_DOT or channel_block & (channel_block - 1)):
-        raise ValueError(f"channel_block must be a power of two >= {MIN_DOT}, got {channel_block}")
-    previous = dict(_forced)
-    _forced.update(split=split, channel_block=channel_block)
-    try:
-        yield
-    finally:
-        _forced.update(previous)
+    check_power_of_two("channel_block", channel_block, MIN_DOT)
+    return overriding(_forced, split=split, channel_block=channel_block)
 
 
 def _new_like(x: torch.Tensor) -> torch.Tensor:
