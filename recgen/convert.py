@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from recgen import nn as rnn
+from recgen.nn._compile import allow_dynamo_rnn
 
 logger = logging.getLogger("recgen")
 
@@ -83,6 +84,8 @@ def _swapped(module: torch.nn.Module) -> torch.nn.Module:
     cls = _target_class(module)
     new = cls.__new__(cls)
     new.__dict__.update(module.__dict__)
+    if isinstance(new, torch.nn.RNNBase):
+        allow_dynamo_rnn()
     return new
 
 

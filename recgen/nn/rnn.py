@@ -12,11 +12,20 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from recgen import functional
+from recgen.nn._compile import allow_dynamo_rnn
 from recgen.nn._checks import autocast_dtype, autocast_off, check_like, check_tensor, check_weights
 
 
 class _RecurrentForward:
     """torch.nn.RNNBase.forward, with the fused op in place of torch._VF."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        allow_dynamo_rnn()
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        allow_dynamo_rnn()
 
     def _cell_name(self) -> str:
         return {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}[self.mode]

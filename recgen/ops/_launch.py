@@ -9,6 +9,7 @@ from collections import Counter
 import torch
 
 from recgen.backend import interpreting
+from recgen.ops.library import traceable
 
 LAUNCH_COUNTS: Counter = Counter()
 # Outputs are NaN-poisoned under the interpreter and when tests switch this on (on the GPU it
@@ -57,7 +58,7 @@ def launch(name: str, kernel, grid, **kwargs) -> None:
     if 0 in grid:
         return
     LAUNCH_COUNTS[name] += 1
-    kernel[grid](**kwargs)
+    traceable(kernel)[grid](**kwargs)
 
 
 def dot_flags(dtype: torch.dtype) -> dict:

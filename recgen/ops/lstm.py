@@ -1,7 +1,7 @@
 """LSTM recurrence: launchers and the autograd Function.
 
-Name chain: _lstm_fwd_kernel / _lstm_bwd_kernel -> lstm_fwd / lstm_bwd -> LSTMFunction
--> lstm_layer (one layer, all its directions in one launch) / lstm_direction
+Name chain: _lstm_fwd_kernel / _lstm_bwd_kernel -> lstm_fwd / lstm_bwd -> torch.ops.recgen.lstm_fwd /
+lstm_bwd (recgen/ops/library.py), with LSTMFunction as lstm_fwd's autograd -> lstm_layer (one layer, all its directions in one launch) / lstm_direction
 -> recgen.functional.lstm -> recgen.nn.LSTM.
 
 Tensors of a layer's D directions are stacked on a leading axis (D = 2 for bidirectional):
@@ -15,6 +15,7 @@ import torch
 
 from recgen.ops._launch import dot_flags, launch, new_output
 from recgen.ops.config import recurrence_config
+from recgen.ops.library import absent_like, define, fresh, register_function
 from recgen.ops.recurrence import (
     bmm_t, direction_major, h_prev_directions, layer_grid, lengths_arg, projected_inputs, stacked,
     time_major, zeros_if_none,
@@ -91,32 +92,78 @@ def lstm_bwd(dy, dhn, dcn, gates, c_all, c0, w_hh, w_hr, lengths, first_reverse)
     return dgates, dh_state[:, T % 2], dc_state, dh_all
 
 
+def _lstm_fwd_fake(xw, h0, c0, w_hh, w_hr, lengths, first_reverse):
+    T, B, _ = xw.shape
+    D, G4, P = w_hh.shape
+    H = G4 // 4
+    saved = dict(dtype=torch.float32)
+    return (xw.new_empty((T, B, D * P)), xw.new_empty((D, B, P)), xw.new_empty((D, B, H)),
+            xw.new_empty((D, T, B, 4 * H), **saved), xw.new_empty((D, T, B, H), **saved),
+            xw.new_empty((D, T, B, H), **saved) if w_hr is not None else absent_like(xw))
+
+
+@define("lstm_fwd", "(Tensor xw, Tensor h0, Tensor c0, Tensor w_hh, Tensor? w_hr, Tensor? lengths, "
+        "bool first_reverse) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)", _lstm_fwd_fake)
+def lstm_fwd_op(xw, h0, c0, w_hh, w_hr, lengths, first_reverse):
+    """torch.ops.recgen.lstm_fwd: lstm_fwd with h_n, c_n in xw's dtype and an empty m when not
+    projecting. Returns y, h_n, c_n, gates, c, m; differentiable in xw, h0, c0, w_hh, w_hr."""
+    y, hn, cn, gates, c_all, m_all = lstm_fwd(xw, h0, c0, w_hh, w_hr, lengths, first_reverse)
+    return (y, fresh(hn, xw.dtype), fresh(cn, xw.dtype), gates, c_all,
+            m_all if m_all is not None else absent_like(xw))
+
+
+def _lstm_bwd_fake(dy, dhn, dcn, gates, c_all, c0, w_hh, w_hr, lengths, first_reverse):
+    D, T, B, G4 = gates.shape  # gates is float32, so are these
+    P = w_hh.shape[2]
+    return (gates.new_empty(gates.shape), gates.new_empty((D, B, P)), gates.new_empty((D, B, G4 // 4)),
+            gates.new_empty((D, T, B, P)) if w_hr is not None else absent_like(gates))
+
+
+@define("lstm_bwd", "(Tensor dy, Tensor dhn, Tensor dcn, Tensor gates, Tensor c_all, Tensor c0, "
+        "Tensor w_hh, Tensor? w_hr, Tensor? lengths, bool first_reverse) -> (Tensor, Tensor, Tensor, Tensor)",
+        _lstm_bwd_fake)
+def lstm_bwd_op(dy, dhn, dcn, gates, c_all, c0, w_hh, w_hr, lengths, first_reverse):
+    """torch.ops.recgen.lstm_bwd: lstm_bwd with an empty dh_all when not projecting."""
+    dgates, dh0, dc0, dh_all = lstm_bwd(dy, dhn, dcn, gates, c_all, c0, w_hh, w_hr, lengths, first_reverse)
+    return (dgates, fresh(dh0, torch.float32), fresh(dc0, torch.float32),
+            dh_all if dh_all is not None else absent_like(gates))
+
+
 class LSTMFunction(torch.autograd.Function):
-    """The LSTM recurrence of one layer's D directions, given the input projection xw.
+    """The LSTM recurrence of one layer's D directions, given the input projection xw: the
+    autograd of torch.ops.recgen.lstm_fwd (registered below, so eager, `LSTMFunction.apply` and
+    compiled graphs share this backward).
 
     Inputs: xw (T, B, D*4H), h0 (D, B, P), c0 (D, B, H), w_hh (D, 4H, P), w_hr (D, P, H) or
     None, lengths (B,) or None, first_reverse (bool). Outputs y (T, B, D*P), h_n (D, B, P),
-    c_n (D, B, H) in xw's dtype.
+    c_n (D, B, H) in xw's dtype, then the saved float32 tensors (not differentiable).
     """
 
     @staticmethod
-    def forward(ctx, xw, h0, c0, w_hh, w_hr, lengths, first_reverse):
-        y, hn, cn, gates, c_all, m_all = lstm_fwd(xw, h0, c0, w_hh, w_hr, lengths, first_reverse)
-        ctx.save_for_backward(y, h0, c0, w_hh, w_hr, gates, c_all, m_all)
-        ctx.lengths, ctx.first_reverse = lengths, first_reverse
-        return y, hn.to(xw.dtype), cn.to(xw.dtype)
+    def forward(xw, h0, c0, w_hh, w_hr, lengths, first_reverse):
+        return torch.ops.recgen.lstm_fwd(xw, h0, c0, w_hh, w_hr, lengths, first_reverse)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        xw, h0, c0, w_hh, w_hr, lengths, first_reverse = inputs
+        y, _, _, gates, c_all, m_all = output
+        ctx.save_for_backward(y, h0, c0, w_hh, w_hr, gates, c_all, m_all, lengths)
+        ctx.first_reverse = first_reverse
+        ctx.mark_non_differentiable(gates, c_all, m_all)
+        ctx.set_materialize_grads(False)  # no zero tensors for the outputs nobody used
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, dy, dhn, dcn):
-        y, h0, c0, w_hh, w_hr, gates, c_all, m_all = ctx.saved_tensors
+    def backward(ctx, dy, dhn, dcn, *_saved):
+        y, h0, c0, w_hh, w_hr, gates, c_all, m_all, lengths = ctx.saved_tensors
         D = w_hh.shape[0]
         dy = direction_major(zeros_if_none(dy, y), D)
-        dgates, dh0, dc0, dh_all = lstm_bwd(dy, zeros_if_none(dhn, h0), zeros_if_none(dcn, c0), gates,
-                                            c_all, c0, w_hh, w_hr, ctx.lengths, ctx.first_reverse)
+        dgates, dh0, dc0, dh_all = torch.ops.recgen.lstm_bwd(
+            dy, zeros_if_none(dhn, h0), zeros_if_none(dcn, c0), gates, c_all, c0, w_hh, w_hr, lengths,
+            ctx.first_reverse)
         dw_hh = dw_hr = None
         if ctx.needs_input_grad[3]:
-            h_prev = h_prev_directions(y, h0, ctx.lengths, ctx.first_reverse)
+            h_prev = h_prev_directions(y, h0, lengths, ctx.first_reverse)
             dw_hh = bmm_t(dgates, h_prev).to(w_hh.dtype)
         if w_hr is not None and ctx.needs_input_grad[4]:
             dw_hr = bmm_t(dh_all, m_all).to(w_hr.dtype)
@@ -124,12 +171,16 @@ class LSTMFunction(torch.autograd.Function):
                 None, None)
 
 
+register_function("lstm_fwd", LSTMFunction)
+
+
 def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths=None, first_reverse=False):
     """One LSTM layer, all D directions in one launch each way. x: (T, B, I); h0: (D, B, P);
     c0: (D, B, H); w_ih, w_hh, b_ih, b_hh, w_hr: lists of D per-direction tensors (entries None
     when absent). Returns y (T, B, D*P), h_n (D, B, P), c_n (D, B, H)."""
     xw = projected_inputs(x, w_ih, b_ih, b_hh, fold_hidden_bias=True)
-    return LSTMFunction.apply(xw, h0, c0, stacked(w_hh), stacked(w_hr), lengths, first_reverse)
+    y, h_n, c_n = torch.ops.recgen.lstm_fwd(xw, h0, c0, stacked(w_hh), stacked(w_hr), lengths, first_reverse)[:3]
+    return y, h_n, c_n
 
 
 def lstm_direction(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=None,

@@ -1,0 +1,87 @@
+"""recgen's ops in torch.library, so torch.compile sees each launcher as one operator.
+
+Every launcher that starts a kernel is registered as `torch.ops.recgen.<name>`:
+- with `torch.library.triton_op` where torch has it and the kernels are compiled: torch.compile
+  then traces the launcher itself, and the kernels it starts through `wrap_triton`, into the
+  graph (Inductor sees and schedules the user kernels);
+- with `torch.library.custom_op` and a shape-only fake otherwise: an older torch, or the Triton
+  interpreter (TRITON_INTERPRET=1), whose kernels read tensor memory and so cannot be traced
+  with fake tensors. The op is then opaque to the compiler, which still compiles the model
+  around it without a graph break.
+RECGEN_TORCH_OP=custom_op forces the second form (a way out should a torch release trace a
+launcher wrongly). The choice is made once, when recgen.ops is imported.
+
+Differentiable ops get their autograd with `torch.library.register_autograd`, from the
+setup_context/backward of the op's autograd Function (LSTMFunction, ...), so eager calls,
+`Function.apply` and compiled graphs share one backward.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from recgen.backend import interpreting
+
+NAMESPACE = "recgen"
+KINDS = ("triton_op", "custom_op")
+
+
+def registration_kind() -> str:
+    """'triton_op' or 'custom_op' (see the module docstring)."""
+    forced = os.environ.get("RECGEN_TORCH_OP")
+    if forced is not None:
+        if forced not in KINDS:
+            raise ValueError(f"RECGEN_TORCH_OP: expected one of {KINDS}, got {forced!r}")
+        if forced == "triton_op" and not hasattr(torch.library, "triton_op"):
+            raise RuntimeError(f"RECGEN_TORCH_OP=triton_op: torch {torch.__version__} has no "
+                               "torch.library.triton_op")
+        return forced
+    if hasattr(torch.library, "triton_op") and hasattr(torch.library, "wrap_triton") and not interpreting():
+        return "triton_op"
+    return "custom_op"
+
+
+KIND = registration_kind()
+
+
+def define(name: str, schema: str, fake):
+    """Decorator: register `fn` as torch.ops.recgen.<name> with `schema` (the kind chosen by
+    registration_kind); `fake` computes output metadata for the custom_op form. Ops never
+    mutate their inputs: every output is a fresh tensor."""
+    qualname = f"{NAMESPACE}::{name}"
+
+    def register(fn):
+        if KIND == "triton_op":
+            return torch.library.triton_op(qualname, fn, mutates_args=(), schema=schema)
+        op = torch.library.custom_op(qualname, fn, mutates_args=(), schema=schema)
+        op.register_fake(fake)
+        return op
+
+    return register
+
+
+def register_function(name: str, function: type) -> None:
+    """Use an autograd Function's setup_context and backward as the autograd of recgen::<name>."""
+    torch.library.register_autograd(f"{NAMESPACE}::{name}", function.backward,
+                                    setup_context=function.setup_context)
+
+
+def traceable(kernel):
+    """The kernel as called by launchers: through wrap_triton for triton_op registration (a plain
+    call outside tracing), the kernel itself otherwise."""
+    return torch.library.wrap_triton(kernel) if KIND == "triton_op" else kernel
+
+
+def absent_like(t: torch.Tensor) -> torch.Tensor:
+    """What an op returns in place of an output that does not exist (a schema returns Tensors,
+    not None): an empty float32 tensor on t's device. Callers know from the inputs whether the
+    output exists (e.g. w_hr is None)."""
+    return t.new_empty(0, dtype=torch.float32)
+
+
+def fresh(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """t in `dtype`, contiguous, never a view of a launcher's scratch buffer (op outputs must
+    have the strides the fake gives them, and must not alias one another)."""
+    return t.to(dtype, memory_format=torch.contiguous_format, copy=True)
