@@ -1,5 +1,14 @@
-"""Launchers and autograd Functions of the Triton kernels (triton is imported on first launch)."""
+"""Launchers, torch.library ops and autograd Functions of the Triton kernels.
 
+Importing this package registers the ops (torch.ops.recgen.*, see recgen/ops/library.py) when
+triton is installed; the kernels themselves are compiled on first launch. Without triton the
+ops are not registered and recgen runs its reference path.
+"""
+
+from recgen.backend import triton_available
 from recgen.ops._launch import LAUNCH_COUNTS
+
+if triton_available():
+    from recgen.ops import affine, fused_conv, gru, lstm, rnn  # noqa: F401  (registers the ops)
 
 __all__ = ["LAUNCH_COUNTS"]

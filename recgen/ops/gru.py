@@ -1,7 +1,7 @@
 """GRU recurrence: launchers and the autograd Function.
 
-Name chain: _gru_fwd_kernel / _gru_bwd_kernel -> gru_fwd / gru_bwd -> GRUFunction
--> gru_layer (one layer, all its directions in one launch) / gru_direction
+Name chain: _gru_fwd_kernel / _gru_bwd_kernel -> gru_fwd / gru_bwd -> torch.ops.recgen.gru_fwd /
+gru_bwd (recgen/ops/library.py), with GRUFunction as gru_fwd's autograd -> gru_layer (one layer, all its directions in one launch) / gru_direction
 -> recgen.functional.gru -> recgen.nn.GRU.
 
 Tensors of a layer's D directions are stacked on a leading axis: h0 (D, B, H), w_hh (D, 3H, H),
@@ -10,10 +10,14 @@ b_hh (D, 3H); xw (T, B, D*3H) and y (T, B, D*H) hold the directions side by side
 
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 import torch
+from torch import Tensor
 
 from recgen.ops._launch import dot_flags, launch, new_output
 from recgen.ops.config import recurrence_config
+from recgen.ops.library import define, fresh, register_function
 from recgen.ops.recurrence import (
     bmm_t, direction_major, h_prev_directions, layer_grid, lengths_arg, projected_inputs, stacked,
     time_major, zeros_if_none,
@@ -80,29 +84,70 @@ def gru_bwd(dy, dhn, saved, h_prev, w_hh, lengths, first_reverse):
     return dxw, dghn, dh_state[:, T % 2]
 
 
+def _gru_fwd_fake(xw, h0, w_hh, b_hh, lengths, first_reverse):
+    T, B, _ = xw.shape
+    D, _, H = w_hh.shape
+    return (xw.new_empty((T, B, D * H)), xw.new_empty((D, B, H)),
+            xw.new_empty((D, T, B, 4 * H), dtype=torch.float32))
+
+
+@define("gru_fwd", "(Tensor xw, Tensor h0, Tensor w_hh, Tensor? b_hh, Tensor? lengths, bool first_reverse) "
+        "-> (Tensor, Tensor, Tensor)", _gru_fwd_fake)
+def gru_fwd_op(xw: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], lengths: Optional[Tensor],
+               first_reverse: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """torch.ops.recgen.gru_fwd: gru_fwd with h_n in xw's dtype. Returns y, h_n, saved;
+    differentiable in xw, h0, w_hh, b_hh."""
+    y, hn, saved = gru_fwd(xw, h0, w_hh, b_hh, lengths, first_reverse)
+    return y, fresh(hn, xw.dtype), saved
+
+
+def _gru_bwd_fake(dy, dhn, saved, h_prev, w_hh, lengths, first_reverse):
+    D, T, B, G4 = saved.shape
+    H = G4 // 4
+    return saved.new_empty((D, T, B, 3 * H)), saved.new_empty((D, T, B, H)), saved.new_empty((D, B, H))
+
+
+@define("gru_bwd", "(Tensor dy, Tensor dhn, Tensor saved, Tensor h_prev, Tensor w_hh, Tensor? lengths, "
+        "bool first_reverse) -> (Tensor, Tensor, Tensor)", _gru_bwd_fake)
+def gru_bwd_op(dy: Tensor, dhn: Tensor, saved: Tensor, h_prev: Tensor, w_hh: Tensor, lengths: Optional[Tensor],
+               first_reverse: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """torch.ops.recgen.gru_bwd: gru_bwd (dxw, dghn, dh0 float32)."""
+    dxw, dghn, dh0 = gru_bwd(dy, dhn, saved, h_prev, w_hh, lengths, first_reverse)
+    return dxw, dghn, fresh(dh0, torch.float32)
+
+
 class GRUFunction(torch.autograd.Function):
-    """The GRU recurrence of one layer's D directions, given the input projection xw.
+    """The GRU recurrence of one layer's D directions, given the input projection xw: the
+    autograd of torch.ops.recgen.gru_fwd (registered below).
 
     Inputs: xw (T, B, D*3H), h0 (D, B, H), w_hh (D, 3H, H), b_hh (D, 3H) or None, lengths (B,)
-    or None, first_reverse (bool). Outputs y (T, B, D*H), h_n (D, B, H) in xw's dtype.
+    or None, first_reverse (bool). Outputs y (T, B, D*H), h_n (D, B, H) in xw's dtype and the
+    saved float32 tensor (not differentiable).
     """
 
     @staticmethod
-    def forward(ctx, xw, h0, w_hh, b_hh, lengths, first_reverse):
-        y, hn, saved = gru_fwd(xw, h0, w_hh, b_hh, lengths, first_reverse)
-        ctx.save_for_backward(y, h0, w_hh, saved)
-        ctx.lengths, ctx.first_reverse = lengths, first_reverse
+    def forward(xw, h0, w_hh, b_hh, lengths, first_reverse):
+        return torch.ops.recgen.gru_fwd(xw, h0, w_hh, b_hh, lengths, first_reverse)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        xw, h0, w_hh, b_hh, lengths, first_reverse = inputs
+        y, _, saved = output
+        ctx.save_for_backward(y, h0, w_hh, saved, lengths)
+        ctx.first_reverse = first_reverse
         ctx.b_dtype = None if b_hh is None else b_hh.dtype
-        return y, hn.to(xw.dtype)
+        ctx.mark_non_differentiable(saved)
+        ctx.set_materialize_grads(False)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, dy, dhn):
-        y, h0, w_hh, saved = ctx.saved_tensors
+    def backward(ctx, dy, dhn, _saved):
+        y, h0, w_hh, saved, lengths = ctx.saved_tensors
         D, H = w_hh.shape[0], w_hh.shape[2]
-        h_prev = h_prev_directions(y, h0, ctx.lengths, ctx.first_reverse)
-        dxw, dghn, dh0 = gru_bwd(direction_major(zeros_if_none(dy, y), D), zeros_if_none(dhn, h0),
-                                 saved, h_prev, w_hh, ctx.lengths, ctx.first_reverse)
+        h_prev = h_prev_directions(y, h0, lengths, ctx.first_reverse)
+        dxw, dghn, dh0 = torch.ops.recgen.gru_bwd(direction_major(zeros_if_none(dy, y), D),
+                                                  zeros_if_none(dhn, h0), saved, h_prev, w_hh, lengths,
+                                                  ctx.first_reverse)
         # Hidden-side pre-activation gradient, by gate: r and z equal xw's, n is dghn.
         d_rz = dxw[..., :2 * H]
         dw_hh = db_hh = None
@@ -113,12 +158,16 @@ class GRUFunction(torch.autograd.Function):
         return time_major(dxw).to(y.dtype), dh0.to(h0.dtype), dw_hh, db_hh, None, None
 
 
+register_function("gru_fwd", GRUFunction)
+
+
 def gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths=None, first_reverse=False):
     """One GRU layer, all D directions in one launch each way. x: (T, B, I); h0: (D, B, H);
     w_ih, w_hh, b_ih, b_hh: lists of D per-direction tensors (biases None when absent).
     Returns y (T, B, D*H), h_n (D, B, H)."""
     xw = projected_inputs(x, w_ih, b_ih, b_hh, fold_hidden_bias=False)
-    return GRUFunction.apply(xw, h0, stacked(w_hh), stacked(b_hh), lengths, first_reverse)
+    y, h_n, _ = torch.ops.recgen.gru_fwd(xw, h0, stacked(w_hh), stacked(b_hh), lengths, first_reverse)
+    return y, h_n
 
 
 def gru_direction(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False):

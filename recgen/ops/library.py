@@ -49,14 +49,23 @@ KIND = registration_kind()
 def define(name: str, schema: str, fake):
     """Decorator: register `fn` as torch.ops.recgen.<name> with `schema` (the kind chosen by
     registration_kind); `fake` computes output metadata for the custom_op form. Ops never
-    mutate their inputs: every output is a fresh tensor."""
+    mutate their inputs: every output is a fresh tensor.
+
+    triton_op infers the schema from fn's type annotations (it ignores a given one), so the
+    annotations must say what `schema` says; a mismatch raises here, at registration."""
     qualname = f"{NAMESPACE}::{name}"
 
     def register(fn):
-        if KIND == "triton_op":
-            return torch.library.triton_op(qualname, fn, mutates_args=(), schema=schema)
-        op = torch.library.custom_op(qualname, fn, mutates_args=(), schema=schema)
-        op.register_fake(fake)
+        if KIND == "custom_op":
+            op = torch.library.custom_op(qualname, fn, mutates_args=(), schema=schema)
+            op.register_fake(fake)
+            return op
+        op = torch.library.triton_op(qualname, fn, mutates_args=())
+        declared = str(torch._C.parse_schema(qualname + schema))
+        registered = str(getattr(torch.ops.recgen, name).default._schema)
+        if registered != declared:
+            raise TypeError(f"{qualname}: the annotations of {fn.__qualname__} give the schema "
+                            f"{registered}, the declared schema is {declared}")
         return op
 
     return register

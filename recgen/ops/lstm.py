@@ -11,7 +11,10 @@ hold the directions side by side, as torch.nn lays out a bidirectional output.
 
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 import torch
+from torch import Tensor
 
 from recgen.ops._launch import dot_flags, launch, new_output
 from recgen.ops.config import recurrence_config
@@ -104,7 +107,8 @@ def _lstm_fwd_fake(xw, h0, c0, w_hh, w_hr, lengths, first_reverse):
 
 @define("lstm_fwd", "(Tensor xw, Tensor h0, Tensor c0, Tensor w_hh, Tensor? w_hr, Tensor? lengths, "
         "bool first_reverse) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)", _lstm_fwd_fake)
-def lstm_fwd_op(xw, h0, c0, w_hh, w_hr, lengths, first_reverse):
+def lstm_fwd_op(xw: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Tensor],
+                lengths: Optional[Tensor], first_reverse: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """torch.ops.recgen.lstm_fwd: lstm_fwd with h_n, c_n in xw's dtype and an empty m when not
     projecting. Returns y, h_n, c_n, gates, c, m; differentiable in xw, h0, c0, w_hh, w_hr."""
     y, hn, cn, gates, c_all, m_all = lstm_fwd(xw, h0, c0, w_hh, w_hr, lengths, first_reverse)
@@ -122,7 +126,9 @@ def _lstm_bwd_fake(dy, dhn, dcn, gates, c_all, c0, w_hh, w_hr, lengths, first_re
 @define("lstm_bwd", "(Tensor dy, Tensor dhn, Tensor dcn, Tensor gates, Tensor c_all, Tensor c0, "
         "Tensor w_hh, Tensor? w_hr, Tensor? lengths, bool first_reverse) -> (Tensor, Tensor, Tensor, Tensor)",
         _lstm_bwd_fake)
-def lstm_bwd_op(dy, dhn, dcn, gates, c_all, c0, w_hh, w_hr, lengths, first_reverse):
+def lstm_bwd_op(dy: Tensor, dhn: Tensor, dcn: Tensor, gates: Tensor, c_all: Tensor, c0: Tensor, w_hh: Tensor,
+                w_hr: Optional[Tensor], lengths: Optional[Tensor], first_reverse: bool
+                ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """torch.ops.recgen.lstm_bwd: lstm_bwd with an empty dh_all when not projecting."""
     dgates, dh0, dc0, dh_all = lstm_bwd(dy, dhn, dcn, gates, c_all, c0, w_hh, w_hr, lengths, first_reverse)
     return (dgates, fresh(dh0, torch.float32), fresh(dc0, torch.float32),

@@ -1,7 +1,7 @@
 """Elman RNN recurrence (tanh or relu): launchers and the autograd Function.
 
-Name chain: _rnn_fwd_kernel / _rnn_bwd_kernel -> rnn_fwd / rnn_bwd -> RNNFunction
--> rnn_layer (one layer, all its directions in one launch) / rnn_direction
+Name chain: _rnn_fwd_kernel / _rnn_bwd_kernel -> rnn_fwd / rnn_bwd -> torch.ops.recgen.rnn_fwd /
+rnn_bwd (recgen/ops/library.py), with RNNFunction as rnn_fwd's autograd -> rnn_layer (one layer, all its directions in one launch) / rnn_direction
 -> recgen.functional.rnn -> recgen.nn.RNN.
 
 Tensors of a layer's D directions are stacked on a leading axis: h0 (D, B, H), w_hh (D, H, H);
@@ -10,10 +10,14 @@ xw (T, B, D*H) and y (T, B, D*H) hold the directions side by side.
 
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 import torch
+from torch import Tensor
 
 from recgen.ops._launch import dot_flags, launch, new_output
 from recgen.ops.config import recurrence_config
+from recgen.ops.library import define, fresh, register_function
 from recgen.ops.recurrence import (
     bmm_t, direction_major, h_prev_directions, layer_grid, lengths_arg, projected_inputs, stacked,
     time_major, zeros_if_none,
@@ -84,38 +88,79 @@ def rnn_bwd(dy, dhn, act, w_hh, lengths, first_reverse, nonlinearity):
     return dpre, dh_state[:, T % 2]
 
 
+def _rnn_fwd_fake(xw, h0, w_hh, lengths, first_reverse, nonlinearity):
+    T, B, _ = xw.shape
+    D, H, _ = w_hh.shape
+    return (xw.new_empty((T, B, D * H)), xw.new_empty((D, B, H)),
+            xw.new_empty((D, T, B, H), dtype=torch.float32))
+
+
+@define("rnn_fwd", "(Tensor xw, Tensor h0, Tensor w_hh, Tensor? lengths, bool first_reverse, "
+        "str nonlinearity) -> (Tensor, Tensor, Tensor)", _rnn_fwd_fake)
+def rnn_fwd_op(xw: Tensor, h0: Tensor, w_hh: Tensor, lengths: Optional[Tensor], first_reverse: bool,
+               nonlinearity: str) -> Tuple[Tensor, Tensor, Tensor]:
+    """torch.ops.recgen.rnn_fwd: rnn_fwd with h_n in xw's dtype. Returns y, h_n, act;
+    differentiable in xw, h0, w_hh."""
+    y, hn, act = rnn_fwd(xw, h0, w_hh, lengths, first_reverse, nonlinearity)
+    return y, fresh(hn, xw.dtype), act
+
+
+def _rnn_bwd_fake(dy, dhn, act, w_hh, lengths, first_reverse, nonlinearity):
+    return act.new_empty(act.shape), act.new_empty((act.shape[0],) + act.shape[2:])
+
+
+@define("rnn_bwd", "(Tensor dy, Tensor dhn, Tensor act, Tensor w_hh, Tensor? lengths, bool first_reverse, "
+        "str nonlinearity) -> (Tensor, Tensor)", _rnn_bwd_fake)
+def rnn_bwd_op(dy: Tensor, dhn: Tensor, act: Tensor, w_hh: Tensor, lengths: Optional[Tensor], first_reverse: bool,
+               nonlinearity: str) -> Tuple[Tensor, Tensor]:
+    """torch.ops.recgen.rnn_bwd: rnn_bwd (dpre, dh0 float32)."""
+    dpre, dh0 = rnn_bwd(dy, dhn, act, w_hh, lengths, first_reverse, nonlinearity)
+    return dpre, fresh(dh0, torch.float32)
+
+
 class RNNFunction(torch.autograd.Function):
-    """The Elman recurrence of one layer's D directions, given the input projection xw.
+    """The Elman recurrence of one layer's D directions, given the input projection xw: the
+    autograd of torch.ops.recgen.rnn_fwd (registered below).
 
     Inputs: xw (T, B, D*H), h0 (D, B, H), w_hh (D, H, H), lengths (B,) or None, first_reverse
-    (bool), nonlinearity ('tanh' | 'relu'). Outputs y (T, B, D*H), h_n (D, B, H) in xw's dtype.
+    (bool), nonlinearity ('tanh' | 'relu'). Outputs y (T, B, D*H), h_n (D, B, H) in xw's dtype
+    and the saved float32 activations (not differentiable).
 
-    >>> y, h_n = RNNFunction.apply(xw, h0, w_hh, None, False, 'tanh')
+    >>> y, h_n, _ = RNNFunction.apply(xw, h0, w_hh, None, False, 'tanh')
     """
 
     @staticmethod
-    def forward(ctx, xw, h0, w_hh, lengths, first_reverse, nonlinearity):
-        y, hn, act = rnn_fwd(xw, h0, w_hh, lengths, first_reverse, nonlinearity)
-        ctx.save_for_backward(y, h0, w_hh, act)
-        ctx.lengths, ctx.first_reverse, ctx.nonlinearity = lengths, first_reverse, nonlinearity
-        return y, hn.to(xw.dtype)
+    def forward(xw, h0, w_hh, lengths, first_reverse, nonlinearity):
+        return torch.ops.recgen.rnn_fwd(xw, h0, w_hh, lengths, first_reverse, nonlinearity)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        xw, h0, w_hh, lengths, first_reverse, nonlinearity = inputs
+        y, _, act = output
+        ctx.save_for_backward(y, h0, w_hh, act, lengths)
+        ctx.first_reverse, ctx.nonlinearity = first_reverse, nonlinearity
+        ctx.mark_non_differentiable(act)
+        ctx.set_materialize_grads(False)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, dy, dhn):
-        y, h0, w_hh, act = ctx.saved_tensors
+    def backward(ctx, dy, dhn, _act):
+        y, h0, w_hh, act, lengths = ctx.saved_tensors
         D = w_hh.shape[0]
-        dpre, dh0 = rnn_bwd(direction_major(zeros_if_none(dy, y), D), zeros_if_none(dhn, h0), act,
-                            w_hh, ctx.lengths, ctx.first_reverse, ctx.nonlinearity)
+        dpre, dh0 = torch.ops.recgen.rnn_bwd(direction_major(zeros_if_none(dy, y), D), zeros_if_none(dhn, h0),
+                                             act, w_hh, lengths, ctx.first_reverse, ctx.nonlinearity)
         dxw = time_major(dpre).to(y.dtype) if ctx.needs_input_grad[0] else None
         dh0 = dh0.to(h0.dtype) if ctx.needs_input_grad[1] else None
         dw_hh = None
         if ctx.needs_input_grad[2]:
             # The float32 activations rather than y: the exact states the forward read.
             act_td = time_major(act)
-            h_prev = h_prev_directions(act_td, h0.to(torch.float32), ctx.lengths, ctx.first_reverse)
+            h_prev = h_prev_directions(act_td, h0.to(torch.float32), lengths, ctx.first_reverse)
             dw_hh = bmm_t(dpre, h_prev).to(w_hh.dtype)
         return dxw, dh0, dw_hh, None, None, None
+
+
+register_function("rnn_fwd", RNNFunction)
 
 
 def rnn_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths=None, first_reverse=False, nonlinearity="tanh"):
@@ -124,7 +169,8 @@ def rnn_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths=None, first_reverse=False, 
     Returns y (T, B, D*H), h_n (D, B, H)."""
     _relu_flag(nonlinearity)
     xw = projected_inputs(x, w_ih, b_ih, b_hh, fold_hidden_bias=True)
-    return RNNFunction.apply(xw, h0, stacked(w_hh), lengths, first_reverse, nonlinearity)
+    y, h_n, _ = torch.ops.recgen.rnn_fwd(xw, h0, stacked(w_hh), lengths, first_reverse, nonlinearity)
+    return y, h_n
 
 
 def rnn_direction(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False,
