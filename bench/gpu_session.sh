@@ -4,9 +4,11 @@
 # so recgen is laid out on PYTHONPATH by copying (recgen/ plus kernels/ as recgen/kernels).
 #   bash bench/gpu_session.sh check      # device, versions, `recgen check` (all dtypes)
 #   bash bench/gpu_session.sh tests      # the gpu-marked tests (recurrent, conv, blocks)
+#   bash bench/gpu_session.sh integration  # torch.compile/opcheck, CUDA graphs, AMP, DDP, 2**31 offsets
 #   bash bench/gpu_session.sh bench      # recgen bench --quick: JSON, markdown, PNG
+#   bash bench/gpu_session.sh memory     # peak memory of forward+backward against cuDNN
 set -uo pipefail
-stage=${1:?usage: gpu_session.sh check|tests|bench}
+stage=${1:?usage: gpu_session.sh check|tests|integration|bench|memory}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 out=${OUT:-$repo/bench/results/gpu-session}
 mkdir -p "$out" /tmp/recgen-site
@@ -24,6 +26,11 @@ case "$stage" in
   check) python3 -c "import recgen.cli as c; raise SystemExit(c.main(['check']))" 2>&1 | tee "$out/check.txt" ;;
   tests) timeout 560 python3 -m pytest "$repo/tests" -q -m gpu -p no:cacheprovider -n 8 2>&1 \
            | tail -n 80 | tee "$out/pytest-gpu.txt" ;;
+  integration) timeout 560 python3 -m pytest -q -p no:cacheprovider "$repo/tests/test_library.py" \
+           "$repo/tests/test_library_residual.py" "$repo/tests/test_gpu_runtime.py" "$repo/tests/test_autocast.py" \
+           "$repo/tests/test_autocast_residual.py" "$repo/tests/test_serialization.py" 2>&1 \
+           | tail -n 80 | tee "$out/pytest-integration.txt" ;;
+  memory) timeout 560 python3 "$repo/bench/memory_usage.py" --out "$out" 2>&1 | tee "$out/memory.txt" ;;
   bench) timeout 560 python3 -c "import recgen.cli as c; raise SystemExit(c.main(['bench', '--quick', '--out', '$out']))" \
            2>&1 | tee "$out/bench.txt" ;;
   *) echo "unknown stage $stage" >&2; exit 2 ;;

@@ -43,7 +43,7 @@ def step_time_index(s, lengths, reverse):
 def direction(first_reverse):
     """(d, reverse) of this program: program_id(1) picks the direction of a bidirectional layer
     (d = 1 runs reversed); a one-direction launch passes first_reverse = 1 to run reversed."""
-    d = tl.program_id(1)
+    d = tl.program_id(1).to(tl.int64)  # int64: d * T * B * 4H passes 2**31 on long sequences
     return d, ((first_reverse + d) % 2) == 1
 
 
