@@ -34,10 +34,11 @@ def _gru_fwd_kernel(
     T, B, H,
     stride_xt, stride_xb, stride_yt, stride_yb,
     first_reverse,  # 1: direction 0 runs reversed (a lone reverse direction)
-    HAS_LENGTHS: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE: tl.constexpr,
     RESIDENT: tl.constexpr, DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
+    # SAVE=False (inference): r, z, n and gh_n are not written.
     mask_b, rows, lengths = batch_tile(lengths_ptr, B, T, HAS_LENGTHS, BLOCK_B)
     d, rev = direction(first_reverse)
     # This program's direction: its block of every per-direction tensor.
@@ -96,11 +97,12 @@ def _gru_fwd_kernel(
             gn = tanh(x_n + gr * acc_n)
             h_old = tl.load(src + rows[:, None] * H + offs_h[None, :], mask=keep, other=0.0)
             h_new = (1.0 - gz) * gn + gz * h_old
-            s_row = saved_ptr + (t * B + rows)[:, None] * (4 * H) + offs_h[None, :]
-            tl.store(s_row + 0 * H, tl.where(m2, gr, 0.0), mask=keep)
-            tl.store(s_row + 1 * H, tl.where(m2, gz, 0.0), mask=keep)
-            tl.store(s_row + 2 * H, tl.where(m2, gn, 0.0), mask=keep)
-            tl.store(s_row + 3 * H, tl.where(m2, acc_n, 0.0), mask=keep)
+            if SAVE:
+                s_row = saved_ptr + (t * B + rows)[:, None] * (4 * H) + offs_h[None, :]
+                tl.store(s_row + 0 * H, tl.where(m2, gr, 0.0), mask=keep)
+                tl.store(s_row + 1 * H, tl.where(m2, gz, 0.0), mask=keep)
+                tl.store(s_row + 2 * H, tl.where(m2, gn, 0.0), mask=keep)
+                tl.store(s_row + 3 * H, tl.where(m2, acc_n, 0.0), mask=keep)
             tl.store(dst + rows[:, None] * H + offs_h[None, :], tl.where(m2, h_new, h_old), mask=keep)
             tl.store(y_ptr + t[:, None] * stride_yt + rows[:, None] * stride_yb + offs_h[None, :],
                      tl.where(m2, h_new, 0.0).to(y_ptr.dtype.element_ty), mask=keep)

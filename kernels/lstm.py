@@ -31,10 +31,11 @@ def _lstm_fwd_kernel(
     T, B, H, P,
     stride_xt, stride_xb, stride_yt, stride_yb,
     first_reverse,  # 1: direction 0 runs reversed (a lone reverse direction)
-    HAS_LENGTHS: tl.constexpr, HAS_PROJ: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr, HAS_PROJ: tl.constexpr, SAVE: tl.constexpr,
     RESIDENT: tl.constexpr, DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
+    # SAVE=False (inference): gates and c are not written, most of the forward's store traffic.
     mask_b, rows, lengths = batch_tile(lengths_ptr, B, T, HAS_LENGTHS, BLOCK_B)
     d, rev = direction(first_reverse)
     # This program's direction: its block of every per-direction tensor.
@@ -98,13 +99,14 @@ def _lstm_fwd_kernel(
             c_prev = tl.load(c_state_ptr + cs_off, mask=keep, other=0.0)
             c_new = gf * c_prev + gi * gg
             m_new = go * tanh(c_new)
-            g_row = gates_ptr + (t * B + rows)[:, None] * (4 * H) + offs_h[None, :]
-            tl.store(g_row + 0 * H, tl.where(m2, gi, 0.0), mask=keep)
-            tl.store(g_row + 1 * H, tl.where(m2, gf, 0.0), mask=keep)
-            tl.store(g_row + 2 * H, tl.where(m2, gg, 0.0), mask=keep)
-            tl.store(g_row + 3 * H, tl.where(m2, go, 0.0), mask=keep)
             seq_off = (t * B + rows)[:, None] * H + offs_h[None, :]
-            tl.store(c_ptr + seq_off, tl.where(m2, c_new, 0.0), mask=keep)
+            if SAVE:
+                g_row = gates_ptr + (t * B + rows)[:, None] * (4 * H) + offs_h[None, :]
+                tl.store(g_row + 0 * H, tl.where(m2, gi, 0.0), mask=keep)
+                tl.store(g_row + 1 * H, tl.where(m2, gf, 0.0), mask=keep)
+                tl.store(g_row + 2 * H, tl.where(m2, gg, 0.0), mask=keep)
+                tl.store(g_row + 3 * H, tl.where(m2, go, 0.0), mask=keep)
+                tl.store(c_ptr + seq_off, tl.where(m2, c_new, 0.0), mask=keep)
             tl.store(c_state_ptr + cs_off, tl.where(m2, c_new, c_prev), mask=keep)
             if HAS_PROJ:
                 tl.store(m_ptr + seq_off, tl.where(m2, m_new, 0.0), mask=keep)

@@ -29,10 +29,11 @@ def _rnn_fwd_kernel(
     T, B, H,
     stride_xt, stride_xb, stride_yt, stride_yb,
     first_reverse,  # 1: direction 0 runs reversed (a lone reverse direction)
-    HAS_LENGTHS: tl.constexpr, RELU: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr, RELU: tl.constexpr, SAVE: tl.constexpr,
     RESIDENT: tl.constexpr, DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
+    # SAVE=False (inference): the float32 activations are not written.
     mask_b, rows, lengths = batch_tile(lengths_ptr, B, T, HAS_LENGTHS, BLOCK_B)
     d, rev = direction(first_reverse)
     # This program's direction: its block of every per-direction tensor.
@@ -72,8 +73,9 @@ def _rnn_fwd_kernel(
                 h_new = tl.maximum(acc, 0.0)
             else:
                 h_new = tanh(acc)
-            seq_off = (t * B + rows)[:, None] * H + offs_h[None, :]
-            tl.store(act_ptr + seq_off, tl.where(m2, h_new, 0.0), mask=keep)
+            if SAVE:
+                seq_off = (t * B + rows)[:, None] * H + offs_h[None, :]
+                tl.store(act_ptr + seq_off, tl.where(m2, h_new, 0.0), mask=keep)
             h_old = tl.load(src + rows[:, None] * H + offs_h[None, :], mask=keep, other=0.0)
             tl.store(dst + rows[:, None] * H + offs_h[None, :], tl.where(m2, h_new, h_old), mask=keep)
             tl.store(y_ptr + t[:, None] * stride_yt + rows[:, None] * stride_yb + offs_h[None, :],

@@ -26,14 +26,14 @@ fn = getattr(importlib.import_module(f"recgen.kernels.{module}"), name)
 assert isinstance(fn, triton.runtime.JITFunction), type(fn)
 # Pointers carrying the I/O dtype; the rest are float32 state or int32 lengths.
 io_pointers = {"xw_ptr", "y_ptr", "dy_ptr", "w_hh_ptr", "w_hr_ptr", "h_prev_ptr", "b_hh_ptr"}
-flags = dict(REVERSE=True, HAS_LENGTHS=True, HAS_PROJ=True, HAS_BIAS=True, RELU=False, BLOCK_B=16)
+flags = dict(REVERSE=True, HAS_LENGTHS=True, HAS_PROJ=True, HAS_BIAS=True, RELU=False, SAVE=True, BLOCK_B=16)
 variants = [
     ("resident-fp32", "fp32", dict(RESIDENT=True, BLOCK_H=32, BLOCK_P=32, DOT_FP32=True, INPUT_PRECISION="tf32")),
     ("streamed-bf16", "bf16", dict(RESIDENT=False, BLOCK_H=64, BLOCK_P=64, DOT_FP32=False, INPUT_PRECISION="ieee")),
     # The other side of every optional feature: forward direction, no lengths/proj/bias, relu.
     ("resident-fp16-plain", "fp16", dict(RESIDENT=True, BLOCK_H=64, BLOCK_P=64, DOT_FP32=False,
                                          INPUT_PRECISION="ieee", REVERSE=False, HAS_LENGTHS=False,
-                                         HAS_PROJ=False, HAS_BIAS=False, RELU=True)),
+                                         HAS_PROJ=False, HAS_BIAS=False, RELU=True, SAVE=False)),
 ]
 float_scalars = {"in_slope", "out_slope", "slope"}
 if module == "conv":

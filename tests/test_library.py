@@ -33,7 +33,7 @@ def rnd(*shape, device="cpu", dtype=torch.float32, grad=False):
 def _lstm_args(D, T, B, H, P, proj, lengths, grad, device):
     return (rnd(T, B, D * 4 * H, device=device, grad=grad), rnd(D, B, P, device=device, grad=grad),
             rnd(D, B, H, device=device, grad=grad), rnd(D, 4 * H, P, device=device, grad=grad) * 0.3,
-            rnd(D, P, H, device=device, grad=grad) * 0.3 if proj else None, lengths, False)
+            rnd(D, P, H, device=device, grad=grad) * 0.3 if proj else None, lengths, False, True)
 
 
 def _leaf(args):
@@ -69,7 +69,7 @@ def test_opcheck_gru(device, D, T, B, H, lengths, grad, bias):
     lengths = None if lengths is None else torch.tensor(lengths, device=device)
     args = _leaf((rnd(T, B, D * 3 * H, device=device, grad=grad), rnd(D, B, H, device=device, grad=grad),
                   rnd(D, 3 * H, H, device=device, grad=grad) * 0.3,
-                  rnd(D, 3 * H, device=device, grad=grad) if bias else None, lengths, False))
+                  rnd(D, 3 * H, device=device, grad=grad) if bias else None, lengths, False, True))
     torch.library.opcheck(torch.ops.recgen.gru_fwd, args)
     y, hn, saved = torch.ops.recgen.gru_fwd(*args)
     h_prev = rnd(D, T, B, H, device=device)
@@ -83,7 +83,7 @@ def test_opcheck_rnn(device, nonlinearity, D, lengths, grad):
     T, B, H = 3, 2, 5
     lengths = None if lengths is None else torch.tensor(lengths, device=device)
     args = _leaf((rnd(T, B, D * H, device=device, grad=grad), rnd(D, B, H, device=device, grad=grad),
-                  rnd(D, H, H, device=device, grad=grad) * 0.3, lengths, False, nonlinearity))
+                  rnd(D, H, H, device=device, grad=grad) * 0.3, lengths, False, nonlinearity, True))
     torch.library.opcheck(torch.ops.recgen.rnn_fwd, args)
     y, hn, act = torch.ops.recgen.rnn_fwd(*args)
     torch.library.opcheck(torch.ops.recgen.rnn_bwd, (rnd(D, T, B, H, device=device), rnd(D, B, H, device=device),
@@ -105,6 +105,47 @@ def test_function_apply_matches_the_op(device):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "lstm_proj", "gru", "rnn"])
+def test_inference_skips_the_saved_tensors(device, cell):
+    """Under torch.no_grad the forward kernels write no saved tensors (save=False): same outputs,
+    empty saved outputs, and opcheck holds for that form too."""
+    T, B, H, D = 4, 3, 5, 2
+    lengths = torch.tensor([4, 2, 1], device=device)
+    if cell.startswith("lstm"):
+        P = 3 if cell == "lstm_proj" else H
+        args = list(_lstm_args(D, T, B, H, P, cell == "lstm_proj", lengths, False, device))
+        op = torch.ops.recgen.lstm_fwd
+    elif cell == "gru":
+        args = [rnd(T, B, D * 3 * H, device=device), rnd(D, B, H, device=device),
+                rnd(D, 3 * H, H, device=device) * 0.3, rnd(D, 3 * H, device=device), lengths, False, True]
+        op = torch.ops.recgen.gru_fwd
+    else:
+        args = [rnd(T, B, D * H, device=device), rnd(D, B, H, device=device), rnd(D, H, H, device=device) * 0.3,
+                lengths, True, "tanh", True]
+        op = torch.ops.recgen.rnn_fwd
+    full = op(*args)
+    args[-1] = False
+    name = "lstm_fwd" if cell.startswith("lstm") else f"{cell}_fwd"
+    before = dict(LAUNCH_COUNTS)
+    lean = op(*args)
+    assert LAUNCH_COUNTS[name] == before.get(name, 0) + 1
+    n_state = 3 if cell.startswith("lstm") else 2
+    for a, b in zip(lean[:n_state], full[:n_state]):
+        assert torch.equal(a, b)
+    saved = lean[n_state:n_state + 2] if cell.startswith("lstm") else lean[n_state:]
+    assert all(t.numel() == 0 for t in saved)
+    torch.library.opcheck(op, tuple(args))
+
+
+def test_backward_without_saved_tensors_says_why(device):
+    from recgen.ops.lstm import LSTMFunction
+
+    args = _leaf(_lstm_args(1, 2, 2, 3, 3, False, None, True, device)[:-1] + (False,))
+    y = LSTMFunction.apply(*args)[0]
+    with pytest.raises(RuntimeError, match="save=False"):
+        y.sum().backward()
+
+
 def test_registration_kind():
     """Interpreted kernels cannot be traced with fake tensors, so the CPU build registers custom_ops."""
     from recgen.backend import interpreting
@@ -113,6 +154,16 @@ def test_registration_kind():
         assert library.KIND == "custom_op"
     else:
         assert library.KIND == ("triton_op" if hasattr(torch.library, "triton_op") else "custom_op")
+
+
+def test_registration_falls_back_to_custom_op_without_triton_op(monkeypatch):
+    """A torch without torch.library.triton_op (before 2.6) gets custom_ops."""
+    monkeypatch.delenv("RECGEN_TORCH_OP", raising=False)
+    monkeypatch.delattr(torch.library, "triton_op")
+    assert library.registration_kind() == "custom_op"
+    monkeypatch.setenv("RECGEN_TORCH_OP", "triton_op")
+    with pytest.raises(RuntimeError, match="no torch.library.triton_op"):
+        library.registration_kind()
 
 
 def test_registration_kind_override(monkeypatch):

@@ -4,6 +4,11 @@ ResidualBlock is recgen's generic block; FusedBasicBlock and FusedResnetBlock ar
 recgen.convert turns torchvision's BasicBlock and the CycleGAN/pix2pix ResnetBlock into: they
 keep the original submodules (so Parameters, buffers and state_dict keys are unchanged) and
 replace only forward.
+
+Under torch.autocast the blocks do what the torch modules they replace do (conv2d in the
+autocast dtype, norms with float32 statistics, the residual add promoting to the wider of the
+conv output and the identity skip: details in recgen/blocks.py), so output dtypes, float32
+parameter gradients and float32 running statistics are torch's.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from torch import nn
 
 from recgen import blocks
 from recgen.backend import use_triton
+from recgen.nn._checks import autocast_off
 from recgen.reference import residual as reference
 
 NORMS = ("batch", "instance", None)
@@ -33,8 +39,24 @@ def _make_norm(kind, channels, eps, momentum, affine, factory):
     return None
 
 
-def check_block_input(x, in_channels, weight, pad, padding_mode, upsample, name):
-    """torch's errors for what the convolutions would reject, raised before any launch."""
+# Dtypes autocast casts (torch's "eligible" tensors: floating point, not float64).
+AUTOCAST_ELIGIBLE = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def conv_autocast_dtype(x: torch.Tensor):
+    """The dtype torch's conv2d runs in for input `x` under the active autocast, or None: conv2d
+    is on autocast's lower-precision list on every device type recgen runs on (CPU and CUDA)."""
+    device_type = x.device.type
+    if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
+        return None
+    if x.dtype not in AUTOCAST_ELIGIBLE:
+        return None
+    return torch.get_autocast_dtype(device_type)
+
+
+def check_block_input(x, in_channels, weight, pad, padding_mode, upsample, name, autocast=None):
+    """torch's errors for what the convolutions would reject, raised before any launch.
+    `autocast`: the dtype autocast casts input and weights to (then their dtypes may differ)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: input must be a Tensor, got {type(x).__name__}")
     if x.dim() != 4:  # ValueError, as the blocks' BatchNorm2d raises for it
@@ -43,7 +65,8 @@ def check_block_input(x, in_channels, weight, pad, padding_mode, upsample, name)
     if x.shape[1] != in_channels:
         raise RuntimeError(f"{name}: expected input of shape (N, {in_channels}, H, W) to have "
                            f"{in_channels} channels, but got {x.shape[1]} channels instead")
-    if x.dtype != weight.dtype:
+    cast = autocast is not None and weight.dtype in AUTOCAST_ELIGIBLE
+    if x.dtype != weight.dtype and not cast:
         raise RuntimeError(f"{name}: input dtype {x.dtype} does not match the weight dtype {weight.dtype}")
     if x.device != weight.device:
         raise RuntimeError(f"{name}: input is on {x.device} but the weights are on {weight.device}")
@@ -64,11 +87,17 @@ class _FusedForward:
         parts = self._block_parts()
         conv1 = parts["conv1"]
         pad = conv1.weight.shape[-1] // 2
+        cast = conv_autocast_dtype(x)
         check_block_input(x, conv1.weight.shape[1], conv1.weight, pad, parts["padding_mode"],
-                          parts["upsample"], type(self).__name__)
+                          parts["upsample"], type(self).__name__, autocast=cast)
         if use_triton(x):
             x = x.contiguous(memory_format=torch.channels_last)
-            return blocks.residual_block(x, training=self.training, **parts)
+            if cast is None:
+                return blocks.residual_block(x, training=self.training, **parts)
+            # The pipeline casts explicitly, as torch's modules are cast under autocast; recgen's
+            # own torch ops (statistics math, casts) must not be re-cast by it.
+            with autocast_off(x.device.type):
+                return blocks.residual_block(x, training=self.training, compute_dtype=cast, **parts)
         return reference.residual_block(x, training=self.training, **parts)
 
 

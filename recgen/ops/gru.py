@@ -17,21 +17,22 @@ from torch import Tensor
 
 from recgen.ops._launch import dot_flags, launch, new_output
 from recgen.ops.config import recurrence_config
-from recgen.ops.library import define, fresh, register_function
+from recgen.ops.library import absent_like, check_saved, define, fresh, needs_saving, register_function
 from recgen.ops.recurrence import (
     bmm_t, direction_major, h_prev_directions, layer_grid, lengths_arg, projected_inputs, stacked,
     time_major, zeros_if_none,
 )
 
 
-def gru_fwd(xw, h0, w_hh, b_hh, lengths, first_reverse):
+def gru_fwd(xw, h0, w_hh, b_hh, lengths, first_reverse, save=True):
     """Run the GRU time loop of D directions in one launch (direction d > 0 runs reversed,
     direction 0 too when first_reverse).
 
     xw: (T, B, D*3H) input projection x W_ih^T + b_ih; h0: (D, B, H); w_hh: (D, 3H, H); b_hh:
     (D, 3H) or None (added inside the kernel, since b_hn sits inside r * (...)); lengths: (B,)
     or None. Returns y (T, B, D*H) in xw's dtype, h_n (D, B, H) float32 and the saved tensor
-    (D, T, B, 4H) float32 holding r, z, n and gh_n = h W_hn^T + b_hn per step.
+    (D, T, B, 4H) float32 holding r, z, n and gh_n = h W_hn^T + b_hn per step (None, and never
+    written, with save=False).
     """
     from recgen.kernels.gru import _gru_fwd_kernel
 
@@ -39,17 +40,17 @@ def gru_fwd(xw, h0, w_hh, b_hh, lengths, first_reverse):
     D, G3, H = w_hh.shape
     cfg = recurrence_config(3, H, H, w_hh.dtype)
     y = new_output((T, B, D * H), xw.dtype, xw.device)
-    saved = new_output((D, T, B, 4 * H), torch.float32, xw.device)
+    saved = new_output((D, T, B, 4 * H), torch.float32, xw.device) if save else None
     h_state = torch.empty((D, 2, B, H), device=xw.device, dtype=torch.float32)
     h_state[:, 0].copy_(h0)
     w_hh_c = w_hh.contiguous()
     launch(
         "gru_fwd", _gru_fwd_kernel, layer_grid(B, cfg, D),
         xw_ptr=xw, w_hh_ptr=w_hh_c, b_hh_ptr=w_hh_c if b_hh is None else b_hh.contiguous(),
-        lengths_ptr=lengths_arg(lengths, xw), y_ptr=y, saved_ptr=saved, h_state_ptr=h_state,
+        lengths_ptr=lengths_arg(lengths, xw), y_ptr=y, saved_ptr=saved if save else y, h_state_ptr=h_state,
         T=T, B=B, H=H,
         stride_xt=xw.stride(0), stride_xb=xw.stride(1), stride_yt=y.stride(0), stride_yb=y.stride(1),
-        first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None, HAS_BIAS=b_hh is not None,
+        first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None, HAS_BIAS=b_hh is not None, SAVE=bool(save),
         RESIDENT=cfg.resident, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_P=cfg.block_p,
         num_warps=cfg.num_warps, **dot_flags(w_hh.dtype),
     )
@@ -84,21 +85,21 @@ def gru_bwd(dy, dhn, saved, h_prev, w_hh, lengths, first_reverse):
     return dxw, dghn, dh_state[:, T % 2]
 
 
-def _gru_fwd_fake(xw, h0, w_hh, b_hh, lengths, first_reverse):
+def _gru_fwd_fake(xw, h0, w_hh, b_hh, lengths, first_reverse, save):
     T, B, _ = xw.shape
     D, _, H = w_hh.shape
     return (xw.new_empty((T, B, D * H)), xw.new_empty((D, B, H)),
-            xw.new_empty((D, T, B, 4 * H), dtype=torch.float32))
+            xw.new_empty((D, T, B, 4 * H), dtype=torch.float32) if save else absent_like(xw))
 
 
-@define("gru_fwd", "(Tensor xw, Tensor h0, Tensor w_hh, Tensor? b_hh, Tensor? lengths, bool first_reverse) "
-        "-> (Tensor, Tensor, Tensor)", _gru_fwd_fake)
+@define("gru_fwd", "(Tensor xw, Tensor h0, Tensor w_hh, Tensor? b_hh, Tensor? lengths, bool first_reverse, "
+        "bool save) -> (Tensor, Tensor, Tensor)", _gru_fwd_fake)
 def gru_fwd_op(xw: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], lengths: Optional[Tensor],
-               first_reverse: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    """torch.ops.recgen.gru_fwd: gru_fwd with h_n in xw's dtype. Returns y, h_n, saved;
-    differentiable in xw, h0, w_hh, b_hh."""
-    y, hn, saved = gru_fwd(xw, h0, w_hh, b_hh, lengths, first_reverse)
-    return y, fresh(hn, xw.dtype), saved
+               first_reverse: bool, save: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """torch.ops.recgen.gru_fwd: gru_fwd with h_n in xw's dtype. Returns y, h_n, saved (empty
+    with save=False); differentiable in xw, h0, w_hh, b_hh when save=True."""
+    y, hn, saved = gru_fwd(xw, h0, w_hh, b_hh, lengths, first_reverse, save)
+    return y, fresh(hn, xw.dtype), saved if save else absent_like(xw)
 
 
 def _gru_bwd_fake(dy, dhn, saved, h_prev, w_hh, lengths, first_reverse):
@@ -121,20 +122,21 @@ class GRUFunction(torch.autograd.Function):
     autograd of torch.ops.recgen.gru_fwd (registered below).
 
     Inputs: xw (T, B, D*3H), h0 (D, B, H), w_hh (D, 3H, H), b_hh (D, 3H) or None, lengths (B,)
-    or None, first_reverse (bool). Outputs y (T, B, D*H), h_n (D, B, H) in xw's dtype and the
-    saved float32 tensor (not differentiable).
+    or None, first_reverse (bool), save (bool: False only when nothing is differentiated).
+    Outputs y (T, B, D*H), h_n (D, B, H) in xw's dtype and the saved float32 tensor (not
+    differentiable).
     """
 
     @staticmethod
-    def forward(xw, h0, w_hh, b_hh, lengths, first_reverse):
-        return torch.ops.recgen.gru_fwd(xw, h0, w_hh, b_hh, lengths, first_reverse)
+    def forward(xw, h0, w_hh, b_hh, lengths, first_reverse, save=True):
+        return torch.ops.recgen.gru_fwd(xw, h0, w_hh, b_hh, lengths, first_reverse, save)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        xw, h0, w_hh, b_hh, lengths, first_reverse = inputs
+        xw, h0, w_hh, b_hh, lengths, first_reverse, save = inputs
         y, _, saved = output
         ctx.save_for_backward(y, h0, w_hh, saved, lengths)
-        ctx.first_reverse = first_reverse
+        ctx.first_reverse, ctx.save = first_reverse, save
         ctx.b_dtype = None if b_hh is None else b_hh.dtype
         ctx.mark_non_differentiable(saved)
         ctx.set_materialize_grads(False)
@@ -143,6 +145,7 @@ class GRUFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy, dhn, _saved):
         y, h0, w_hh, saved, lengths = ctx.saved_tensors
+        check_saved("gru_fwd", ctx.save)
         D, H = w_hh.shape[0], w_hh.shape[2]
         h_prev = h_prev_directions(y, h0, lengths, ctx.first_reverse)
         dxw, dghn, dh0 = torch.ops.recgen.gru_bwd(direction_major(zeros_if_none(dy, y), D),
@@ -155,7 +158,7 @@ class GRUFunction(torch.autograd.Function):
             dw_hh = torch.cat([bmm_t(d_rz, h_prev), bmm_t(dghn, h_prev)], dim=1).to(w_hh.dtype)
         if ctx.b_dtype is not None and ctx.needs_input_grad[3]:
             db_hh = torch.cat([d_rz.sum(dim=(1, 2)), dghn.sum(dim=(1, 2))], dim=1).to(ctx.b_dtype)
-        return time_major(dxw).to(y.dtype), dh0.to(h0.dtype), dw_hh, db_hh, None, None
+        return time_major(dxw).to(y.dtype), dh0.to(h0.dtype), dw_hh, db_hh, None, None, None
 
 
 register_function("gru_fwd", GRUFunction)
@@ -166,7 +169,9 @@ def gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths=None, first_reverse=False):
     w_ih, w_hh, b_ih, b_hh: lists of D per-direction tensors (biases None when absent).
     Returns y (T, B, D*H), h_n (D, B, H)."""
     xw = projected_inputs(x, w_ih, b_ih, b_hh, fold_hidden_bias=False)
-    y, h_n, _ = torch.ops.recgen.gru_fwd(xw, h0, stacked(w_hh), stacked(b_hh), lengths, first_reverse)
+    w_hh, b_hh = stacked(w_hh), stacked(b_hh)
+    save = needs_saving(xw, h0, w_hh, b_hh)
+    y, h_n, _ = torch.ops.recgen.gru_fwd(xw, h0, w_hh, b_hh, lengths, first_reverse, save)
     return y, h_n
 
 

@@ -94,3 +94,15 @@ def fresh(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """t in `dtype`, contiguous, never a view of a launcher's scratch buffer (op outputs must
     have the strides the fake gives them, and must not alias one another)."""
     return t.to(dtype, memory_format=torch.contiguous_format, copy=True)
+
+
+def needs_saving(*tensors) -> bool:
+    """Whether a forward must save what its backward reads: grad mode on and some input
+    requiring grad (under torch.no_grad or for frozen inputs the kernels skip those writes)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def check_saved(name: str, save: bool) -> None:
+    if not save:
+        raise RuntimeError(f"recgen::{name} was called with save=False, so it kept nothing to "
+                           "differentiate; call it with save=True when gradients are needed")

@@ -18,21 +18,22 @@ from torch import Tensor
 
 from recgen.ops._launch import dot_flags, launch, new_output
 from recgen.ops.config import recurrence_config
-from recgen.ops.library import absent_like, define, fresh, register_function
+from recgen.ops.library import absent_like, check_saved, define, fresh, needs_saving, register_function
 from recgen.ops.recurrence import (
     bmm_t, direction_major, h_prev_directions, layer_grid, lengths_arg, projected_inputs, stacked,
     time_major, zeros_if_none,
 )
 
 
-def lstm_fwd(xw, h0, c0, w_hh, w_hr, lengths, first_reverse):
+def lstm_fwd(xw, h0, c0, w_hh, w_hr, lengths, first_reverse, save=True):
     """Run the LSTM time loop of D directions in one launch (one program per batch tile and
     direction; direction d > 0 runs reversed, direction 0 too when first_reverse).
 
     xw: (T, B, D*4H) input projection with both biases; h0: (D, B, P); c0: (D, B, H);
     w_hh: (D, 4H, P); w_hr: (D, P, H) or None; lengths: (B,) or None.
     Returns y (T, B, D*P) in xw's dtype, h_n (D, B, P) and c_n (D, B, H) float32, and the saved
-    float32 tensors gates (D, T, B, 4H), c (D, T, B, H), m (D, T, B, H) or None.
+    float32 tensors gates (D, T, B, 4H), c (D, T, B, H), m (D, T, B, H) or None. With save=False
+    (nothing will be differentiated) gates and c are None and never written.
     """
     from recgen.kernels.lstm import _lstm_fwd_kernel
 
@@ -42,8 +43,8 @@ def lstm_fwd(xw, h0, c0, w_hh, w_hr, lengths, first_reverse):
     has_proj = w_hr is not None
     cfg = recurrence_config(4, H, P, w_hh.dtype, has_proj)
     y = new_output((T, B, D * P), xw.dtype, xw.device)
-    gates = new_output((D, T, B, 4 * H), torch.float32, xw.device)
-    c_all = new_output((D, T, B, H), torch.float32, xw.device)
+    gates = new_output((D, T, B, 4 * H), torch.float32, xw.device) if save else None
+    c_all = new_output((D, T, B, H), torch.float32, xw.device) if save else None
     m_all = new_output((D, T, B, H), torch.float32, xw.device) if has_proj else None
     h_state = torch.empty((D, 2, B, P), device=xw.device, dtype=torch.float32)
     h_state[:, 0].copy_(h0)
@@ -51,13 +52,14 @@ def lstm_fwd(xw, h0, c0, w_hh, w_hr, lengths, first_reverse):
     launch(
         "lstm_fwd", _lstm_fwd_kernel, layer_grid(B, cfg, D),
         xw_ptr=xw, w_hh_ptr=w_hh.contiguous(), w_hr_ptr=w_hr.contiguous() if has_proj else w_hh,
-        lengths_ptr=lengths_arg(lengths, xw), y_ptr=y, gates_ptr=gates, c_ptr=c_all,
-        m_ptr=m_all if has_proj else c_all, h_state_ptr=h_state, c_state_ptr=c_state,
+        lengths_ptr=lengths_arg(lengths, xw), y_ptr=y,
+        gates_ptr=gates if save else y, c_ptr=c_all if save else y,  # y: never written stand-ins
+        m_ptr=m_all if has_proj else y, h_state_ptr=h_state, c_state_ptr=c_state,
         T=T, B=B, H=H, P=P,
         stride_xt=xw.stride(0), stride_xb=xw.stride(1), stride_yt=y.stride(0), stride_yb=y.stride(1),
         first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None, HAS_PROJ=has_proj,
-        RESIDENT=cfg.resident, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_P=cfg.block_p,
-        num_warps=cfg.num_warps, **dot_flags(w_hh.dtype),
+        SAVE=bool(save), RESIDENT=cfg.resident, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
+        BLOCK_P=cfg.block_p, num_warps=cfg.num_warps, **dot_flags(w_hh.dtype),
     )
     return y, h_state[:, T % 2], c_state, gates, c_all, m_all
 
@@ -95,25 +97,29 @@ def lstm_bwd(dy, dhn, dcn, gates, c_all, c0, w_hh, w_hr, lengths, first_reverse)
     return dgates, dh_state[:, T % 2], dc_state, dh_all
 
 
-def _lstm_fwd_fake(xw, h0, c0, w_hh, w_hr, lengths, first_reverse):
+def _lstm_fwd_fake(xw, h0, c0, w_hh, w_hr, lengths, first_reverse, save):
     T, B, _ = xw.shape
     D, G4, P = w_hh.shape
     H = G4 // 4
     saved = dict(dtype=torch.float32)
     return (xw.new_empty((T, B, D * P)), xw.new_empty((D, B, P)), xw.new_empty((D, B, H)),
-            xw.new_empty((D, T, B, 4 * H), **saved), xw.new_empty((D, T, B, H), **saved),
+            xw.new_empty((D, T, B, 4 * H), **saved) if save else absent_like(xw),
+            xw.new_empty((D, T, B, H), **saved) if save else absent_like(xw),
             xw.new_empty((D, T, B, H), **saved) if w_hr is not None else absent_like(xw))
 
 
 @define("lstm_fwd", "(Tensor xw, Tensor h0, Tensor c0, Tensor w_hh, Tensor? w_hr, Tensor? lengths, "
-        "bool first_reverse) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)", _lstm_fwd_fake)
+        "bool first_reverse, bool save) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)", _lstm_fwd_fake)
 def lstm_fwd_op(xw: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Tensor],
-                lengths: Optional[Tensor], first_reverse: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """torch.ops.recgen.lstm_fwd: lstm_fwd with h_n, c_n in xw's dtype and an empty m when not
-    projecting. Returns y, h_n, c_n, gates, c, m; differentiable in xw, h0, c0, w_hh, w_hr."""
-    y, hn, cn, gates, c_all, m_all = lstm_fwd(xw, h0, c0, w_hh, w_hr, lengths, first_reverse)
-    return (y, fresh(hn, xw.dtype), fresh(cn, xw.dtype), gates, c_all,
-            m_all if m_all is not None else absent_like(xw))
+                lengths: Optional[Tensor], first_reverse: bool, save: bool
+                ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """torch.ops.recgen.lstm_fwd: lstm_fwd with h_n, c_n in xw's dtype and empty tensors for the
+    saved ones that do not exist (m when not projecting; all when save=False). Returns y, h_n,
+    c_n, gates, c, m; differentiable in xw, h0, c0, w_hh, w_hr when save=True."""
+    y, hn, cn, gates, c_all, m_all = lstm_fwd(xw, h0, c0, w_hh, w_hr, lengths, first_reverse, save)
+    placeholder = absent_like(xw)
+    return (y, fresh(hn, xw.dtype), fresh(cn, xw.dtype), gates if save else placeholder,
+            c_all if save else placeholder.clone(), m_all if m_all is not None else placeholder.clone())
 
 
 def _lstm_bwd_fake(dy, dhn, dcn, gates, c_all, c0, w_hh, w_hr, lengths, first_reverse):
@@ -141,20 +147,21 @@ class LSTMFunction(torch.autograd.Function):
     compiled graphs share this backward).
 
     Inputs: xw (T, B, D*4H), h0 (D, B, P), c0 (D, B, H), w_hh (D, 4H, P), w_hr (D, P, H) or
-    None, lengths (B,) or None, first_reverse (bool). Outputs y (T, B, D*P), h_n (D, B, P),
-    c_n (D, B, H) in xw's dtype, then the saved float32 tensors (not differentiable).
+    None, lengths (B,) or None, first_reverse (bool), save (bool: False only when nothing is
+    differentiated). Outputs y (T, B, D*P), h_n (D, B, P), c_n (D, B, H) in xw's dtype, then the
+    saved float32 tensors (not differentiable).
     """
 
     @staticmethod
-    def forward(xw, h0, c0, w_hh, w_hr, lengths, first_reverse):
-        return torch.ops.recgen.lstm_fwd(xw, h0, c0, w_hh, w_hr, lengths, first_reverse)
+    def forward(xw, h0, c0, w_hh, w_hr, lengths, first_reverse, save=True):
+        return torch.ops.recgen.lstm_fwd(xw, h0, c0, w_hh, w_hr, lengths, first_reverse, save)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        xw, h0, c0, w_hh, w_hr, lengths, first_reverse = inputs
+        xw, h0, c0, w_hh, w_hr, lengths, first_reverse, save = inputs
         y, _, _, gates, c_all, m_all = output
         ctx.save_for_backward(y, h0, c0, w_hh, w_hr, gates, c_all, m_all, lengths)
-        ctx.first_reverse = first_reverse
+        ctx.first_reverse, ctx.save = first_reverse, save
         ctx.mark_non_differentiable(gates, c_all, m_all)
         ctx.set_materialize_grads(False)  # no zero tensors for the outputs nobody used
 
@@ -162,6 +169,7 @@ class LSTMFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy, dhn, dcn, *_saved):
         y, h0, c0, w_hh, w_hr, gates, c_all, m_all, lengths = ctx.saved_tensors
+        check_saved("lstm_fwd", ctx.save)
         D = w_hh.shape[0]
         dy = direction_major(zeros_if_none(dy, y), D)
         dgates, dh0, dc0, dh_all = torch.ops.recgen.lstm_bwd(
@@ -174,7 +182,7 @@ class LSTMFunction(torch.autograd.Function):
         if w_hr is not None and ctx.needs_input_grad[4]:
             dw_hr = bmm_t(dh_all, m_all).to(w_hr.dtype)
         return (time_major(dgates).to(y.dtype), dh0.to(h0.dtype), dc0.to(c0.dtype), dw_hh, dw_hr,
-                None, None)
+                None, None, None)
 
 
 register_function("lstm_fwd", LSTMFunction)
@@ -185,7 +193,9 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths=None, first_reve
     c0: (D, B, H); w_ih, w_hh, b_ih, b_hh, w_hr: lists of D per-direction tensors (entries None
     when absent). Returns y (T, B, D*P), h_n (D, B, P), c_n (D, B, H)."""
     xw = projected_inputs(x, w_ih, b_ih, b_hh, fold_hidden_bias=True)
-    y, h_n, c_n = torch.ops.recgen.lstm_fwd(xw, h0, c0, stacked(w_hh), stacked(w_hr), lengths, first_reverse)[:3]
+    w_hh, w_hr = stacked(w_hh), stacked(w_hr)
+    save = needs_saving(xw, h0, c0, w_hh, w_hr)
+    y, h_n, c_n = torch.ops.recgen.lstm_fwd(xw, h0, c0, w_hh, w_hr, lengths, first_reverse, save)[:3]
     return y, h_n, c_n
 
 

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from recgen.ops._launch import dot_flags, launch, new_output
 from recgen.ops.config import recurrence_config
-from recgen.ops.library import define, fresh, register_function
+from recgen.ops.library import absent_like, check_saved, define, fresh, needs_saving, register_function
 from recgen.ops.recurrence import (
     bmm_t, direction_major, h_prev_directions, layer_grid, lengths_arg, projected_inputs, stacked,
     time_major, zeros_if_none,
@@ -33,13 +33,14 @@ def _relu_flag(nonlinearity: str) -> bool:
     return nonlinearity == "relu"
 
 
-def rnn_fwd(xw, h0, w_hh, lengths, first_reverse, nonlinearity):
+def rnn_fwd(xw, h0, w_hh, lengths, first_reverse, nonlinearity, save=True):
     """Run the Elman time loop of D directions in one launch (direction d > 0 runs reversed,
     direction 0 too when first_reverse).
 
     xw: (T, B, D*H) input projection with both biases; h0: (D, B, H); w_hh: (D, H, H);
     lengths: (B,) or None; nonlinearity: 'tanh' | 'relu'. Returns y (T, B, D*H) in xw's dtype,
-    h_n (D, B, H) float32 and the saved activations (D, T, B, H) float32 (zero at padding).
+    h_n (D, B, H) float32 and the saved activations (D, T, B, H) float32 (zero at padding; None,
+    and never written, with save=False).
     """
     relu = _relu_flag(nonlinearity)
     from recgen.kernels.rnn import _rnn_fwd_kernel
@@ -48,15 +49,15 @@ def rnn_fwd(xw, h0, w_hh, lengths, first_reverse, nonlinearity):
     D, H, _ = w_hh.shape
     cfg = recurrence_config(1, H, H, w_hh.dtype)
     y = new_output((T, B, D * H), xw.dtype, xw.device)
-    act = new_output((D, T, B, H), torch.float32, xw.device)
+    act = new_output((D, T, B, H), torch.float32, xw.device) if save else None
     h_state = torch.empty((D, 2, B, H), device=xw.device, dtype=torch.float32)
     h_state[:, 0].copy_(h0)
     launch(
         "rnn_fwd", _rnn_fwd_kernel, layer_grid(B, cfg, D),
         xw_ptr=xw, w_hh_ptr=w_hh.contiguous(), lengths_ptr=lengths_arg(lengths, xw),
-        y_ptr=y, act_ptr=act, h_state_ptr=h_state, T=T, B=B, H=H,
+        y_ptr=y, act_ptr=act if save else y, h_state_ptr=h_state, T=T, B=B, H=H,
         stride_xt=xw.stride(0), stride_xb=xw.stride(1), stride_yt=y.stride(0), stride_yb=y.stride(1),
-        first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None, RELU=relu,
+        first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None, RELU=relu, SAVE=bool(save),
         RESIDENT=cfg.resident, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_P=cfg.block_p,
         num_warps=cfg.num_warps, **dot_flags(w_hh.dtype),
     )
@@ -88,21 +89,21 @@ def rnn_bwd(dy, dhn, act, w_hh, lengths, first_reverse, nonlinearity):
     return dpre, dh_state[:, T % 2]
 
 
-def _rnn_fwd_fake(xw, h0, w_hh, lengths, first_reverse, nonlinearity):
+def _rnn_fwd_fake(xw, h0, w_hh, lengths, first_reverse, nonlinearity, save):
     T, B, _ = xw.shape
     D, H, _ = w_hh.shape
     return (xw.new_empty((T, B, D * H)), xw.new_empty((D, B, H)),
-            xw.new_empty((D, T, B, H), dtype=torch.float32))
+            xw.new_empty((D, T, B, H), dtype=torch.float32) if save else absent_like(xw))
 
 
 @define("rnn_fwd", "(Tensor xw, Tensor h0, Tensor w_hh, Tensor? lengths, bool first_reverse, "
-        "str nonlinearity) -> (Tensor, Tensor, Tensor)", _rnn_fwd_fake)
+        "str nonlinearity, bool save) -> (Tensor, Tensor, Tensor)", _rnn_fwd_fake)
 def rnn_fwd_op(xw: Tensor, h0: Tensor, w_hh: Tensor, lengths: Optional[Tensor], first_reverse: bool,
-               nonlinearity: str) -> Tuple[Tensor, Tensor, Tensor]:
-    """torch.ops.recgen.rnn_fwd: rnn_fwd with h_n in xw's dtype. Returns y, h_n, act;
-    differentiable in xw, h0, w_hh."""
-    y, hn, act = rnn_fwd(xw, h0, w_hh, lengths, first_reverse, nonlinearity)
-    return y, fresh(hn, xw.dtype), act
+               nonlinearity: str, save: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """torch.ops.recgen.rnn_fwd: rnn_fwd with h_n in xw's dtype. Returns y, h_n, act (empty with
+    save=False); differentiable in xw, h0, w_hh when save=True."""
+    y, hn, act = rnn_fwd(xw, h0, w_hh, lengths, first_reverse, nonlinearity, save)
+    return y, fresh(hn, xw.dtype), act if save else absent_like(xw)
 
 
 def _rnn_bwd_fake(dy, dhn, act, w_hh, lengths, first_reverse, nonlinearity):
@@ -123,22 +124,23 @@ class RNNFunction(torch.autograd.Function):
     autograd of torch.ops.recgen.rnn_fwd (registered below).
 
     Inputs: xw (T, B, D*H), h0 (D, B, H), w_hh (D, H, H), lengths (B,) or None, first_reverse
-    (bool), nonlinearity ('tanh' | 'relu'). Outputs y (T, B, D*H), h_n (D, B, H) in xw's dtype
-    and the saved float32 activations (not differentiable).
+    (bool), nonlinearity ('tanh' | 'relu'), save (bool: False only when nothing is
+    differentiated). Outputs y (T, B, D*H), h_n (D, B, H) in xw's dtype and the saved float32
+    activations (not differentiable).
 
     >>> y, h_n, _ = RNNFunction.apply(xw, h0, w_hh, None, False, 'tanh')
     """
 
     @staticmethod
-    def forward(xw, h0, w_hh, lengths, first_reverse, nonlinearity):
-        return torch.ops.recgen.rnn_fwd(xw, h0, w_hh, lengths, first_reverse, nonlinearity)
+    def forward(xw, h0, w_hh, lengths, first_reverse, nonlinearity, save=True):
+        return torch.ops.recgen.rnn_fwd(xw, h0, w_hh, lengths, first_reverse, nonlinearity, save)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        xw, h0, w_hh, lengths, first_reverse, nonlinearity = inputs
+        xw, h0, w_hh, lengths, first_reverse, nonlinearity, save = inputs
         y, _, act = output
         ctx.save_for_backward(y, h0, w_hh, act, lengths)
-        ctx.first_reverse, ctx.nonlinearity = first_reverse, nonlinearity
+        ctx.first_reverse, ctx.nonlinearity, ctx.save = first_reverse, nonlinearity, save
         ctx.mark_non_differentiable(act)
         ctx.set_materialize_grads(False)
 
@@ -146,6 +148,7 @@ class RNNFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy, dhn, _act):
         y, h0, w_hh, act, lengths = ctx.saved_tensors
+        check_saved("rnn_fwd", ctx.save)
         D = w_hh.shape[0]
         dpre, dh0 = torch.ops.recgen.rnn_bwd(direction_major(zeros_if_none(dy, y), D), zeros_if_none(dhn, h0),
                                              act, w_hh, lengths, ctx.first_reverse, ctx.nonlinearity)
@@ -157,7 +160,7 @@ class RNNFunction(torch.autograd.Function):
             act_td = time_major(act)
             h_prev = h_prev_directions(act_td, h0.to(torch.float32), lengths, ctx.first_reverse)
             dw_hh = bmm_t(dpre, h_prev).to(w_hh.dtype)
-        return dxw, dh0, dw_hh, None, None, None
+        return dxw, dh0, dw_hh, None, None, None, None
 
 
 register_function("rnn_fwd", RNNFunction)
@@ -169,7 +172,9 @@ def rnn_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths=None, first_reverse=False, 
     Returns y (T, B, D*H), h_n (D, B, H)."""
     _relu_flag(nonlinearity)
     xw = projected_inputs(x, w_ih, b_ih, b_hh, fold_hidden_bias=True)
-    y, h_n, _ = torch.ops.recgen.rnn_fwd(xw, h0, stacked(w_hh), lengths, first_reverse, nonlinearity)
+    w_hh = stacked(w_hh)
+    save = needs_saving(xw, h0, w_hh)
+    y, h_n, _ = torch.ops.recgen.rnn_fwd(xw, h0, w_hh, lengths, first_reverse, nonlinearity, save)
     return y, h_n
 
 

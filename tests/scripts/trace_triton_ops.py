@@ -21,12 +21,12 @@ def r(*shape, dtype=torch.float32):
 D, T, B, H, P = 2, 3, 2, 5, 4
 lengths = torch.tensor([3, 2])
 CASES = {
-    "lstm_fwd": (r(T, B, D * 4 * H), r(D, B, P), r(D, B, H), r(D, 4 * H, P), r(D, P, H), lengths, False),
+    "lstm_fwd": (r(T, B, D * 4 * H), r(D, B, P), r(D, B, H), r(D, 4 * H, P), r(D, P, H), lengths, False, True),
     "lstm_bwd": (r(D, T, B, P), r(D, B, P), r(D, B, H), r(D, T, B, 4 * H), r(D, T, B, H), r(D, B, H),
                  r(D, 4 * H, P), r(D, P, H), None, True),
-    "gru_fwd": (r(T, B, D * 3 * H), r(D, B, H), r(D, 3 * H, H), r(D, 3 * H), None, False),
+    "gru_fwd": (r(T, B, D * 3 * H), r(D, B, H), r(D, 3 * H, H), r(D, 3 * H), None, False, False),
     "gru_bwd": (r(D, T, B, H), r(D, B, H), r(D, T, B, 4 * H), r(D, T, B, H), r(D, 3 * H, H), lengths, False),
-    "rnn_fwd": (r(T, B, D * H), r(D, B, H), r(D, H, H), None, False, "relu"),
+    "rnn_fwd": (r(T, B, D * H), r(D, B, H), r(D, H, H), None, False, "relu", True),
     "rnn_bwd": (r(D, T, B, H), r(D, B, H), r(D, T, B, H), r(D, H, H), lengths, True, "tanh"),
 }
 
