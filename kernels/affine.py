@@ -131,8 +131,9 @@ def _affine_act_bwd_kernel(
         y_off = _offsets(n, h, w, offs_c, stride_yn, stride_yc, stride_yh, stride_yw)
         y = tl.load(y_ptr + y_off, mask=mask, other=0.0).to(tl.float32)
     if ACT != 0:
-        # torch's rule: relu passes where its result is > 0; leaky_relu where its input is > 0.
-        # For slope >= 0 the two signs agree (both give the slope branch at z == 0).
+        # torch's rule: relu's gradient is zero where its result is <= 0 (so a NaN passes it on);
+        # leaky_relu takes the slope where its input is not > 0. For slope >= 0 the sign of the
+        # output is that of the input (both give the slope branch at z == 0).
         if MASK_FROM_Z:
             if HAS_SHIFT:
                 shift = tl.load(shift_ptr + n * stride_tn + offs_c * stride_tc, mask=mask_c,
@@ -140,14 +141,14 @@ def _affine_act_bwd_kernel(
             if HAS_RESIDUAL:
                 r_off = _offsets(n, h, w, offs_c, stride_rn, stride_rc, stride_rh, stride_rw)
                 res = tl.load(res_ptr + r_off, mask=mask, other=0.0).to(tl.float32)
-            positive = _pre_activation(y, scale, shift, res, HAS_SCALE, HAS_SHIFT, HAS_RESIDUAL) > 0
+            sign_of = _pre_activation(y, scale, shift, res, HAS_SCALE, HAS_SHIFT, HAS_RESIDUAL)
         else:
             o_off = _offsets(n, h, w, offs_c, stride_on, stride_oc, stride_oh, stride_ow)
-            positive = tl.load(out_ptr + o_off, mask=mask, other=0.0).to(tl.float32) > 0
+            sign_of = tl.load(out_ptr + o_off, mask=mask, other=0.0).to(tl.float32)
         if ACT == 1:
-            dz = tl.where(positive, dz, 0.0)
+            dz = tl.where(sign_of <= 0.0, 0.0, dz)
         else:
-            dz = tl.where(positive, dz, dz * slope)
+            dz = tl.where(sign_of > 0.0, dz, dz * slope)
     d_off = _offsets(n, h, w, offs_c, stride_dn, stride_dc, stride_dh, stride_dw)
     if HAS_DY:
         if HAS_SCALE:

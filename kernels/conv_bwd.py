@@ -81,6 +81,7 @@ def _conv2d_bwd_data_kernel(
                 # parity for STRIDE 2, a position past the output) is skipped as a whole. Runtime
                 # loops: unrolling the up to 6 x 6 gathers made a 5x larger cubin, 5x slower to compile.
                 g = tl.zeros([BLOCK_P, BLOCK_CO], dtype=tl.float32)
+                hit = offs_p < 0  # pixels some output position reads at this tap
                 for ch in range(n_cand):
                     oh, valid_h = target_index(ih, kh, H, OH, ch, STRIDE, K // 2, UPSAMPLE, REFLECT)
                     valid_h = valid_h & mask_p
@@ -90,10 +91,13 @@ def _conv2d_bwd_data_kernel(
                             ow, valid_w = target_index(iw, kw, W, OW, cw, STRIDE, K // 2, UPSAMPLE, REFLECT)
                             valid = valid_h & valid_w
                             if tl.max(valid.to(tl.int32), axis=0) > 0:
+                                hit = hit | valid
                                 row = row_h + ow.to(tl.int64) * stride_dw
                                 g += tl.load(dacc_img + row[:, None] + col[None, :],
                                              mask=valid[:, None] & mask_co[None, :], other=0.0).to(tl.float32)
-                acc += mma(g, b, DOT_FP32, INPUT_PRECISION)
+                # A pixel no output reads at this tap gets no term, not 0 * w: a non-finite weight
+                # must not reach it (torch's gradient has no such term either).
+                acc += tl.where(hit[:, None], mma(g, b, DOT_FP32, INPUT_PRECISION), 0.0)
 
     # Prologue backward: acc holds da, the gradient of a = act_in(pre).
     mask = mask_p[:, None] & mask_ci[None, :]

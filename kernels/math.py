@@ -71,7 +71,7 @@ def load_tile(ptr, offs_r, offs_c, stride_r, stride_c, n_r, n_c):
 def activation(x, ACT: tl.constexpr, slope):
     """ACT 0: identity, 1: relu, 2: leaky_relu(slope), on float32 values (codes: ops/_launch.ACT_CODES)."""
     if ACT == 1:
-        x = tl.maximum(x, 0.0)
+        x = tl.where(x < 0.0, 0.0, x)  # relu(NaN) = NaN, as torch (tl.maximum would give 0)
     elif ACT == 2:
         x = tl.where(x > 0.0, x, x * slope)
     return x
@@ -79,9 +79,10 @@ def activation(x, ACT: tl.constexpr, slope):
 
 @triton.jit
 def activation_grad(grad, pre, ACT: tl.constexpr, slope):
-    """grad * act'(pre), as torch's threshold/leaky_relu backward: the slope applies at pre <= 0."""
+    """grad * act'(pre), as torch's threshold/leaky_relu backward: relu's is zero where pre <= 0
+    (a NaN pre passes grad on), leaky_relu's slope applies where not pre > 0."""
     if ACT == 1:
-        grad = tl.where(pre > 0.0, grad, 0.0)
+        grad = tl.where(pre <= 0.0, 0.0, grad)
     elif ACT == 2:
         grad = tl.where(pre > 0.0, grad, grad * slope)
     return grad

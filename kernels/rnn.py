@@ -70,7 +70,7 @@ def _rnn_fwd_kernel(
                     w = load_tile(w_hh_ptr, offs_k, offs_h, 1, H, H, H)
                 acc += mma(h_prev, w, DOT_FP32, INPUT_PRECISION)
             if RELU:
-                h_new = tl.maximum(acc, 0.0)
+                h_new = tl.where(acc < 0.0, 0.0, acc)  # as torch: relu(NaN) = NaN (tl.maximum drops NaN)
             else:
                 h_new = tanh(acc)
             if SAVE:
@@ -128,7 +128,8 @@ def _rnn_bwd_kernel(
                 + tl.load(src + rows[:, None] * H + offs_h[None, :], mask=m2, other=0.0)
             a = tl.load(act_ptr + seq_off, mask=m2, other=0.0)
             if RELU:
-                dpre = tl.where(a > 0.0, dh, 0.0)  # relu(pre) > 0 exactly when pre > 0
+                # torch's threshold_backward on the output: zero where a <= 0, so a NaN passes dh on
+                dpre = tl.where(a <= 0.0, 0.0, dh)
             else:
                 dpre = dh * (1.0 - a * a)
             tl.store(dpre_ptr + seq_off, tl.where(m2, dpre, 0.0), mask=keep)

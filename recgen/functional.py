@@ -176,8 +176,11 @@ def rnn_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh"):
 
 def fused_conv2d(x, weight, **kwargs):
     """Convolution with fused prologue/epilogue (semantics: recgen.reference.conv.fused_conv2d),
-    on the Triton path or the reference as the backend decides."""
-    if use_triton(x):
+    on the Triton path or the reference as the backend decides. Zero-size images or channels
+    take the reference (torch's conv2d), so the result or error is exactly torch's."""
+    degenerate = (isinstance(x, torch.Tensor) and x.dim() == 4 and isinstance(weight, torch.Tensor)
+                  and weight.dim() == 4 and 0 in (x.shape[2], x.shape[3], weight.shape[0], weight.shape[1]))
+    if use_triton(x) and not degenerate:
         from recgen.ops.fused_conv import fused_conv2d as triton_fused_conv2d
         return triton_fused_conv2d(x, weight, **kwargs)
     from recgen.reference.conv import fused_conv2d as reference_fused_conv2d

@@ -6,8 +6,9 @@ goes through recgen/__init__.py, which imports torch; the model itself does not 
 
 Glossary: T steps, B batch, I input, H hidden (= the recurrent width P: no projection), G gate
 blocks (lstm 4, gru 3, rnn_tanh 1), e bytes per element of the I/O dtype (2 for bf16/fp16, 4 for
-fp32); one layer, one direction, as in recgen.benchmark's grid. Passes: 'fwd' (forward only)
-and 'fwdbwd' (forward + backward, the benchmark's two passes).
+fp32); one layer, one direction, as in recgen.benchmark's grid. Passes: 'fwd' (forward only,
+under torch.no_grad: the kernels run with SAVE=False) and 'fwdbwd' (forward + backward, the
+benchmark's two passes).
 
 What is counted, and where each count comes from:
 - flops():             input projection (one GEMM over all steps), recurrence GEMMs
@@ -15,7 +16,7 @@ What is counted, and where each count comes from:
                        (dh recurrence, dW_hh, dx and dW_ih);
 - hbm_bytes():         the bytes that must cross device memory with today's structure: inputs
                        and weights once, intermediates (xw, the float32 saved gates/states,
-                       the float32 gate gradients) written once and read once;
+                       fwdbwd only, the float32 gate gradients) written once and read once;
 - kernel_step_bytes(): what one program of kernels/{lstm,gru,rnn}.py reads and writes per
                        step, read off the kernels (loads and stores, re-reads included);
 - step(): the floor of one time step with today's parallelism (one program per 16-row batch
@@ -78,7 +79,7 @@ H200 = Hardware(
 @dataclass(frozen=True)
 class Cell:
     gates: int          # G: gate blocks of W_hh (G*H, H)
-    saved_cols: int     # float32 columns saved per (t, b) for the backward, in units of H
+    saved_cols: int     # float32 columns saved per (t, b) for the backward (SAVE only), units of H
     grad_cols: int      # float32 gradient columns the backward kernel writes per (t, b), units of H
     ew_flops: tuple     # (fwd, bwd) elementwise FLOPs per (b, h) element, sigmoid/tanh = 4 each
     mufu: tuple         # (fwd, bwd) special-function ops per element: 2 (exp2, rcp) per sigmoid/tanh
@@ -101,6 +102,11 @@ CELLS = {
 }
 PASSES = ("fwd", "fwdbwd")
 F32 = 4  # the kernels keep state, saved tensors and gradients in float32
+
+# SAVE (kernels/*.py): the forward writes the saved columns only when something will be
+# differentiated (recgen.ops.library.needs_saving), so 'fwd' (no_grad) moves none of them and
+# 'fwdbwd' all. Not modelled here (H = P): with proj_size > 0 the LSTM writes m (H) either way,
+# since the projection reads it back in the same step.
 
 # The standard grid (recgen.benchmark.RECURRENT_GRID; a test checks they agree), I = H.
 GRID = dict(op=("lstm", "gru", "rnn_tanh"), T=(64, 512), B=(1, 16, 64, 256),
@@ -184,7 +190,7 @@ def hbm_bytes(cell: str, T: int, B: int, I: int, H: int, dtype_bytes: int, pass_
     written once and read once; re-reads, casts and glue are left to the prediction.
 
     >>> hbm_bytes("rnn_tanh", 2, 1, 4, 4, 2, "fwd")["total"]
-    168
+    136
     """
     c = _check(cell, pass_)
     e, G = dtype_bytes, c.gates
@@ -192,9 +198,10 @@ def hbm_bytes(cell: str, T: int, B: int, I: int, H: int, dtype_bytes: int, pass_
            "w_hh": G * H * H * e,                      # once: resident, or L2 keeps it (see l2)
            "xw": 2 * T * B * G * H * e,                # written by the GEMM, read by the kernel
            "y": T * B * H * e,
-           "saved": T * B * c.saved_cols * H * F32}    # written for the backward
+           "saved": 0}                                 # written for the backward: fwdbwd only
     if pass_ == "fwdbwd":
-        out.update(dy=T * B * H * e,
+        out.update(saved=T * B * c.saved_cols * H * F32,
+                   dy=T * B * H * e,
                    saved_read=T * B * c.saved_cols * H * F32,
                    h_prev=T * B * H * e,               # y again, for dW_hh
                    dgates=2 * T * B * c.grad_cols * H * F32,
@@ -205,10 +212,12 @@ def hbm_bytes(cell: str, T: int, B: int, I: int, H: int, dtype_bytes: int, pass_
     return out
 
 
-def kernel_step_bytes(cell: str, H: int, dtype_bytes: int, direction: str, rows: int) -> dict:
+def kernel_step_bytes(cell: str, H: int, dtype_bytes: int, direction: str, rows: int,
+                      save: bool = False) -> dict:
     """Bytes one program of today's kernel moves per time step, read off kernels/*.py.
 
-    rows: live batch rows of the program (masked rows move nothing). 'io' is the must-move
+    rows: live batch rows of the program (masked rows move nothing); save: the forward's SAVE
+    (True in the forward of a pass that differentiates, False under no_grad). 'io' is the must-move
     part (xw/dy in, y/saved/gradients out), 'state' the float32 scratch traffic and re-reads
     (h or dh slots, c, tiles re-read once per output block), 'weights' the W_hh tiles a
     streamed kernel reads from L2 every step (0 when resident), 'params' b_hh (GRU).
@@ -222,9 +231,9 @@ def kernel_step_bytes(cell: str, H: int, dtype_bytes: int, direction: str, rows:
     weights = 0 if mode.resident else G * H * H * e
     params = G * H * e if (c.bias_in_kernel and direction == "fwd") else 0
     if direction == "fwd":
-        # xw in, y out, saved out; h_{t-1} re-read for every block of gate columns, the old h
-        # for the padding rows, the new h into the other slot; the LSTM's c slot read + written.
-        io = G * H * e + H * e + c.saved_cols * H * F32
+        # xw in, y out, saved out (SAVE only); h_{t-1} re-read for every block of gate columns,
+        # the old h for the padding rows, the new h into the other slot; the LSTM's c slot.
+        io = G * H * e + H * e + (c.saved_cols * H * F32 if save else 0)
         state = H * F32 * n_h + 2 * H * F32 + (2 * H * F32 if cell == "lstm" else 0)
     elif cell == "lstm":
         # phase 1: dy, dh carry, gates (4H), c, c_{t-1}, dc slot (read + write), dgates out;
@@ -254,9 +263,10 @@ def _matrix_rate(dtype_bytes: int, hw: Hardware) -> float:
 
 
 def step(cell: str, B: int, H: int, dtype_bytes: int, direction: str = "fwd",
-         hw: Hardware = H200) -> dict:
+         hw: Hardware = H200, save: bool = False) -> dict:
     """Seconds per time step: the floor with today's parallelism, the whole-chip floor, and
-    the prediction for today's kernel (see docs/performance.md for the formulas).
+    the prediction for today's kernel (see docs/performance.md for the formulas). save: the
+    forward writes the saved tensors (the forward of 'fwdbwd'; not under no_grad).
 
     floor_s = max(compute of one program on one SM, its must-move bytes at one SM's L2
     bandwidth, round trips * step latency). Today's kernels run one program per 16-row batch
@@ -277,7 +287,7 @@ def step(cell: str, B: int, H: int, dtype_bytes: int, direction: str = "fwd",
     sm_mufu = hw.mufu_per_clock_sm * hw.clock_hz
     mma_s = 2 * tile * G * h_eff * p_eff / sm_matrix
     ew_s = max(tile * h_eff * c.ew_flops[k] / sm_fp32, tile * h_eff * c.mufu[k] / sm_mufu)
-    b = kernel_step_bytes(cell, H, e, direction, rows)
+    b = kernel_step_bytes(cell, H, e, direction, rows, save)
     io_s = b["io"] / hw.sm_l2_bw
     latency_s = round_trips * hw.step_latency_s
     floor_s = max(mma_s + ew_s, io_s, latency_s)
@@ -341,7 +351,7 @@ def case(cell: str, T: int, B: int, I: int, H: int, dtype_bytes: int, pass_: str
          hw: Hardware = H200) -> dict:
     """One row: counts, per-step floors and prediction, whole-sequence floor and prediction."""
     c = _check(cell, pass_)
-    fwd = step(cell, B, H, dtype_bytes, "fwd", hw)
+    fwd = step(cell, B, H, dtype_bytes, "fwd", hw, save=pass_ == "fwdbwd")
     steps = [fwd] + ([step(cell, B, H, dtype_bytes, "bwd", hw)] if pass_ == "fwdbwd" else [])
     parts = parallel_parts(cell, T, B, I, H, dtype_bytes, pass_, hw)
     mode = recurrence_mode(c.gates, H, H, dtype_bytes)
@@ -430,12 +440,13 @@ def mode_table(hw: Hardware = H200) -> str:
 
 
 def target_table(T: int = 512, B: int = 16, H: int = 512, hw: Hardware = H200) -> str:
-    """The issue's target point: per-step terms of the forward and backward, in µs."""
+    """The issue's target point: per-step terms of the forward (inference, then saving for the
+    backward as in 'fwdbwd') and of the backward, in µs."""
     lines = ["| cell | dtype | dir | MMA | gate math | must-move io | latency | W_hh from L2 | state | "
              "floor | 2x floor | today | chip floor |", "|" + "---|" * 13]
     for cell, dtype in itertools.product(GRID["op"], GRID["dtype"]):
-        for d in ("fwd", "bwd"):
-            s = step(cell, B, H, DTYPE_BYTES[dtype], d, hw)
+        for d, direction, save in (("fwd", "fwd", False), ("fwd+save", "fwd", True), ("bwd", "bwd", False)):
+            s = step(cell, B, H, DTYPE_BYTES[dtype], direction, hw, save)
             us = {k: s[k] * 1e6 for k in ("mma_s", "elementwise_s", "io_s", "latency_s", "weights_s",
                                            "state_s", "floor_s", "today_s", "chip_floor_s")}
             lines.append(f"| {cell} | {dtype} | {d} | {_f(us['mma_s'])} | {_f(us['elementwise_s'])} "

@@ -45,12 +45,14 @@ def test_flops_gru_and_rnn_by_hand():
 
 
 def test_hbm_bytes_rnn_by_hand():
-    # T=2, B=1, I=H=4, bf16: x 16, W_ih 32, bias 8, W_hh 32, xw written + read 32, y 16,
-    # saved float32 activations 2*1*4*4 = 32.
+    # T=2, B=1, I=H=4, bf16: x 16, W_ih 32, bias 8, W_hh 32, xw written + read 32, y 16; the
+    # float32 activations (2*1*4*4 = 32) are saved only when differentiating (SAVE).
     b = pm.hbm_bytes("rnn_tanh", 2, 1, 4, 4, 2, "fwd")
-    assert (b["x"], b["w_ih"], b["bias"], b["w_hh"], b["xw"], b["y"], b["saved"]) == (16, 32, 8, 32, 32, 16, 32)
-    assert b["total"] == 168
-    assert pm.hbm_bytes("rnn_tanh", 2, 1, 4, 4, 2, "fwd", bias=False)["total"] == 160
+    assert (b["x"], b["w_ih"], b["bias"], b["w_hh"], b["xw"], b["y"], b["saved"]) == (16, 32, 8, 32, 32, 16, 0)
+    assert b["total"] == 136
+    assert pm.hbm_bytes("rnn_tanh", 2, 1, 4, 4, 2, "fwd", bias=False)["total"] == 128
+    fb = pm.hbm_bytes("rnn_tanh", 2, 1, 4, 4, 2, "fwdbwd")
+    assert fb["saved"] == fb["saved_read"] == 32
 
 
 def test_hbm_bytes_lstm_saves_five_float32_columns():
@@ -59,13 +61,51 @@ def test_hbm_bytes_lstm_saves_five_float32_columns():
     assert b["saved"] == b["saved_read"] == T * B * 5 * H * 4      # gates (4H) + c (H), float32
     assert b["dgates"] == 2 * T * B * 4 * H * 4                    # written once, read once
     assert b["dw"] == (4 * H * I + 4 * H * H) * 2
-    assert pm.hbm_bytes("gru", T, B, I, H, 4, "fwd")["saved"] == T * B * 4 * H * 4  # r, z, n, gh_n
+    assert pm.hbm_bytes("gru", T, B, I, H, 4, "fwdbwd")["saved"] == T * B * 4 * H * 4  # r, z, n, gh_n
+
+
+def test_fwd_skips_the_saved_tensors_by_hand():
+    """SAVE=False under no_grad: the 'fwd' pass writes none of the float32 saved columns, the
+    forward of 'fwdbwd' writes them all (LSTM T=2, B=3, I=H=8, bf16, by hand)."""
+    T, B, I, H, e = 2, 3, 8, 8, 2
+    fwd_only = (T * B * I * e + 4 * H * I * e + 4 * H * e + 4 * H * H * e    # x, W_ih, bias, W_hh
+                + 2 * T * B * 4 * H * e + T * B * H * e)                    # xw written + read, y
+    assert fwd_only == 96 + 512 + 64 + 512 + 768 + 96 == 2048
+    saved = T * B * (4 * H + H) * 4                                         # gates + c, float32
+    assert saved == 960
+    f = pm.hbm_bytes("lstm", T, B, I, H, e, "fwd")
+    assert f["saved"] == 0 and f["total"] == 2048
+    fb = pm.hbm_bytes("lstm", T, B, I, H, e, "fwdbwd")
+    assert fb["saved"] == fb["saved_read"] == 960
+    assert fb["total"] - sum(v for k, v in fb.items() if k not in ("saved", "total")) == 960
+    # Per step and program (16 live rows): xw 4H*e + y H*e, plus 5H float32 only when saving.
+    rows, H = 16, 512
+    k = pm.kernel_step_bytes("lstm", H, e, "fwd", rows)
+    ks = pm.kernel_step_bytes("lstm", H, e, "fwd", rows, save=True)
+    assert k["io"] == rows * (4 * H * e + H * e) == 81920
+    assert ks["io"] == rows * (4 * H * e + H * e + 5 * H * 4) == 245760
+    assert (k["state"], k["weights"]) == (ks["state"], ks["weights"])      # only the stores go
+    assert pm.kernel_step_bytes("gru", H, e, "fwd", rows, save=True)["io"] - \
+        pm.kernel_step_bytes("gru", H, e, "fwd", rows)["io"] == rows * 4 * H * 4   # r, z, n, gh_n
+    assert pm.kernel_step_bytes("rnn_tanh", H, e, "bwd", rows, save=True) == \
+        pm.kernel_step_bytes("rnn_tanh", H, e, "bwd", rows)                    # backward: no SAVE
+    # The step's prediction drops by those bytes at one SM's L2 bandwidth (1.29 µs); the floor,
+    # compute-bound, does not move. case() uses save=False for 'fwd', save=True for 'fwdbwd'.
+    s, ss = pm.step("lstm", 16, H, e, "fwd"), pm.step("lstm", 16, H, e, "fwd", save=True)
+    assert ss["today_s"] - s["today_s"] == pytest.approx(rows * 5 * H * 4 / HW.sm_l2_bw)
+    assert (ss["today_s"] - s["today_s"]) * 1e6 == pytest.approx(1.29, abs=0.01)
+    assert s["floor_s"] == ss["floor_s"]
+    r = pm.case("lstm", 512, 16, H, H, e, "fwd")
+    rb = pm.case("lstm", 512, 16, H, H, e, "fwdbwd")
+    assert r["today_step_us"] == pytest.approx(s["today_s"] * 1e6)
+    assert rb["today_step_us"] == pytest.approx(ss["today_s"] * 1e6)
+    assert r["floor_step_us"] == rb["floor_step_us"]
 
 
 def test_kernel_step_bytes_lstm_streamed_by_hand():
     # H=128 bf16 LSTM: 4*128*128*2 = 128 KiB > 64 KiB, so streamed with 64-wide tiles (2 blocks).
     H, e, rows = 128, 2, 16
-    b = pm.kernel_step_bytes("lstm", H, e, "fwd", rows)
+    b = pm.kernel_step_bytes("lstm", H, e, "fwd", rows, save=True)
     assert b["weights"] == 4 * H * H * e
     assert b["io"] == rows * (4 * H * e + H * e + 5 * H * 4)
     # h_{t-1} read once per 64-column block (2), old h read, new h written, c read and written.

@@ -6,7 +6,6 @@ import pathlib
 import re
 
 import pytest
-import torch
 
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 EXAMPLE = re.compile(r"<!-- example: (\S+)( gpu)? -->\n```python\n(.*?)```", re.S)

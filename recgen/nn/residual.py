@@ -76,6 +76,18 @@ def check_block_input(x, in_channels, weight, pad, padding_mode, upsample, name,
                            f"input size, got spatial size {tuple(size)}")
 
 
+def _degenerate(x: torch.Tensor, parts: dict) -> bool:
+    """Shapes torch's modules treat specially: empty tensors, zero channels, InstanceNorm over a
+    single pixel. They take the reference path, torch's own ops, so the result or the error is
+    exactly torch's (an empty output, or conv's RuntimeError, or instance_norm's ValueError)."""
+    if x.numel() == 0 or parts["conv1"].weight.numel() == 0:
+        return True
+    size = [s * (2 if parts["upsample"] else 1) for s in x.shape[2:]]
+    pixels = ((size[0] - 1) // parts["stride"] + 1) * ((size[1] - 1) // parts["stride"] + 1)
+    instance = any(isinstance(n, nn.InstanceNorm2d) for n in (parts["norm1"], parts["norm2"]))
+    return instance and pixels == 1
+
+
 class _FusedForward:
     """forward shared by every block: validate, then the fused pipeline (Triton) or the
     reference modules path, as the backend decides."""
@@ -90,7 +102,7 @@ class _FusedForward:
         cast = conv_autocast_dtype(x)
         check_block_input(x, conv1.weight.shape[1], conv1.weight, pad, parts["padding_mode"],
                           parts["upsample"], type(self).__name__, autocast=cast)
-        if use_triton(x):
+        if use_triton(x) and not _degenerate(x, parts):
             x = x.contiguous(memory_format=torch.channels_last)
             if cast is None:
                 return blocks.residual_block(x, training=self.training, **parts)

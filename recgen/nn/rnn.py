@@ -48,6 +48,10 @@ class _RecurrentForward:
         is_lstm = self.mode == "LSTM"
         width = self.proj_size if self.proj_size > 0 else self.hidden_size
         packed = isinstance(input, PackedSequence)
+        if packed and input.data.shape[0] == 0:
+            # A hand-built PackedSequence of no rows (torch's packing functions refuse to build
+            # one): torch's own forward, so the result is exactly torch's; nothing to launch.
+            return super().forward(input, hx)
         if is_lstm and hx is not None:
             if not isinstance(hx, (tuple, list)):
                 raise TypeError(f"{name}: hx must be a tuple (h_0, c_0), got {type(hx).__name__}")

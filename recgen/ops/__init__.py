@@ -8,7 +8,8 @@ ops are not registered and recgen runs its reference path.
 from recgen.backend import triton_available
 from recgen.ops._launch import LAUNCH_COUNTS
 
-if triton_available():
-    from recgen.ops import affine, fused_conv, gru, lstm, rnn  # noqa: F401  (registers the ops)
-
 __all__ = ["LAUNCH_COUNTS"]
+
+if triton_available():
+    from recgen.ops import affine, fused_conv, gru, lstm, rnn  # importing registers the ops
+    __all__ += ["affine", "fused_conv", "gru", "lstm", "rnn"]

@@ -3,7 +3,8 @@ autograd Function of the elementwise pass that applies a batch/instance normalis
 statistics are known (typically the tail of a residual block).
 
 Name chain: _affine_act_fwd_kernel / _affine_act_bwd_kernel -> affine_act_fwd / affine_act_bwd
--> AffineActFunction -> affine_act.
+-> torch.ops.recgen.affine_act / affine_act_bwd (recgen/ops/library.py), with AffineActFunction as
+affine_act's autograd -> affine_act -> recgen.functional.affine_act -> recgen.nn.ResidualBlock.
 
 Layout: any strides are accepted (channels-last memory is the fast case). The output is
 allocated like y and the gradients of y and residual like the incoming gradient
@@ -15,12 +16,15 @@ per-tile partial sums for dscale / dshift, reduced with torch (deterministic, no
 
 from __future__ import annotations
 
+from typing import Optional, Tuple
 
 import torch
 import triton
+from torch import Tensor
 
 from recgen.backend import interpreting
 from recgen.ops._launch import ACT_CODES, check_power_of_two, launch, overriding, poisoned
+from recgen.ops.library import absent_like, define, register_function
 from recgen.reference.conv import ACTIVATIONS
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -141,8 +145,56 @@ def affine_act_bwd(dout, out, y, scale, shift, residual, act, slope, grad_dtypes
     return dy, dscale, dshift, dres
 
 
+def _affine_act_fake(y, scale, shift, residual, act, slope):
+    return torch.empty_like(y)
+
+
+@define("affine_act", "(Tensor y, Tensor? scale, Tensor? shift, Tensor? residual, str act, float slope) -> Tensor",
+        _affine_act_fake)
+def affine_act_op(y: Tensor, scale: Optional[Tensor], shift: Optional[Tensor], residual: Optional[Tensor], act: str,
+                  slope: float) -> Tensor:
+    """torch.ops.recgen.affine_act: affine_act_fwd (arguments validated by affine_act);
+    differentiable in y, scale, shift, residual (AffineActFunction)."""
+    return affine_act_fwd(y, scale, shift, residual, act, slope)
+
+
+# grad_dtypes, a tuple of optional dtypes, is passed as four `ScalarType?` arguments.
+_BWD_SCHEMA = ("(Tensor dout, Tensor? out, Tensor? y, Tensor? scale, Tensor? shift, Tensor? residual, str act, "
+               "float slope, ScalarType? dy_dtype, ScalarType? dscale_dtype, ScalarType? dshift_dtype, "
+               "ScalarType? dres_dtype) -> (Tensor, Tensor, Tensor, Tensor)")
+
+
+def _affine_act_bwd_fake(dout, out, y, scale, shift, residual, act, slope, dy_dtype, dscale_dtype, dshift_dtype,
+                         dres_dtype):
+    like = (lambda dt: absent_like(dout) if dt is None else torch.empty_like(dout, dtype=dt))
+    vector = (lambda dt: absent_like(dout) if dt is None else dout.new_empty(dout.shape[:2], dtype=dt))
+    return like(dy_dtype), vector(dscale_dtype), vector(dshift_dtype), like(dres_dtype)
+
+
+@define("affine_act_bwd", _BWD_SCHEMA, _affine_act_bwd_fake)
+def affine_act_bwd_op(dout: Tensor, out: Optional[Tensor], y: Optional[Tensor], scale: Optional[Tensor],
+                      shift: Optional[Tensor], residual: Optional[Tensor], act: str, slope: float,
+                      dy_dtype: Optional[torch.dtype], dscale_dtype: Optional[torch.dtype],
+                      dshift_dtype: Optional[torch.dtype], dres_dtype: Optional[torch.dtype]
+                      ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """torch.ops.recgen.affine_act_bwd: affine_act_bwd with an empty tensor for each gradient
+    not wanted (its dtype None). Not differentiable."""
+    grad_dtypes = (dy_dtype, dscale_dtype, dshift_dtype, dres_dtype)
+    grads = affine_act_bwd(dout, out, y, scale, shift, residual, act, slope, grad_dtypes)
+    return tuple(absent_like(dout) if g is None else g for g in grads)
+
+
+def affine_act_grads(dout, out, y, scale, shift, residual, act, slope, grad_dtypes):
+    """affine_act_bwd through torch.ops.recgen.affine_act_bwd (traceable by torch.compile):
+    same arguments and results, None for each gradient not wanted."""
+    grads = torch.ops.recgen.affine_act_bwd(dout, out, y, scale, shift, residual, act, slope, *grad_dtypes)
+    return tuple(None if dt is None else g for g, dt in zip(grads, grad_dtypes))
+
+
 class AffineActFunction(torch.autograd.Function):
-    """out = act(y * scale[n, c] + shift[n, c] + residual).
+    """out = act(y * scale[n, c] + shift[n, c] + residual): the autograd of
+    torch.ops.recgen.affine_act (registered below, so eager, `AffineActFunction.apply` and
+    compiled graphs share this backward).
 
     Inputs: y (N, C, H, W); scale, shift (N, C) or None (stride 0 over N is fine); residual
     (N, C, H, W) or None; act ('none' | 'relu' | 'leaky_relu'); slope (float). Output
@@ -150,12 +202,16 @@ class AffineActFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, y, scale, shift, residual, act, slope):
-        out = affine_act_fwd(y, scale, shift, residual, act, slope)
+    def forward(y, scale, shift, residual, act, slope):
+        return torch.ops.recgen.affine_act(y, scale, shift, residual, act, slope)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        y, scale, shift, residual, act, slope = inputs
         z_mask = _mask_from_z(act, slope)
         need_dy, need_dscale, need_dshift, need_dres = ctx.needs_input_grad[:4]
         ctx.save_for_backward(
-            out if act != "none" and not z_mask else None,
+            output if act != "none" and not z_mask else None,
             y if z_mask or need_dscale else None,
             scale if z_mask or need_dy else None,
             shift if z_mask else None,
@@ -164,14 +220,16 @@ class AffineActFunction(torch.autograd.Function):
         ctx.act, ctx.slope = act, slope
         ctx.grad_dtypes = tuple(t.dtype if t is not None and need else None for t, need in
                                 zip((y, scale, shift, residual), (need_dy, need_dscale, need_dshift, need_dres)))
-        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout):
         out, y, scale, shift, residual = ctx.saved_tensors
-        grads = affine_act_bwd(dout, out, y, scale, shift, residual, ctx.act, ctx.slope, ctx.grad_dtypes)
+        grads = affine_act_grads(dout, out, y, scale, shift, residual, ctx.act, ctx.slope, ctx.grad_dtypes)
         return (*grads, None, None)
+
+
+register_function("affine_act", AffineActFunction)
 
 
 def _check_tensor(name, t, y, shapes, expected):
@@ -219,4 +277,4 @@ def affine_act(y, scale=None, shift=None, residual=None, act="none", slope=0.01)
         vectors[name] = t
     if residual is not None:
         _check_tensor("residual", residual, y, {tuple(y.shape)}, f"{tuple(y.shape)} like y")
-    return AffineActFunction.apply(y, vectors["scale"], vectors["shift"], residual, act, slope)
+    return torch.ops.recgen.affine_act(y, vectors["scale"], vectors["shift"], residual, act, slope)

@@ -1,13 +1,15 @@
 """Fused convolution of residual blocks: the forward launcher.
 
-Name chain: _conv2d_fwd_kernel -> conv2d_fwd -> FusedConv2dFunction -> recgen.nn.ResidualBlock.
+Name chain: _conv2d_fwd_kernel -> conv2d_fwd -> torch.ops.recgen.fused_conv2d (autograd:
+FusedConv2dFunction, recgen/ops/fused_conv.py) -> recgen.functional.fused_conv2d
+-> recgen.nn.ResidualBlock.
 conv2d_fwd has exactly the contract of recgen.reference.conv.fused_conv2d (same arguments, same
 return values), restricted to what the kernel supports: odd K, stride 1 or 2, float32/float16/
-bfloat16 data. Arguments are checked before anything is launched.
+bfloat16 data. Arguments are checked before anything is launched (check_conv2d_fwd, which the
+op's fake implementation runs too, so torch.compile raises the same errors while tracing).
 """
 
 from __future__ import annotations
-
 
 import torch
 import triton
@@ -47,8 +49,9 @@ def forced_blocks(block_m: int, block_ci: int, block_co: int, num_warps: int = 4
 
 
 def _check_vector(name, t, shape, x):
+    """Raise unless t is None or a floating-point `shape` tensor on x's device."""
     if t is None:
-        return None
+        return
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"conv2d_fwd: {name} must be a tensor or None, got {type(t).__name__}")
     if tuple(t.shape) != shape:
@@ -57,7 +60,10 @@ def _check_vector(name, t, shape, x):
         raise RuntimeError(f"conv2d_fwd: {name} must be on {x.device} like x, got {t.device}")
     if not t.is_floating_point():
         raise RuntimeError(f"conv2d_fwd: {name} must be floating point, got {t.dtype}")
-    return t.detach().to(torch.float32).contiguous()
+
+
+def _float32(t):
+    return None if t is None else t.detach().to(torch.float32).contiguous()
 
 
 def _check_choice(name, value, choices):
@@ -65,35 +71,26 @@ def _check_choice(name, value, choices):
         raise ValueError(f"conv2d_fwd: unknown {name} {value!r}; expected one of {choices}")
 
 
-def conv_out_size(S: int, K: int, stride: int, upsample: bool) -> int:
-    L = 2 * S if upsample else S
-    return (L + 2 * (K // 2) - K) // stride + 1
-
-
-def conv2d_fwd(x, weight, *, stride=1, padding_mode="zeros", upsample=False,
-               in_scale=None, in_shift=None, in_act="none", in_slope=0.01,
-               out_scale=None, out_shift=None, residual=None, out_act="none", out_slope=0.01,
-               stats=False):
-    """Fused conv2d forward in one launch; same contract as recgen.reference.conv.fused_conv2d.
-
-    x: (N, CI, H, W) float32/float16/bfloat16, any memory layout; weight: (CO, CI, K, K), K odd,
-    same dtype and device; in_scale/in_shift: (N, CI) or None; out_scale/out_shift: (CO,) or None;
-    residual: (N, CO, OH, OW) or None, any layout; stride 1 or 2.
-    Returns out (N, CO, OH, OW) in x's dtype, channels_last, and with stats=True also
-    (sum, sumsq) of z over the output pixels, each (N, CO) float32.
-    Unknown padding_mode/activation names and unsupported strides raise ValueError (as the
-    reference does for names); shapes, dtypes, devices and a reflect pad >= the (upsampled)
-    input size raise RuntimeError (as torch does).
-
-    Example: out, s, ss = conv2d_fwd(x, w, in_scale=a, in_shift=b, in_act="relu", stats=True)
-    """
-    from recgen.kernels.conv import _conv2d_fwd_kernel
-
+def check_options(stride, padding_mode, in_act, out_act) -> None:
+    """The ValueErrors of conv2d_fwd's non-tensor arguments (also checked by the public
+    fused_conv2d before the op's schema coerces them, e.g. stride=True to 1)."""
     _check_choice("padding_mode", padding_mode, PADDING_MODES)
     _check_choice("in_act", in_act, ACTIVATIONS)
     _check_choice("out_act", out_act, ACTIVATIONS)
     if isinstance(stride, bool) or stride not in STRIDES:
         raise ValueError(f"conv2d_fwd: stride must be one of {STRIDES}, got {stride!r}")
+
+
+def conv_out_size(S: int, K: int, stride: int, upsample: bool) -> int:
+    L = 2 * S if upsample else S
+    return (L + 2 * (K // 2) - K) // stride + 1
+
+
+def check_conv2d_fwd(x, weight, stride, padding_mode, upsample, in_scale, in_shift, in_act,
+                     out_scale, out_shift, residual, out_act):
+    """Check conv2d_fwd's arguments (metadata only, so it runs on fake tensors too); returns
+    (N, CI, H, W, CO, K, OH, OW)."""
+    check_options(stride, padding_mode, in_act, out_act)
     if x.dim() != 4:
         raise RuntimeError(f"conv2d_fwd: x must be 4-D (N, CI, H, W), got shape {tuple(x.shape)}")
     if weight.dim() != 4 or weight.shape[2] != weight.shape[3] or weight.shape[2] % 2 == 0:
@@ -117,10 +114,10 @@ def conv2d_fwd(x, weight, *, stride=1, padding_mode="zeros", upsample=False,
                 raise RuntimeError(f"conv2d_fwd: reflect padding {K // 2} (K={K}) must be smaller than "
                                    f"the {'upsampled ' if upsample else ''}input size {dim}={L}")
     OH, OW = conv_out_size(H, K, stride, upsample), conv_out_size(W, K, stride, upsample)
-    in_scale = _check_vector("in_scale", in_scale, (N, CI), x)
-    in_shift = _check_vector("in_shift", in_shift, (N, CI), x)
-    out_scale = _check_vector("out_scale", out_scale, (CO,), x)
-    out_shift = _check_vector("out_shift", out_shift, (CO,), x)
+    _check_vector("in_scale", in_scale, (N, CI), x)
+    _check_vector("in_shift", in_shift, (N, CI), x)
+    _check_vector("out_scale", out_scale, (CO,), x)
+    _check_vector("out_shift", out_shift, (CO,), x)
     if residual is not None:
         if tuple(residual.shape) != (N, CO, OH, OW):
             raise RuntimeError(f"conv2d_fwd: residual must have shape {(N, CO, OH, OW)}, "
@@ -129,7 +126,31 @@ def conv2d_fwd(x, weight, *, stride=1, padding_mode="zeros", upsample=False,
             raise RuntimeError(f"conv2d_fwd: residual must be on {x.device} like x, got {residual.device}")
         if residual.dtype not in DTYPES:
             raise RuntimeError(f"conv2d_fwd: residual must be one of {DTYPES}, got {residual.dtype}")
+    return N, CI, H, W, CO, K, OH, OW
 
+
+def conv2d_fwd(x, weight, *, stride=1, padding_mode="zeros", upsample=False,
+               in_scale=None, in_shift=None, in_act="none", in_slope=0.01,
+               out_scale=None, out_shift=None, residual=None, out_act="none", out_slope=0.01,
+               stats=False):
+    """Fused conv2d forward in one launch; same contract as recgen.reference.conv.fused_conv2d.
+
+    x: (N, CI, H, W) float32/float16/bfloat16, any memory layout; weight: (CO, CI, K, K), K odd,
+    same dtype and device; in_scale/in_shift: (N, CI) or None; out_scale/out_shift: (CO,) or None;
+    residual: (N, CO, OH, OW) or None, any layout; stride 1 or 2.
+    Returns out (N, CO, OH, OW) in x's dtype, channels_last, and with stats=True also
+    (sum, sumsq) of z over the output pixels, each (N, CO) float32.
+    Unknown padding_mode/activation names and unsupported strides raise ValueError (as the
+    reference does for names); shapes, dtypes, devices and a reflect pad >= the (upsampled)
+    input size raise RuntimeError (as torch does).
+
+    Example: out, s, ss = conv2d_fwd(x, w, in_scale=a, in_shift=b, in_act="relu", stats=True)
+    """
+    from recgen.kernels.conv import _conv2d_fwd_kernel
+
+    N, CI, H, W, CO, K, OH, OW = check_conv2d_fwd(x, weight, stride, padding_mode, upsample, in_scale,
+                                                  in_shift, in_act, out_scale, out_shift, residual, out_act)
+    in_scale, in_shift, out_scale, out_shift = map(_float32, (in_scale, in_shift, out_scale, out_shift))
     block_m, block_ci, block_co, num_warps = conv_blocks(OH * OW, CI, CO)
     tiles = triton.cdiv(OH * OW, block_m)
     x_cl = x.contiguous(memory_format=torch.channels_last)

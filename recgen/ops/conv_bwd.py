@@ -1,7 +1,8 @@
 """Backward of the convolution inside fused_conv2d: launchers of the data- and weight-gradient kernels.
 
 Name chain: _conv2d_bwd_data_kernel / _conv2d_bwd_weight_kernel -> conv2d_bwd_data /
-conv2d_bwd_weight -> FusedConv2dFunction.backward (recgen/ops/fused_conv.py).
+conv2d_bwd_weight -> torch.ops.recgen.conv2d_bwd_data / conv2d_bwd_weight (recgen/ops/library.py;
+not differentiable) -> FusedConv2dFunction.backward (recgen/ops/fused_conv.py).
 
 Both take dacc, the gradient of the conv accumulator acc (N, CO, OH, OW) of
 recgen.reference.conv.fused_conv2d (the epilogue's backward is the caller's), and the forward's
@@ -12,12 +13,15 @@ sums go to float32 buffers that torch sums, so results are deterministic.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import List, Optional, Tuple
 
 import torch
 import triton
+from torch import Tensor
 
 from recgen.ops._launch import ACT_CODES, check_power_of_two, dot_flags, launch, new_output, overriding, poisoned
 from recgen.ops.conv import conv_out_size
+from recgen.ops.library import absent_like, define
 from recgen.reference.conv import ACTIVATIONS, PADDING_MODES
 
 STRIDES = (1, 2)
@@ -190,5 +194,55 @@ def conv2d_bwd_weight(dacc, x, weight_shape, *, stride=1, padding_mode="zeros", 
         BLOCK_CO=cfg.block_co, BLOCK_CI=cfg.block_ci, BLOCK_R=cfg.block_r, num_warps=4,
         **dot_flags(x.dtype),
     )
-    dw = parts[0] if cfg.split == 1 else parts.sum(dim=0)
-    return dw.to(x.dtype)
+    if cfg.split == 1:  # a copy, not a view of the scratch buffer (op outputs must be fresh)
+        return parts[0].to(x.dtype, copy=True)
+    return parts.sum(dim=0).to(x.dtype)
+
+
+# torch.library registration (recgen/ops/library.py). The ops are not differentiable: they are
+# FusedConv2dFunction's backward. Absent prologue gradients come back as absent_like(x).
+# Integers are SymInt: triton_op infers the schema from the annotations, and `int` there means SymInt.
+_BWD_ARGS = ("Tensor? in_scale, Tensor? in_shift, SymInt stride, str padding_mode, bool upsample, "
+             "str in_act, float in_slope")
+
+
+def _conv2d_bwd_data_fake(dacc, x, weight, in_scale, in_shift, stride, padding_mode, upsample, in_act,
+                          in_slope):
+    op = "conv2d_bwd_data"
+    N, CI = _geometry(op, dacc, x, weight.shape, stride, padding_mode, upsample, in_act)[:2]
+    _vector(op, "in_scale", in_scale, (N, CI), x)
+    _vector(op, "in_shift", in_shift, (N, CI), x)
+    vector = (lambda t: absent_like(x) if t is None else x.new_empty((N, CI), dtype=torch.float32))
+    return torch.empty_like(x), vector(in_scale), vector(in_shift)
+
+
+@define("conv2d_bwd_data", f"(Tensor dacc, Tensor x, Tensor weight, {_BWD_ARGS}) -> (Tensor, Tensor, Tensor)",
+        _conv2d_bwd_data_fake)
+def conv2d_bwd_data_op(dacc: Tensor, x: Tensor, weight: Tensor, in_scale: Optional[Tensor], in_shift: Optional[Tensor],
+                       stride: int, padding_mode: str, upsample: bool, in_act: str, in_slope: float
+                       ) -> Tuple[Tensor, Tensor, Tensor]:
+    """torch.ops.recgen.conv2d_bwd_data: conv2d_bwd_data with empty tensors for the gradients of
+    an absent in_scale / in_shift. Returns dx (like x), d_in_scale, d_in_shift (N, CI) float32."""
+    dx, d_scale, d_shift = conv2d_bwd_data(dacc, x, weight, stride=stride, padding_mode=padding_mode,
+                                           upsample=upsample, in_scale=in_scale, in_shift=in_shift,
+                                           in_act=in_act, in_slope=in_slope)
+    return (dx, absent_like(x) if d_scale is None else d_scale, absent_like(x) if d_shift is None else d_shift)
+
+
+def _conv2d_bwd_weight_fake(dacc, x, weight_shape, in_scale, in_shift, stride, padding_mode, upsample, in_act,
+                            in_slope):
+    op = "conv2d_bwd_weight"
+    N, CI = _geometry(op, dacc, x, tuple(weight_shape), stride, padding_mode, upsample, in_act)[:2]
+    _vector(op, "in_scale", in_scale, (N, CI), x)
+    _vector(op, "in_shift", in_shift, (N, CI), x)
+    return x.new_empty(tuple(weight_shape))
+
+
+@define("conv2d_bwd_weight", f"(Tensor dacc, Tensor x, SymInt[] weight_shape, {_BWD_ARGS}) -> Tensor",
+        _conv2d_bwd_weight_fake)
+def conv2d_bwd_weight_op(dacc: Tensor, x: Tensor, weight_shape: List[int], in_scale: Optional[Tensor],
+                         in_shift: Optional[Tensor], stride: int, padding_mode: str, upsample: bool, in_act: str,
+                         in_slope: float) -> Tensor:
+    """torch.ops.recgen.conv2d_bwd_weight: conv2d_bwd_weight; dw (CO, CI, K, K) in x's dtype."""
+    return conv2d_bwd_weight(dacc, x, weight_shape, stride=stride, padding_mode=padding_mode, upsample=upsample,
+                             in_scale=in_scale, in_shift=in_shift, in_act=in_act, in_slope=in_slope)
