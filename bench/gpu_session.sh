@@ -7,8 +7,9 @@
 #   bash bench/gpu_session.sh integration  # torch.compile/opcheck, CUDA graphs, AMP, DDP, 2**31 offsets
 #   bash bench/gpu_session.sh bench      # recgen bench --quick: JSON, markdown, PNG
 #   bash bench/gpu_session.sh memory     # peak memory of forward+backward against cuDNN
+#   bash bench/gpu_session.sh persistent # the persistent LSTM forward: its gpu tests, then bench with it on
 set -uo pipefail
-stage=${1:?usage: gpu_session.sh check|tests|integration|bench|memory}
+stage=${1:?usage: gpu_session.sh check|tests|integration|bench|memory|persistent}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 out=${OUT:-$repo/bench/results/gpu-session}
 mkdir -p "$out" /tmp/recgen-site
@@ -30,6 +31,10 @@ case "$stage" in
            "$repo/tests/test_library_residual.py" "$repo/tests/test_gpu_runtime.py" "$repo/tests/test_autocast.py" \
            "$repo/tests/test_autocast_residual.py" "$repo/tests/test_serialization.py" 2>&1 \
            | tail -n 80 | tee "$out/pytest-integration.txt" ;;
+  persistent) timeout 240 python3 -m pytest -q -p no:cacheprovider "$repo/tests/test_persistent.py" 2>&1 \
+           | tail -n 40 | tee "$out/pytest-persistent.txt"
+         RECGEN_PERSISTENT=1 timeout 300 python3 -c "import recgen.cli as c; raise SystemExit(c.main(['bench', \
+           '--quick', '--family', 'recurrent', '--out', '$out/persistent']))" 2>&1 | tee "$out/bench-persistent.txt" ;;
   memory) timeout 560 python3 "$repo/bench/memory_usage.py" --out "$out" 2>&1 | tee "$out/memory.txt" ;;
   bench) timeout 560 python3 -c "import recgen.cli as c; raise SystemExit(c.main(['bench', '--quick', '--out', '$out']))" \
            2>&1 | tee "$out/bench.txt" ;;

@@ -1,4 +1,4 @@
-"""Compile every recurrence kernel for Hopper (sm_90) ahead of time, without a GPU.
+"""Compile every kernel for Hopper (sm_90) ahead of time, without a GPU.
 
 The interpreter runs kernels as Python and accepts code the GPU compiler rejects; this test
 sends each kernel, in each mode, through Triton's real compiler down to a cubin, so that the
@@ -61,6 +61,15 @@ if module == "affine":
         ("plain-relu-fp16", "fp16", dict(HAS_SCALE=False, HAS_SHIFT=False, HAS_RESIDUAL=False, HAS_DRES=False,
                                          HAS_DSCALE=False, HAS_DSHIFT=False, ACT=1, BLOCK_P=16, BLOCK_C=4)),
     ]
+if module == "lstm_persistent":
+    variants = [  # the persistent forward at the issue's sizes: H = 512 and 1024 whole in BLOCK_P
+        ("sync-bf16-h512", "bf16", dict(GRID_SYNC=True, BLOCK_B=16, BLOCK_H=16, BLOCK_P=512, DOT_FP32=False,
+                                        INPUT_PRECISION="ieee")),
+        ("sync-fp32-h1024-b64", "fp32", dict(GRID_SYNC=True, BLOCK_B=64, BLOCK_H=16, BLOCK_P=1024, DOT_FP32=True,
+                                             INPUT_PRECISION="tf32", HAS_LENGTHS=False, SAVE=False)),
+        ("per-step-fp16", "fp16", dict(GRID_SYNC=False, BLOCK_B=16, BLOCK_H=16, BLOCK_P=64, DOT_FP32=False,
+                                       INPUT_PRECISION="ieee")),
+    ]
 if module == "conv_bwd":
     io_pointers = {"dacc_ptr", "w_ptr", "x_ptr", "dx_ptr"}
     flags = dict(K=3, STRIDE=2, UPSAMPLE=True, REFLECT=True, HAS_IN_SCALE=True, HAS_IN_SHIFT=True, IN_ACT=2,
@@ -81,7 +90,7 @@ for variant, io, overrides in variants:
         if p.is_constexpr:
             signature[p.name] = "constexpr"
             constexprs[(fn.arg_names.index(p.name),)] = values[p.name]
-        elif p.name == "lengths_ptr":
+        elif p.name in ("lengths_ptr", "counter_ptr"):
             signature[p.name] = "*i32"
         elif p.name.endswith("_ptr"):
             signature[p.name] = f"*{io}" if p.name in io_pointers else "*fp32"
@@ -95,6 +104,7 @@ for variant, io, overrides in variants:
 
 KERNELS = [("lstm", "_lstm_fwd_kernel"), ("lstm", "_lstm_bwd_kernel"), ("gru", "_gru_fwd_kernel"),
            ("gru", "_gru_bwd_kernel"), ("rnn", "_rnn_fwd_kernel"), ("rnn", "_rnn_bwd_kernel"),
+           ("lstm_persistent", "_lstm_fwd_persistent_kernel"),
            ("conv", "_conv2d_fwd_kernel"), ("conv_bwd", "_conv2d_bwd_data_kernel"),
            ("conv_bwd", "_conv2d_bwd_weight_kernel"), ("affine", "_affine_act_fwd_kernel"),
            ("affine", "_affine_act_bwd_kernel")]

@@ -4,25 +4,34 @@ Modes
 - resident: the recurrent weights (all gate blocks of W_hh, and W_hr for a projected LSTM) are
   loaded once, before the time loop, and stay on chip for the whole sequence.
 - streamed: weight tiles are read from global memory (L2) inside every step; correct for any
-  hidden size, slower. Making large hidden sizes fast is the persistent multi-program mode's job.
+  hidden size, slower.
+- persistent (LSTM forward without projection, recgen/ops/persistent.py): the gate columns are
+  split across co-resident programs, each holding its slice of W_hh for the whole sequence and
+  exchanging h_t through L2 with a grid-wide barrier per step.
 
 Rule: resident when the padded weights held by one program fit RESIDENT_BUDGET_BYTES (what one
-program can keep in registers and shared memory without spilling), streamed otherwise.
+program can keep in registers and shared memory without spilling). Otherwise persistent where
+the launcher supports it and RECGEN_PERSISTENT=1 is set (opt-in until the mode has been run on
+a GPU; the launcher also checks, after compiling, that the compiled kernel's occupancy admits
+the whole grid at once, and streams if not); streamed otherwise. Under the interpreter the
+persistent mode runs only when forced (tests), one launch per step.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
 import triton
 
+from recgen.backend import interpreting
 from recgen.ops._launch import check_power_of_two, overriding
 
 RESIDENT_BUDGET_BYTES = 64 * 1024
 STREAM_BLOCK = 64
 MIN_DOT = 16  # tl.dot needs at least 16 rows and columns
-MODES = ("resident", "streamed")
+MODES = ("resident", "streamed", "persistent")
 
 _forced: dict = {"mode": None, "block": None}
 
@@ -34,19 +43,36 @@ class RecurrenceConfig:
     block_h: int   # hidden columns per tile (all of H when resident)
     block_p: int   # recurrent-width columns per tile (all of P when resident)
     num_warps: int
+    persistent: object = None  # a recgen.ops.persistent.PersistentPlan in the persistent mode
 
 
 def _pow2(n: int) -> int:
     return max(MIN_DOT, triton.next_power_of_2(n))
 
 
+def persistent_enabled() -> bool:
+    return os.environ.get("RECGEN_PERSISTENT", "0") == "1" and not interpreting()
+
+
 def recurrence_config(gates: int, hidden: int, width: int, dtype: torch.dtype,
-                      has_proj: bool = False) -> RecurrenceConfig:
-    """Pick mode and tiles for a cell with `gates` gate blocks, hidden size H and recurrent width P."""
+                      has_proj: bool = False, *, batch: int = 1,
+                      persistent_capable: bool = False) -> RecurrenceConfig:
+    """Pick mode and tiles for a cell with `gates` gate blocks, hidden size H and recurrent width
+    P (the rule in the module docstring). persistent_capable: the caller has a persistent
+    launcher for this case (the LSTM forward without projection)."""
     h_pad, p_pad = _pow2(hidden), _pow2(width)
     elem = torch.finfo(dtype).bits // 8
     weight_bytes = gates * h_pad * p_pad * elem + (h_pad * p_pad * elem if has_proj else 0)
-    mode = _forced["mode"] or ("resident" if weight_bytes <= RESIDENT_BUDGET_BYTES else "streamed")
+    if _forced["mode"]:
+        mode = _forced["mode"]
+    elif weight_bytes <= RESIDENT_BUDGET_BYTES:
+        mode = "resident"
+    else:
+        mode = "persistent" if persistent_capable and persistent_enabled() else "streamed"
+    if mode == "persistent" and persistent_capable:
+        from recgen.ops.persistent import persistent_plan
+        plan = persistent_plan(batch, hidden)
+        return RecurrenceConfig(False, plan.block_b, plan.block_h, plan.block_p, plan.num_warps, plan)
     if mode == "resident":
         return RecurrenceConfig(True, MIN_DOT, h_pad, p_pad, num_warps=4)
     block = _forced["block"] or STREAM_BLOCK

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from recgen.ops._launch import dot_flags, launch, new_output
 from recgen.ops.config import recurrence_config
+from recgen.ops.persistent import lstm_fwd_persistent
 from recgen.ops.library import absent_like, check_saved, define, fresh, needs_saving, register_function
 from recgen.ops.recurrence import (
     bmm_t, direction_major, h_prev_directions, layer_grid, lengths_arg, projected_inputs, stacked,
@@ -41,7 +42,12 @@ def lstm_fwd(xw, h0, c0, w_hh, w_hr, lengths, first_reverse, save=True):
     D, G4, P = w_hh.shape
     H = G4 // 4
     has_proj = w_hr is not None
-    cfg = recurrence_config(4, H, P, w_hh.dtype, has_proj)
+    cfg = recurrence_config(4, H, P, w_hh.dtype, has_proj, batch=B, persistent_capable=not has_proj)
+    if cfg.persistent is not None:
+        out = lstm_fwd_persistent(xw, h0, c0, w_hh, lengths, first_reverse, save, cfg.persistent)
+        if out is not None:
+            return out
+        cfg = recurrence_config(4, H, P, w_hh.dtype, has_proj)  # not co-resident: streamed
     y = new_output((T, B, D * P), xw.dtype, xw.device)
     gates = new_output((D, T, B, 4 * H), torch.float32, xw.device) if save else None
     c_all = new_output((D, T, B, H), torch.float32, xw.device) if save else None

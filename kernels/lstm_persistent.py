@@ -1,0 +1,130 @@
+"""Persistent multi-program LSTM forward: the gate columns of one layer are split across
+co-resident programs, each holding its slice of W_hh on chip for the whole sequence.
+
+Grid: (column blocks, directions, batch tiles). Program j owns hidden units
+[j*BLOCK_H, (j+1)*BLOCK_H) of all four gates: W_hh rows {g*H + those units} (4 * BLOCK_H x P),
+loaded once, and the matching cell-state columns, kept in registers. Per step it reads the whole
+h_{t-1} (B x P, float32, from L2), computes its gate columns, writes its columns of h_t, and
+then waits at a grid-wide barrier of its (direction, batch tile) group: an atomic counter
+incremented with release semantics and polled with acquire semantics, so every program's h_t
+columns are visible before any program reads h_t. The launcher guarantees the group is
+co-resident (recgen/ops/persistent.py); otherwise the barrier could never complete.
+
+GRID_SYNC=False runs steps [step_begin, step_end) without the barrier: the launcher then starts
+one launch per step, which is how the Triton interpreter (one program at a time) checks the
+same per-step code on the CPU.
+
+No projection (proj_size) in this mode; lengths (packed sequences) and both directions are
+handled as in kernels/lstm.py. The saved tensors have the layout of kernels/lstm.py, so the
+backward is the single-program kernel's.
+"""
+
+import triton
+import triton.language as tl
+
+from recgen.kernels.math import load_tile, mma, sigmoid, step_time_index, tanh
+
+
+@triton.jit
+def _group_barrier(counter_ptr, target):
+    """Wait until `target` arrivals are counted on this group's counter (this one included)."""
+    tl.debug_barrier()  # every thread's stores of this step precede the release below
+    tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
+    seen = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
+    while seen < target:
+        seen = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
+    tl.debug_barrier()  # no thread reads h_t before the acquire has seen every arrival
+
+
+@triton.jit
+def _lstm_fwd_persistent_kernel(
+    xw_ptr,       # (T, B, D*4H) input projection with both biases, last dim contiguous
+    w_hh_ptr,     # (D, 4H, H) recurrent weights, contiguous
+    lengths_ptr,  # (B,) int32 valid steps per row (HAS_LENGTHS)
+    y_ptr,        # (T, B, D*H) out: hidden states, zero at padding, last dim contiguous
+    gates_ptr,    # (D, T, B, 4H) float32 out (SAVE): activated gates
+    c_ptr,        # (D, T, B, H) float32 out (SAVE): cell states
+    h_state_ptr,  # (D, 2, B, H) float32 in/out: slot 0 holds h0; slot T % 2 ends with h_n
+    c_state_ptr,  # (D, B, H) float32 in/out: holds c0, ends with c_n
+    counter_ptr,  # (D * batch tiles,) int32 zeros: one barrier counter per program group
+    T, B, H,
+    stride_xt, stride_xb, stride_yt, stride_yb,
+    first_reverse, step_begin, step_end,
+    HAS_LENGTHS: tl.constexpr, SAVE: tl.constexpr, GRID_SYNC: tl.constexpr,
+    DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    col0 = tl.program_id(0) * BLOCK_H
+    d = tl.program_id(1).to(tl.int64)
+    tile = tl.program_id(2)
+    rev = ((first_reverse + d) % 2) == 1
+    n_cols = tl.num_programs(0)
+    rows32 = tile * BLOCK_B + tl.arange(0, BLOCK_B)
+    mask_b = rows32 < B
+    rows = rows32.to(tl.int64)
+    if HAS_LENGTHS:
+        lengths = tl.load(lengths_ptr + rows32, mask=mask_b, other=0)
+    else:
+        lengths = tl.zeros([BLOCK_B], dtype=tl.int32) + T
+    counter_ptr += d * tl.num_programs(2) + tile
+    xw_ptr += d * 4 * H
+    y_ptr += d * H
+    w_hh_ptr += d * 4 * H * H
+    gates_ptr += d * T * B * 4 * H
+    c_ptr += d * T * B * H
+    h_state_ptr += d * 2 * B * H
+    c_state_ptr += d * B * H
+
+    offs_h = col0 + tl.arange(0, BLOCK_H)
+    mask_h = offs_h < H
+    ar_p = tl.arange(0, BLOCK_P)
+    mask_p = ar_p < H
+    keep = mask_b[:, None] & mask_h[None, :]
+    # This program's slice of W_g^T (H_in x BLOCK_H) per gate, held for the whole sequence.
+    w_i = load_tile(w_hh_ptr + 0 * H * H, ar_p, offs_h, 1, H, H, H)
+    w_f = load_tile(w_hh_ptr + 1 * H * H, ar_p, offs_h, 1, H, H, H)
+    w_g = load_tile(w_hh_ptr + 2 * H * H, ar_p, offs_h, 1, H, H, H)
+    w_o = load_tile(w_hh_ptr + 3 * H * H, ar_p, offs_h, 1, H, H, H)
+    cs_off = rows[:, None] * H + offs_h[None, :]
+    c_state = tl.load(c_state_ptr + cs_off, mask=keep, other=0.0)
+
+    for s in range(step_begin, step_end):
+        t, active = step_time_index(s, lengths, rev)
+        live = mask_b & active
+        m2 = live[:, None] & mask_h[None, :]
+        src = h_state_ptr + (s % 2) * B * H
+        dst = h_state_ptr + ((s + 1) % 2) * B * H
+        x_row = xw_ptr + t * stride_xt + rows * stride_xb
+        # .cg: from L2, never a stale L1 line of another program's h (they change every step).
+        h_prev = tl.load(src + rows[:, None] * H + ar_p[None, :], mask=mask_b[:, None] & mask_p[None, :],
+                         other=0.0, cache_modifier=".cg")
+        acc_i = tl.load(x_row[:, None] + (0 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
+        acc_f = tl.load(x_row[:, None] + (1 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
+        acc_g = tl.load(x_row[:, None] + (2 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
+        acc_o = tl.load(x_row[:, None] + (3 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
+        acc_i += mma(h_prev, w_i, DOT_FP32, INPUT_PRECISION)
+        acc_f += mma(h_prev, w_f, DOT_FP32, INPUT_PRECISION)
+        acc_g += mma(h_prev, w_g, DOT_FP32, INPUT_PRECISION)
+        acc_o += mma(h_prev, w_o, DOT_FP32, INPUT_PRECISION)
+        gi = sigmoid(acc_i)
+        gf = sigmoid(acc_f)
+        gg = tanh(acc_g)
+        go = sigmoid(acc_o)
+        c_new = gf * c_state + gi * gg
+        h_new = go * tanh(c_new)
+        c_state = tl.where(m2, c_new, c_state)
+        if SAVE:
+            seq_off = (t * B + rows)[:, None] * H + offs_h[None, :]
+            g_row = gates_ptr + (t * B + rows)[:, None] * (4 * H) + offs_h[None, :]
+            tl.store(g_row + 0 * H, tl.where(m2, gi, 0.0), mask=keep)
+            tl.store(g_row + 1 * H, tl.where(m2, gf, 0.0), mask=keep)
+            tl.store(g_row + 2 * H, tl.where(m2, gg, 0.0), mask=keep)
+            tl.store(g_row + 3 * H, tl.where(m2, go, 0.0), mask=keep)
+            tl.store(c_ptr + seq_off, tl.where(m2, c_new, 0.0), mask=keep)
+        h_old = tl.load(src + rows[:, None] * H + offs_h[None, :], mask=keep, other=0.0, cache_modifier=".cg")
+        tl.store(dst + rows[:, None] * H + offs_h[None, :], tl.where(m2, h_new, h_old), mask=keep)
+        tl.store(y_ptr + t[:, None] * stride_yt + rows[:, None] * stride_yb + offs_h[None, :],
+                 tl.where(m2, h_new, 0.0).to(y_ptr.dtype.element_ty), mask=keep)
+        if GRID_SYNC:
+            _group_barrier(counter_ptr, (s + 1) * n_cols)
+    tl.store(c_state_ptr + cs_off, c_state, mask=keep)

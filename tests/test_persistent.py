@@ -1,0 +1,95 @@
+"""The persistent multi-program LSTM forward (kernels/lstm_persistent.py) against the float64
+reference: every output and gradient (the backward is the single-program kernel's, reading the
+persistent forward's saved tensors), odd sizes, packed lengths both ways, both directions.
+
+On the CPU the mode runs one launch per step (the interpreter runs one program at a time, so the
+grid barrier cannot be exercised); the `gpu` tests run the single launch with the barrier."""
+
+import pytest
+import torch
+
+import recgen
+from recgen.ops import LAUNCH_COUNTS
+from recgen.ops.config import forced_mode, recurrence_config
+from recgen.ops.persistent import persistent_plan
+from recgen.testing import TOLERANCES, compare_direction, max_rel_error, random_direction_inputs
+
+CASES = [
+    # (T, B, I, H, lengths, reverse)
+    pytest.param(5, 3, 4, 20, None, False, id="H20-two-column-blocks"),
+    pytest.param(1, 1, 3, 16, None, True, id="T1-B1-reverse"),
+    pytest.param(4, 3, 5, 33, [4, 2, 1], False, id="odd-H-lengths"),
+    pytest.param(4, 3, 5, 24, [3, 4, 1], True, id="lengths-reverse"),
+]
+
+
+@pytest.mark.parametrize("T,B,I,H,lengths,reverse", CASES)
+def test_persistent_forward_matches_reference(device, T, B, I, H, lengths, reverse):
+    gen = torch.Generator().manual_seed(T * 100 + H)
+    inputs = random_direction_inputs("lstm", T, B, I, H, device=device, generator=gen)
+    lengths = None if lengths is None else torch.tensor(lengths)
+    before = LAUNCH_COUNTS["lstm_fwd_persistent"]
+    with forced_mode("persistent"):
+        errors = compare_direction("lstm", inputs, lengths=lengths, reverse=reverse)
+    assert LAUNCH_COUNTS["lstm_fwd_persistent"] > before, "the persistent kernel did not run"
+    bad = {k: v for k, v in errors.items() if not v <= TOLERANCES[torch.float32]}
+    assert not bad, bad
+
+
+def test_persistent_module_bidirectional_and_no_grad(device):
+    """A bidirectional 2-layer LSTM in the persistent mode equals torch.nn.LSTM, with and without
+    gradients (save=False skips the saved tensors)."""
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(3, 18, num_layers=2, bidirectional=True).to(device)
+    rec = recgen.nn.LSTM(3, 18, num_layers=2, bidirectional=True).to(device)
+    rec.load_state_dict(ref.state_dict())
+    x = torch.randn(4, 2, 3, device=device)
+    with forced_mode("persistent"):
+        before = LAUNCH_COUNTS["lstm_fwd_persistent"]
+        with torch.no_grad():
+            y, (h, c) = rec(x)
+        assert LAUNCH_COUNTS["lstm_fwd_persistent"] > before
+        xg = x.clone().requires_grad_()
+        yg, _ = rec(xg)
+        yg.square().sum().backward()
+    y_ref, (h_ref, c_ref) = ref(x)
+    for a, b in ((y, y_ref), (h, h_ref), (c, c_ref), (yg, y_ref)):
+        assert max_rel_error(a, b) <= TOLERANCES[torch.float32]
+    x_ref = x.clone().requires_grad_()
+    ref(x_ref)[0].square().sum().backward()
+    assert max_rel_error(xg.grad, x_ref.grad) <= TOLERANCES[torch.float32]
+
+
+def test_mode_rule():
+    """Persistent only for a launcher that has it (the LSTM forward without projection), only
+    when forced or opted in on a GPU; its tiles cover H in blocks of 16 columns."""
+    with forced_mode("persistent"):
+        assert recurrence_config(4, 1024, 1024, torch.bfloat16, batch=40, persistent_capable=True).persistent \
+            == persistent_plan(40, 1024)
+        assert recurrence_config(4, 1024, 1024, torch.bfloat16, persistent_capable=False).persistent is None
+    # Without forcing, the CPU never picks it (and a GPU only with RECGEN_PERSISTENT=1).
+    assert recurrence_config(4, 1024, 1024, torch.bfloat16, persistent_capable=True).persistent is None
+    plan = persistent_plan(40, 1000)
+    assert (plan.block_b, plan.block_h, plan.block_p, plan.num_warps) == (64, 16, 1024, 8)
+    assert plan.grid(40, 1000, 2) == (63, 2, 1)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("H,B,dtype", [(256, 16, torch.bfloat16), (512, 64, torch.bfloat16),
+                                       (1024, 16, torch.bfloat16), (512, 100, torch.float32)])
+def test_persistent_single_launch_on_gpu(H, B, dtype):
+    """The real thing: one launch, the grid barrier every step, against torch.nn.LSTM (cuDNN);
+    co-residency is checked by the launcher (a fallback to streamed would fail the count)."""
+    torch.manual_seed(1)
+    ref = torch.nn.LSTM(H, H, bidirectional=True).cuda().to(dtype)
+    rec = recgen.nn.LSTM(H, H, bidirectional=True).cuda().to(dtype)
+    rec.load_state_dict(ref.state_dict())
+    x = torch.randn(64, B, H, device="cuda", dtype=dtype)
+    before = LAUNCH_COUNTS["lstm_fwd_persistent"]
+    with forced_mode("persistent"):
+        y, (h, c) = rec(x)
+    torch.cuda.synchronize()
+    assert LAUNCH_COUNTS["lstm_fwd_persistent"] == before + 1
+    y_ref, (h_ref, c_ref) = ref(x)
+    for a, b in ((y, y_ref), (h, h_ref), (c, c_ref)):
+        assert max_rel_error(a, b) <= TOLERANCES[dtype]
