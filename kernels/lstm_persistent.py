@@ -128,3 +128,110 @@ def _lstm_fwd_persistent_kernel(
         if GRID_SYNC:
             _group_barrier(counter_ptr, (s + 1) * n_cols)
     tl.store(c_state_ptr + cs_off, c_state, mask=keep)
+
+
+@triton.jit
+def _lstm_bwd_persistent_kernel(
+    dy_ptr,       # (D, T, B, H) gradient of the outputs, contiguous
+    gates_ptr,    # (D, T, B, 4H) float32 activated gates from the forward
+    c_ptr,        # (D, T, B, H) float32 cell states from the forward
+    c0_ptr,       # (D, B, H) float32 initial cell state
+    w_hh_ptr,     # (D, 4H, H) recurrent weights, contiguous
+    lengths_ptr,  # (B,) int32 valid steps per row (HAS_LENGTHS)
+    dgates_ptr,   # (D, T, B, 4H) float32 out: gradient of the gate pre-activations, zero at padding
+    dh_state_ptr, # (D, 2, B, H) float32 in/out: slot 0 holds dh_n; slot T % 2 ends with dh_0
+    dc_state_ptr, # (D, B, H) float32 in/out: holds dc_n, ends with dc_0
+    counter_ptr,  # (D * batch tiles,) int32 zeros: one barrier counter per program group
+    T, B, H,
+    first_reverse, step_begin, step_end,
+    HAS_LENGTHS: tl.constexpr, PHASES: tl.constexpr, GRID_SYNC: tl.constexpr,
+    DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    """Back-propagation through time, split like the forward: program j owns hidden units
+    [j*BLOCK_H, (j+1)*BLOCK_H). Per step (reverse order), phase 1 computes the gate gradients of
+    its units from its own dh and dc carries and writes them; a grid barrier; phase 2 contracts
+    the whole dgates_t row (B x 4H, from L2) with its slice W_hh[:, its units] (held on chip) into
+    its units of dh_{t-1}. Phase 1 of the next step reads only this program's own carries, and
+    each step writes its own dgates_t, so one barrier per step suffices. PHASES: 1 or 2 runs only
+    that phase (one launch per phase and step, under the interpreter), 3 both with the barrier."""
+    col0 = tl.program_id(0) * BLOCK_H
+    d = tl.program_id(1).to(tl.int64)
+    tile = tl.program_id(2)
+    rev = ((first_reverse + d) % 2) == 1
+    n_cols = tl.num_programs(0)
+    rows32 = tile * BLOCK_B + tl.arange(0, BLOCK_B)
+    mask_b = rows32 < B
+    rows = rows32.to(tl.int64)
+    if HAS_LENGTHS:
+        lengths = tl.load(lengths_ptr + rows32, mask=mask_b, other=0)
+    else:
+        lengths = tl.zeros([BLOCK_B], dtype=tl.int32) + T
+    counter_ptr += d * tl.num_programs(2) + tile
+    dy_ptr += d * T * B * H
+    gates_ptr += d * T * B * 4 * H
+    c_ptr += d * T * B * H
+    c0_ptr += d * B * H
+    w_hh_ptr += d * 4 * H * H
+    dgates_ptr += d * T * B * 4 * H
+    dh_state_ptr += d * 2 * B * H
+    dc_state_ptr += d * B * H
+
+    offs_h = col0 + tl.arange(0, BLOCK_H)
+    mask_h = offs_h < H
+    ar_k = tl.arange(0, BLOCK_P)
+    mask_k = ar_k < H
+    keep = mask_b[:, None] & mask_h[None, :]
+    own = rows[:, None] * H + offs_h[None, :]
+    if PHASES != 1:
+        # W_g[:, own units] (H x BLOCK_H) per gate: dh_{t-1}[:, own] = sum_g dgates_g W_g[:, own].
+        w_i = load_tile(w_hh_ptr + 0 * H * H, ar_k, offs_h, H, 1, H, H)
+        w_f = load_tile(w_hh_ptr + 1 * H * H, ar_k, offs_h, H, 1, H, H)
+        w_g = load_tile(w_hh_ptr + 2 * H * H, ar_k, offs_h, H, 1, H, H)
+        w_o = load_tile(w_hh_ptr + 3 * H * H, ar_k, offs_h, H, 1, H, H)
+
+    for i in range(step_begin, step_end):
+        s = T - 1 - i
+        t, active = step_time_index(s, lengths, rev)
+        live = mask_b & active
+        m2 = live[:, None] & mask_h[None, :]
+        src = dh_state_ptr + (i % 2) * B * H
+        dst = dh_state_ptr + ((i + 1) % 2) * B * H
+        g_row = (t * B + rows)[:, None] * (4 * H) + offs_h[None, :]
+        if PHASES != 2:
+            t_prev = tl.where(rev, t + 1, t - 1)
+            has_prev = (lengths * 0 + s) > 0  # per row, so it broadcasts into the load masks
+            dm = tl.load(dy_ptr + (t * B + rows)[:, None] * H + offs_h[None, :], mask=m2, other=0.0).to(tl.float32) \
+                + tl.load(src + own, mask=m2, other=0.0)
+            gi = tl.load(gates_ptr + g_row + 0 * H, mask=m2, other=0.0)
+            gf = tl.load(gates_ptr + g_row + 1 * H, mask=m2, other=0.0)
+            gg = tl.load(gates_ptr + g_row + 2 * H, mask=m2, other=0.0)
+            go = tl.load(gates_ptr + g_row + 3 * H, mask=m2, other=0.0)
+            c = tl.load(c_ptr + (t * B + rows)[:, None] * H + offs_h[None, :], mask=m2, other=0.0)
+            c_prev = tl.load(c_ptr + (t_prev * B + rows)[:, None] * H + offs_h[None, :],
+                             mask=m2 & has_prev[:, None], other=0.0) \
+                + tl.load(c0_ptr + own, mask=m2 & ~has_prev[:, None], other=0.0)
+            dc_carry = tl.load(dc_state_ptr + own, mask=keep, other=0.0)
+            tc = tanh(c)
+            dc = dc_carry + dm * go * (1.0 - tc * tc)
+            tl.store(dgates_ptr + g_row + 0 * H, tl.where(m2, dc * gg * gi * (1.0 - gi), 0.0), mask=keep)
+            tl.store(dgates_ptr + g_row + 1 * H, tl.where(m2, dc * c_prev * gf * (1.0 - gf), 0.0), mask=keep)
+            tl.store(dgates_ptr + g_row + 2 * H, tl.where(m2, dc * gi * (1.0 - gg * gg), 0.0), mask=keep)
+            tl.store(dgates_ptr + g_row + 3 * H, tl.where(m2, dm * tc * go * (1.0 - go), 0.0), mask=keep)
+            tl.store(dc_state_ptr + own, tl.where(m2, dc * gf, dc_carry), mask=keep)
+        if GRID_SYNC:
+            _group_barrier(counter_ptr, (i + 1) * n_cols)
+        if PHASES != 1:
+            dg_row = dgates_ptr + (t * B + rows)[:, None] * (4 * H) + ar_k[None, :]
+            dmask = mask_b[:, None] & mask_k[None, :]
+            # .cg: the other programs' gate gradients of this step, from L2.
+            acc = mma(tl.load(dg_row + 0 * H, mask=dmask, other=0.0, cache_modifier=".cg"), w_i, DOT_FP32,
+                      INPUT_PRECISION)
+            acc += mma(tl.load(dg_row + 1 * H, mask=dmask, other=0.0, cache_modifier=".cg"), w_f, DOT_FP32,
+                       INPUT_PRECISION)
+            acc += mma(tl.load(dg_row + 2 * H, mask=dmask, other=0.0, cache_modifier=".cg"), w_g, DOT_FP32,
+                       INPUT_PRECISION)
+            acc += mma(tl.load(dg_row + 3 * H, mask=dmask, other=0.0, cache_modifier=".cg"), w_o, DOT_FP32,
+                       INPUT_PRECISION)
+            carry = tl.load(src + own, mask=keep, other=0.0)
+            tl.store(dst + own, tl.where(m2, acc, carry), mask=keep)

@@ -67,9 +67,10 @@ if module == "lstm_persistent":
                                         INPUT_PRECISION="ieee")),
         ("sync-fp32-h1024-b64", "fp32", dict(GRID_SYNC=True, BLOCK_B=64, BLOCK_H=16, BLOCK_P=1024, DOT_FP32=True,
                                              INPUT_PRECISION="tf32", HAS_LENGTHS=False, SAVE=False)),
-        ("per-step-fp16", "fp16", dict(GRID_SYNC=False, BLOCK_B=16, BLOCK_H=16, BLOCK_P=64, DOT_FP32=False,
-                                       INPUT_PRECISION="ieee")),
+        ("per-step-fp16", "fp16", dict(GRID_SYNC=False, PHASES=1, BLOCK_B=16, BLOCK_H=16, BLOCK_P=64,
+                                       DOT_FP32=False, INPUT_PRECISION="ieee")),
     ]
+    flags = dict(flags, PHASES=3)
 if module == "conv_bwd":
     io_pointers = {"dacc_ptr", "w_ptr", "x_ptr", "dx_ptr"}
     flags = dict(K=3, STRIDE=2, UPSAMPLE=True, REFLECT=True, HAS_IN_SCALE=True, HAS_IN_SHIFT=True, IN_ACT=2,
@@ -104,7 +105,7 @@ for variant, io, overrides in variants:
 
 KERNELS = [("lstm", "_lstm_fwd_kernel"), ("lstm", "_lstm_bwd_kernel"), ("gru", "_gru_fwd_kernel"),
            ("gru", "_gru_bwd_kernel"), ("rnn", "_rnn_fwd_kernel"), ("rnn", "_rnn_bwd_kernel"),
-           ("lstm_persistent", "_lstm_fwd_persistent_kernel"),
+           ("lstm_persistent", "_lstm_fwd_persistent_kernel"), ("lstm_persistent", "_lstm_bwd_persistent_kernel"),
            ("conv", "_conv2d_fwd_kernel"), ("conv_bwd", "_conv2d_bwd_data_kernel"),
            ("conv_bwd", "_conv2d_bwd_weight_kernel"), ("affine", "_affine_act_fwd_kernel"),
            ("affine", "_affine_act_bwd_kernel")]

@@ -1,6 +1,6 @@
-"""The persistent multi-program LSTM forward (kernels/lstm_persistent.py) against the float64
-reference: every output and gradient (the backward is the single-program kernel's, reading the
-persistent forward's saved tensors), odd sizes, packed lengths both ways, both directions.
+"""The persistent multi-program LSTM forward and backward (kernels/lstm_persistent.py) against
+the float64 reference: every output and gradient, odd sizes, packed lengths both ways, both
+directions.
 
 On the CPU the mode runs one launch per step (the interpreter runs one program at a time, so the
 grid barrier cannot be exercised); the `gpu` tests run the single launch with the barrier."""
@@ -28,10 +28,12 @@ def test_persistent_forward_matches_reference(device, T, B, I, H, lengths, rever
     gen = torch.Generator().manual_seed(T * 100 + H)
     inputs = random_direction_inputs("lstm", T, B, I, H, device=device, generator=gen)
     lengths = None if lengths is None else torch.tensor(lengths)
-    before = LAUNCH_COUNTS["lstm_fwd_persistent"]
+    before = dict(LAUNCH_COUNTS)
     with forced_mode("persistent"):
         errors = compare_direction("lstm", inputs, lengths=lengths, reverse=reverse)
-    assert LAUNCH_COUNTS["lstm_fwd_persistent"] > before, "the persistent kernel did not run"
+    for name in ("lstm_fwd_persistent", "lstm_bwd_persistent"):
+        assert LAUNCH_COUNTS[name] > before.get(name, 0), f"{name} did not run"
+    assert LAUNCH_COUNTS["lstm_bwd"] == before.get("lstm_bwd", 0)
     bad = {k: v for k, v in errors.items() if not v <= TOLERANCES[torch.float32]}
     assert not bad, bad
 
@@ -78,18 +80,25 @@ def test_mode_rule():
 @pytest.mark.parametrize("H,B,dtype", [(256, 16, torch.bfloat16), (512, 64, torch.bfloat16),
                                        (1024, 16, torch.bfloat16), (512, 100, torch.float32)])
 def test_persistent_single_launch_on_gpu(H, B, dtype):
-    """The real thing: one launch, the grid barrier every step, against torch.nn.LSTM (cuDNN);
-    co-residency is checked by the launcher (a fallback to streamed would fail the count)."""
+    """The real thing: one launch each way, the grid barrier every step, against torch.nn.LSTM
+    (cuDNN), every output and gradient; co-residency is checked by the launcher (a fallback to
+    streamed would fail the counts)."""
     torch.manual_seed(1)
     ref = torch.nn.LSTM(H, H, bidirectional=True).cuda().to(dtype)
     rec = recgen.nn.LSTM(H, H, bidirectional=True).cuda().to(dtype)
     rec.load_state_dict(ref.state_dict())
     x = torch.randn(64, B, H, device="cuda", dtype=dtype)
-    before = LAUNCH_COUNTS["lstm_fwd_persistent"]
+    before = dict(LAUNCH_COUNTS)
+    x_rec, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
     with forced_mode("persistent"):
-        y, (h, c) = rec(x)
+        y, (h, c) = rec(x_rec)
+        y.float().square().sum().backward()
     torch.cuda.synchronize()
-    assert LAUNCH_COUNTS["lstm_fwd_persistent"] == before + 1
-    y_ref, (h_ref, c_ref) = ref(x)
-    for a, b in ((y, y_ref), (h, h_ref), (c, c_ref)):
+    for name in ("lstm_fwd_persistent", "lstm_bwd_persistent"):
+        assert LAUNCH_COUNTS[name] == before.get(name, 0) + 1, name
+    y_ref, (h_ref, c_ref) = ref(x_ref)
+    y_ref.float().square().sum().backward()
+    for a, b in ((y, y_ref), (h, h_ref), (c, c_ref), (x_rec.grad, x_ref.grad)):
         assert max_rel_error(a, b) <= TOLERANCES[dtype]
+    for (name, p), q in zip(rec.named_parameters(), ref.parameters()):
+        assert max_rel_error(p.grad, q.grad) <= TOLERANCES[dtype], name

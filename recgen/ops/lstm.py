@@ -18,7 +18,7 @@ from torch import Tensor
 
 from recgen.ops._launch import dot_flags, launch, new_output
 from recgen.ops.config import recurrence_config
-from recgen.ops.persistent import lstm_fwd_persistent
+from recgen.ops.persistent import lstm_bwd_persistent, lstm_fwd_persistent
 from recgen.ops.library import absent_like, check_saved, define, fresh, needs_saving, register_function
 from recgen.ops.recurrence import (
     bmm_t, direction_major, h_prev_directions, layer_grid, lengths_arg, projected_inputs, stacked,
@@ -84,7 +84,12 @@ def lstm_bwd(dy, dhn, dcn, gates, c_all, c0, w_hh, w_hr, lengths, first_reverse)
     H = G4 // 4
     P = w_hh.shape[2]
     has_proj = w_hr is not None
-    cfg = recurrence_config(4, H, P, w_hh.dtype, has_proj)
+    cfg = recurrence_config(4, H, P, w_hh.dtype, has_proj, batch=B, persistent_capable=not has_proj)
+    if cfg.persistent is not None:
+        out = lstm_bwd_persistent(dy, dhn, dcn, gates, c_all, c0, w_hh, lengths, first_reverse, cfg.persistent)
+        if out is not None:
+            return out
+        cfg = recurrence_config(4, H, P, w_hh.dtype, has_proj)  # not co-resident: streamed
     dgates = new_output((D, T, B, 4 * H), torch.float32, gates.device)
     dh_all = new_output((D, T, B, P), torch.float32, gates.device) if has_proj else None
     dh_state = torch.empty((D, 2, B, P), device=gates.device, dtype=torch.float32)

@@ -107,3 +107,43 @@ def lstm_fwd_persistent(xw, h0, c0, w_hh, lengths, first_reverse, save, plan: Pe
         launch("lstm_fwd_persistent", _lstm_fwd_persistent_kernel, grid, step_begin=0, step_end=T,
                GRID_SYNC=True, **args)
     return y, h_state[:, T % 2], c_state, gates, c_all, None
+
+
+def lstm_bwd_persistent(dy, dhn, dcn, gates, c_all, c0, w_hh, lengths, first_reverse, plan: PersistentPlan):
+    """lstm_bwd (recgen/ops/lstm.py) in the persistent mode, without projection: the same inputs
+    and outputs. Returns None, having launched nothing, where lstm_fwd_persistent would."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    from recgen.kernels.lstm_persistent import _lstm_bwd_persistent_kernel
+
+    if is_fake(gates):
+        return None
+    D, T, B, G4 = gates.shape
+    H = G4 // 4
+    grid = plan.grid(B, H, D)
+    dgates = new_output((D, T, B, 4 * H), torch.float32, gates.device)
+    dh_state = torch.empty((D, 2, B, H), device=gates.device, dtype=torch.float32)
+    dh_state[:, 0].copy_(dhn)
+    dc_state = dcn.to(torch.float32, copy=True).contiguous()
+    counters = torch.zeros(D * grid[2], dtype=torch.int32, device=gates.device)
+    args = dict(
+        dy_ptr=dy, gates_ptr=gates, c_ptr=c_all, c0_ptr=c0.to(torch.float32).contiguous(),
+        w_hh_ptr=w_hh.contiguous(), lengths_ptr=lengths_arg(lengths, gates), dgates_ptr=dgates,
+        dh_state_ptr=dh_state, dc_state_ptr=dc_state, counter_ptr=counters, T=T, B=B, H=H,
+        first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None, BLOCK_B=plan.block_b,
+        BLOCK_H=plan.block_h, BLOCK_P=plan.block_p, num_warps=plan.num_warps, **dot_flags(w_hh.dtype),
+    )
+    if interpreting():
+        for i in range(T):  # one launch per phase and step (see lstm_fwd_persistent)
+            for phase in (1, 2):
+                launch("lstm_bwd_persistent", _lstm_bwd_persistent_kernel, grid, step_begin=i, step_end=i + 1,
+                       PHASES=phase, GRID_SYNC=False, **args)
+    else:
+        compiled = _lstm_bwd_persistent_kernel.warmup(grid=grid, step_begin=0, step_end=T, PHASES=3,
+                                                      GRID_SYNC=True, **args)
+        compiled._init_handles()
+        if not co_resident(compiled, grid[0] * grid[1] * grid[2], gates.device):
+            return None
+        launch("lstm_bwd_persistent", _lstm_bwd_persistent_kernel, grid, step_begin=0, step_end=T,
+               PHASES=3, GRID_SYNC=True, **args)
+    return dgates, dh_state[:, T % 2], dc_state, None
