@@ -24,41 +24,7 @@ import recgen
 from recgen.check import HALF_BLOCK_OVERRIDES, half_precision_safe
 from recgen.ops import LAUNCH_COUNTS
 from recgen.testing import TOLERANCES, max_rel_error, randomise_norms
-
-
-# Stand-ins written like torchvision's BasicBlock and the CycleGAN ResnetBlock (the names and
-# structure recgen.convert recognises).
-class BasicBlock(nn.Module):
-    expansion = 1
-
-    def __init__(self, inplanes, planes, stride=1, downsample=None):
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = downsample
-        self.stride = stride
-
-    def forward(self, x):
-        identity = x
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if self.downsample is not None:
-            identity = self.downsample(x)
-        return self.relu(out + identity)
-
-
-class ResnetBlock(nn.Module):
-    def __init__(self, dim):
-        super().__init__()
-        self.conv_block = nn.Sequential(
-            nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3), nn.InstanceNorm2d(dim), nn.ReLU(True),
-            nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3), nn.InstanceNorm2d(dim))
-
-    def forward(self, x):
-        return x + self.conv_block(x)
+from standin_blocks import BasicBlock, ResnetBlock
 
 
 def _basic(stride):

@@ -28,6 +28,7 @@ from recgen.ops import LAUNCH_COUNTS
 from recgen.reference import conv as reference_conv
 from recgen.reference.residual import residual_block as reference_block
 from recgen.testing import TOLERANCES, max_rel_error, randomise_norms
+from standin_blocks import BasicBlock, ResnetBlock
 
 TOL = TOLERANCES[torch.float32]
 BLOCK_TOL = 5 * TOL  # two convolutions and two norms, float32 on both sides
@@ -364,39 +365,6 @@ def test_affine_act_nonfinite_matches_torch(act, site, value, device):
 
 
 # --------------------------------------------------------------------------- residual blocks
-
-# Stand-ins written like torchvision's BasicBlock and the CycleGAN ResnetBlock (what
-# recgen.convert recognises by name and structure): the torch reference of the fused blocks.
-class BasicBlock(nn.Module):
-    def __init__(self, inplanes, planes, stride=1, downsample=None):
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = downsample
-
-    def forward(self, x):
-        identity = x
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if self.downsample is not None:
-            identity = self.downsample(x)
-        return self.relu(out + identity)
-
-
-class ResnetBlock(nn.Module):
-    def __init__(self, dim, padding_type="reflect", norm_layer=nn.InstanceNorm2d):
-        super().__init__()
-        pad = [nn.ReflectionPad2d(1)] if padding_type == "reflect" else []
-        p = 0 if pad else 1
-        self.conv_block = nn.Sequential(*pad, nn.Conv2d(dim, dim, 3, padding=p), norm_layer(dim), nn.ReLU(True),
-                                        *pad, nn.Conv2d(dim, dim, 3, padding=p), norm_layer(dim))
-
-    def forward(self, x):
-        return x + self.conv_block(x)
-
 
 class ReferenceResidualBlock(nn.Module):
     """recgen.nn.ResidualBlock's torch reference: its own modules and plain torch ops."""
