@@ -235,3 +235,5 @@ def _lstm_bwd_persistent_kernel(
                        INPUT_PRECISION)
             carry = tl.load(src + own, mask=keep, other=0.0)
             tl.store(dst + own, tl.where(m2, acc, carry), mask=keep)
+            # Phase 1 of the next step reads these columns back in another thread layout.
+            tl.debug_barrier()

@@ -61,14 +61,18 @@ if module == "affine":
         ("plain-relu-fp16", "fp16", dict(HAS_SCALE=False, HAS_SHIFT=False, HAS_RESIDUAL=False, HAS_DRES=False,
                                          HAS_DSCALE=False, HAS_DSHIFT=False, ACT=1, BLOCK_P=16, BLOCK_C=4)),
     ]
-if module == "lstm_persistent":
-    variants = [  # the persistent forward at the issue's sizes: H = 512 and 1024 whole in BLOCK_P
+if module in ("lstm_persistent", "gru_persistent", "rnn_persistent"):
+    variants = [  # the persistent kernels at the issue's sizes: H = 512 and 1024 whole in BLOCK_P
         ("sync-bf16-h512", "bf16", dict(GRID_SYNC=True, BLOCK_B=16, BLOCK_H=16, BLOCK_P=512, DOT_FP32=False,
                                         INPUT_PRECISION="ieee")),
+        # GRU without b_hh, relu RNN (the LSTM kernels have neither flag).
         ("sync-fp32-h1024-b64", "fp32", dict(GRID_SYNC=True, BLOCK_B=64, BLOCK_H=16, BLOCK_P=1024, DOT_FP32=True,
-                                             INPUT_PRECISION="tf32", HAS_LENGTHS=False, SAVE=False)),
-        ("per-step-fp16", "fp16", dict(GRID_SYNC=False, PHASES=1, BLOCK_B=16, BLOCK_H=16, BLOCK_P=64,
-                                       DOT_FP32=False, INPUT_PRECISION="ieee")),
+                                             INPUT_PRECISION="tf32", HAS_LENGTHS=False, SAVE=False,
+                                             HAS_BIAS=False, RELU=True)),
+        # One step per launch (the interpreter's form): the LSTM's phase 1 alone, the others' phase 2.
+        ("per-step-fp16", "fp16", dict(GRID_SYNC=False, PHASES=1 if module == "lstm_persistent" else 2,
+                                       BLOCK_B=16, BLOCK_H=16, BLOCK_P=64, DOT_FP32=False,
+                                       INPUT_PRECISION="ieee")),
     ]
     flags = dict(flags, PHASES=3)
 if module == "conv_bwd":
@@ -106,6 +110,8 @@ for variant, io, overrides in variants:
 KERNELS = [("lstm", "_lstm_fwd_kernel"), ("lstm", "_lstm_bwd_kernel"), ("gru", "_gru_fwd_kernel"),
            ("gru", "_gru_bwd_kernel"), ("rnn", "_rnn_fwd_kernel"), ("rnn", "_rnn_bwd_kernel"),
            ("lstm_persistent", "_lstm_fwd_persistent_kernel"), ("lstm_persistent", "_lstm_bwd_persistent_kernel"),
+           ("gru_persistent", "_gru_fwd_persistent_kernel"), ("gru_persistent", "_gru_bwd_persistent_kernel"),
+           ("rnn_persistent", "_rnn_fwd_persistent_kernel"), ("rnn_persistent", "_rnn_bwd_persistent_kernel"),
            ("conv", "_conv2d_fwd_kernel"), ("conv_bwd", "_conv2d_bwd_data_kernel"),
            ("conv_bwd", "_conv2d_bwd_weight_kernel"), ("affine", "_affine_act_fwd_kernel"),
            ("affine", "_affine_act_bwd_kernel")]

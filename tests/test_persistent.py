@@ -1,6 +1,6 @@
-"""The persistent multi-program LSTM forward and backward (kernels/lstm_persistent.py) against
-the float64 reference: every output and gradient, odd sizes, packed lengths both ways, both
-directions.
+"""The persistent multi-program forwards and backwards (kernels/lstm_persistent.py,
+kernels/gru_persistent.py, kernels/rnn_persistent.py) against the float64 reference: every output
+and gradient, odd sizes, packed lengths both ways, both directions.
 
 On the CPU the mode runs one launch per step (the interpreter runs one program at a time, so the
 grid barrier cannot be exercised); the `gpu` tests run the single launch with the barrier."""
@@ -38,6 +38,31 @@ def test_persistent_forward_matches_reference(device, T, B, I, H, lengths, rever
     assert not bad, bad
 
 
+# GRU with and without b_hh (it sits inside r * (...) in the kernel), tanh and relu RNNs.
+GRU_RNN_CELLS = [pytest.param("gru", True, id="gru"), pytest.param("gru", False, id="gru-no-bias"),
+                 pytest.param("rnn_tanh", True, id="rnn_tanh"), pytest.param("rnn_relu", True, id="rnn_relu")]
+
+
+@pytest.mark.parametrize("cell,bias", GRU_RNN_CELLS)
+@pytest.mark.parametrize("T,B,I,H,lengths,reverse", CASES)
+def test_persistent_gru_rnn_match_reference(device, cell, bias, T, B, I, H, lengths, reverse):
+    """Both persistent kernels of the cell ran (one launch per step, and per phase backward)
+    and the single-program ones did not; every output and gradient against float64."""
+    gen = torch.Generator().manual_seed(T * 100 + H)
+    inputs = random_direction_inputs(cell, T, B, I, H, bias=bias, device=device, generator=gen)
+    lengths = None if lengths is None else torch.tensor(lengths)
+    base = cell.split("_")[0]
+    before = dict(LAUNCH_COUNTS)
+    with forced_mode("persistent"):
+        errors = compare_direction(cell, inputs, lengths=lengths, reverse=reverse)
+    for name in (f"{base}_fwd_persistent", f"{base}_bwd_persistent"):
+        assert LAUNCH_COUNTS[name] > before.get(name, 0), f"{name} did not run"
+    for name in (f"{base}_fwd", f"{base}_bwd"):
+        assert LAUNCH_COUNTS[name] == before.get(name, 0), f"{name} ran"
+    bad = {k: v for k, v in errors.items() if not v <= TOLERANCES[torch.float32]}
+    assert not bad, bad
+
+
 def test_persistent_module_bidirectional_and_no_grad(device):
     """A bidirectional 2-layer LSTM in the persistent mode equals torch.nn.LSTM, with and without
     gradients (save=False skips the saved tensors)."""
@@ -62,8 +87,38 @@ def test_persistent_module_bidirectional_and_no_grad(device):
     assert max_rel_error(xg.grad, x_ref.grad) <= TOLERANCES[torch.float32]
 
 
+@pytest.mark.parametrize("cls,kwargs", [(torch.nn.GRU, {}), (torch.nn.RNN, {"nonlinearity": "relu"})],
+                         ids=["GRU", "RNN-relu"])
+def test_persistent_gru_rnn_module_bidirectional_and_no_grad(device, cls, kwargs):
+    """A bidirectional 2-layer GRU / relu RNN in the persistent mode equals torch.nn's, with and
+    without gradients (save=False skips the saved tensors): outputs, dx and every dW."""
+    torch.manual_seed(0)
+    ref = cls(3, 18, num_layers=2, bidirectional=True, **kwargs).to(device)
+    rec = getattr(recgen.nn, cls.__name__)(3, 18, num_layers=2, bidirectional=True, **kwargs).to(device)
+    rec.load_state_dict(ref.state_dict())
+    base = cls.__name__.lower()
+    x = torch.randn(4, 2, 3, device=device)
+    with forced_mode("persistent"):
+        before = dict(LAUNCH_COUNTS)
+        with torch.no_grad():
+            y, h = rec(x)
+        assert LAUNCH_COUNTS[f"{base}_fwd_persistent"] > before.get(f"{base}_fwd_persistent", 0)
+        xg = x.clone().requires_grad_()
+        yg, hg = rec(xg)
+        (yg.square().sum() + hg.sum()).backward()
+        assert LAUNCH_COUNTS[f"{base}_bwd_persistent"] > before.get(f"{base}_bwd_persistent", 0)
+        assert LAUNCH_COUNTS[f"{base}_fwd"] == before.get(f"{base}_fwd", 0)
+    x_ref = x.clone().requires_grad_()
+    y_ref, h_ref = ref(x_ref)
+    (y_ref.square().sum() + h_ref.sum()).backward()
+    for a, b in ((y, y_ref), (h, h_ref), (yg, y_ref), (hg, h_ref), (xg.grad, x_ref.grad)):
+        assert max_rel_error(a, b) <= TOLERANCES[torch.float32]
+    for (name, p), q in zip(rec.named_parameters(), ref.parameters()):
+        assert max_rel_error(p.grad, q.grad) <= TOLERANCES[torch.float32], name
+
+
 def test_mode_rule():
-    """Persistent only for a launcher that has it (the LSTM forward without projection), only
+    """Persistent only for a launcher that has it (the LSTM without projection, GRU, RNN), only
     when forced or opted in on a GPU; its tiles cover H in blocks of 16 columns."""
     with forced_mode("persistent"):
         assert recurrence_config(4, 1024, 1024, torch.bfloat16, batch=40, persistent_capable=True).persistent \
@@ -99,6 +154,37 @@ def test_persistent_single_launch_on_gpu(H, B, dtype):
     y_ref, (h_ref, c_ref) = ref(x_ref)
     y_ref.float().square().sum().backward()
     for a, b in ((y, y_ref), (h, h_ref), (c, c_ref), (x_rec.grad, x_ref.grad)):
+        assert max_rel_error(a, b) <= TOLERANCES[dtype]
+    for (name, p), q in zip(rec.named_parameters(), ref.parameters()):
+        assert max_rel_error(p.grad, q.grad) <= TOLERANCES[dtype], name
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cls,kwargs,H,B,dtype", [
+    (torch.nn.GRU, {}, 256, 16, torch.bfloat16), (torch.nn.GRU, {}, 1024, 16, torch.bfloat16),
+    (torch.nn.GRU, {"bias": False}, 512, 100, torch.float32),
+    (torch.nn.RNN, {}, 512, 64, torch.bfloat16), (torch.nn.RNN, {"nonlinearity": "relu"}, 1024, 16, torch.float32),
+], ids=["GRU-h256-bf16", "GRU-h1024-bf16", "GRU-nobias-h512-b100-fp32", "RNN-tanh-h512-bf16", "RNN-relu-h1024-fp32"])
+def test_persistent_gru_rnn_single_launch_on_gpu(cls, kwargs, H, B, dtype):
+    """As test_persistent_single_launch_on_gpu for the GRU and the Elman RNN: one launch each way
+    with the grid barrier every step, against torch.nn (cuDNN), every output and gradient."""
+    torch.manual_seed(1)
+    ref = cls(H, H, bidirectional=True, **kwargs).cuda().to(dtype)
+    rec = getattr(recgen.nn, cls.__name__)(H, H, bidirectional=True, **kwargs).cuda().to(dtype)
+    rec.load_state_dict(ref.state_dict())
+    base = cls.__name__.lower()
+    x = torch.randn(64, B, H, device="cuda", dtype=dtype)
+    before = dict(LAUNCH_COUNTS)
+    x_rec, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with forced_mode("persistent"):
+        y, h = rec(x_rec)
+        (y.float().square().sum() + h.float().sum()).backward()
+    torch.cuda.synchronize()
+    for name in (f"{base}_fwd_persistent", f"{base}_bwd_persistent"):
+        assert LAUNCH_COUNTS[name] == before.get(name, 0) + 1, name
+    y_ref, h_ref = ref(x_ref)
+    (y_ref.float().square().sum() + h_ref.float().sum()).backward()
+    for a, b in ((y, y_ref), (h, h_ref), (x_rec.grad, x_ref.grad)):
         assert max_rel_error(a, b) <= TOLERANCES[dtype]
     for (name, p), q in zip(rec.named_parameters(), ref.parameters()):
         assert max_rel_error(p.grad, q.grad) <= TOLERANCES[dtype], name

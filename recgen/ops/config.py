@@ -5,9 +5,10 @@ Modes
   loaded once, before the time loop, and stay on chip for the whole sequence.
 - streamed: weight tiles are read from global memory (L2) inside every step; correct for any
   hidden size, slower.
-- persistent (LSTM forward and backward without projection, recgen/ops/persistent.py): the
-  gate columns are split across co-resident programs, each holding its slice of W_hh for the whole sequence and
-  exchanging h_t through L2 with a grid-wide barrier per step.
+- persistent (forward and backward of the LSTM without projection, the GRU and the Elman RNN,
+  recgen/ops/persistent.py): the gate columns are split across co-resident programs, each
+  holding its slice of W_hh for the whole sequence and exchanging h_t through L2 with a
+  grid-wide barrier per step.
 
 Rule: resident when the padded weights held by one program fit RESIDENT_BUDGET_BYTES (what one
 program can keep in registers and shared memory without spilling). Otherwise persistent where
@@ -59,7 +60,7 @@ def recurrence_config(gates: int, hidden: int, width: int, dtype: torch.dtype,
                       persistent_capable: bool = False) -> RecurrenceConfig:
     """Pick mode and tiles for a cell with `gates` gate blocks, hidden size H and recurrent width
     P (the rule in the module docstring). persistent_capable: the caller has a persistent
-    launcher for this case (the LSTM without projection)."""
+    launcher for this case (the LSTM without projection, the GRU, the Elman RNN)."""
     h_pad, p_pad = _pow2(hidden), _pow2(width)
     elem = torch.finfo(dtype).bits // 8
     weight_bytes = gates * h_pad * p_pad * elem + (h_pad * p_pad * elem if has_proj else 0)

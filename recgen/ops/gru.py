@@ -3,6 +3,8 @@
 Name chain: _gru_fwd_kernel / _gru_bwd_kernel -> gru_fwd / gru_bwd -> torch.ops.recgen.gru_fwd /
 gru_bwd (recgen/ops/library.py), with GRUFunction as gru_fwd's autograd -> gru_layer (one layer, all its directions in one launch) / gru_direction
 -> recgen.functional.gru -> recgen.nn.GRU.
+In the persistent mode (recgen/ops/config.py) gru_fwd / gru_bwd run _gru_fwd_persistent_kernel /
+_gru_bwd_persistent_kernel through gru_fwd_persistent / gru_bwd_persistent (recgen/ops/persistent.py).
 
 Tensors of a layer's D directions are stacked on a leading axis: h0 (D, B, H), w_hh (D, 3H, H),
 b_hh (D, 3H); xw (T, B, D*3H) and y (T, B, D*H) hold the directions side by side.
@@ -17,6 +19,7 @@ from torch import Tensor
 
 from recgen.ops._launch import dot_flags, launch, new_output
 from recgen.ops.config import recurrence_config
+from recgen.ops.persistent import gru_bwd_persistent, gru_fwd_persistent
 from recgen.ops.library import absent_like, check_saved, define, fresh, needs_saving, register_function
 from recgen.ops.recurrence import (
     bmm_t, direction_major, h_prev_directions, layer_grid, lengths_arg, projected_inputs, stacked,
@@ -38,7 +41,12 @@ def gru_fwd(xw, h0, w_hh, b_hh, lengths, first_reverse, save=True):
 
     T, B, _ = xw.shape
     D, G3, H = w_hh.shape
-    cfg = recurrence_config(3, H, H, w_hh.dtype)
+    cfg = recurrence_config(3, H, H, w_hh.dtype, batch=B, persistent_capable=True)
+    if cfg.persistent is not None:
+        out = gru_fwd_persistent(xw, h0, w_hh, b_hh, lengths, first_reverse, save, cfg.persistent)
+        if out is not None:
+            return out
+        cfg = recurrence_config(3, H, H, w_hh.dtype)  # not co-resident: streamed
     y = new_output((T, B, D * H), xw.dtype, xw.device)
     saved = new_output((D, T, B, 4 * H), torch.float32, xw.device) if save else None
     h_state = torch.empty((D, 2, B, H), device=xw.device, dtype=torch.float32)
@@ -69,7 +77,12 @@ def gru_bwd(dy, dhn, saved, h_prev, w_hh, lengths, first_reverse):
 
     D, T, B, G4 = saved.shape
     H = G4 // 4
-    cfg = recurrence_config(3, H, H, w_hh.dtype)
+    cfg = recurrence_config(3, H, H, w_hh.dtype, batch=B, persistent_capable=True)
+    if cfg.persistent is not None:
+        out = gru_bwd_persistent(dy, dhn, saved, h_prev, w_hh, lengths, first_reverse, cfg.persistent)
+        if out is not None:
+            return out
+        cfg = recurrence_config(3, H, H, w_hh.dtype)  # not co-resident: streamed
     dxw = new_output((D, T, B, 3 * H), torch.float32, saved.device)
     dghn = new_output((D, T, B, H), torch.float32, saved.device)
     dh_state = torch.empty((D, 2, B, H), device=saved.device, dtype=torch.float32)

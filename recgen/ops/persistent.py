@@ -1,5 +1,6 @@
-"""The persistent multi-program LSTM forward (kernels/lstm_persistent.py): tiles, the
-co-residency check, and the launcher.
+"""The persistent multi-program mode (kernels/lstm_persistent.py, kernels/gru_persistent.py,
+kernels/rnn_persistent.py): tiles, the co-residency check, and the launchers of the LSTM
+(without projection), GRU and Elman RNN forwards and backwards.
 
 The mode is chosen in recgen/ops/config.py::recurrence_config. Its grid-wide barrier only
 completes if every program of a group runs at the same time, so before a launch the compiled
@@ -45,14 +46,14 @@ def programs_per_sm(compiled, device: torch.device) -> int:
     """How many programs of a compiled kernel one SM holds at once, from the kernel's
     registers, shared memory and threads against the device's per-SM limits."""
     props = torch.cuda.get_device_properties(device)
+    needed = ("max_threads_per_multi_processor", "regs_per_multiprocessor", "shared_memory_per_multiprocessor")
+    if not all(hasattr(props, name) for name in needed) or not compiled.n_regs:
+        return 0  # a limit we cannot read: never assume residency (the caller streams)
     threads = 32 * compiled.metadata.num_warps
-    limits = [props.max_threads_per_multi_processor // threads]
-    regs_per_sm = getattr(props, "regs_per_multiprocessor", 65536)
-    if compiled.n_regs:
-        limits.append(regs_per_sm // (compiled.n_regs * threads))
-    shared = compiled.metadata.shared
-    if shared:
-        limits.append(props.shared_memory_per_multiprocessor // shared)
+    limits = [props.max_threads_per_multi_processor // threads,
+              props.regs_per_multiprocessor // (compiled.n_regs * threads)]
+    if compiled.metadata.shared:
+        limits.append(props.shared_memory_per_multiprocessor // compiled.metadata.shared)
     return max(0, min(limits))
 
 
@@ -93,19 +94,10 @@ def lstm_fwd_persistent(xw, h0, c0, w_hh, lengths, first_reverse, save, plan: Pe
         BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_P=plan.block_p, num_warps=plan.num_warps,
         **dot_flags(w_hh.dtype),
     )
-    if interpreting():
-        # One program at a time: no barrier can complete. One launch per step checks the same
-        # per-step code (launches are ordered, so each step sees the previous step's h).
-        for s in range(T):
-            launch("lstm_fwd_persistent", _lstm_fwd_persistent_kernel, grid, step_begin=s, step_end=s + 1,
-                   GRID_SYNC=False, **args)
-    else:
-        compiled = _lstm_fwd_persistent_kernel.warmup(grid=grid, step_begin=0, step_end=T, GRID_SYNC=True, **args)
-        compiled._init_handles()
-        if not co_resident(compiled, grid[0] * grid[1] * grid[2], xw.device):
-            return None
-        launch("lstm_fwd_persistent", _lstm_fwd_persistent_kernel, grid, step_begin=0, step_end=T,
-               GRID_SYNC=True, **args)
+    # Under the interpreter (one program at a time, so no barrier could complete) the helper runs
+    # one launch per step: launches are ordered, so each step sees the previous step's h.
+    if not _run_persistent("lstm_fwd_persistent", _lstm_fwd_persistent_kernel, grid, T, xw.device, args):
+        return None
     return y, h_state[:, T % 2], c_state, gates, c_all, None
 
 
@@ -133,17 +125,147 @@ def lstm_bwd_persistent(dy, dhn, dcn, gates, c_all, c0, w_hh, lengths, first_rev
         first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None, BLOCK_B=plan.block_b,
         BLOCK_H=plan.block_h, BLOCK_P=plan.block_p, num_warps=plan.num_warps, **dot_flags(w_hh.dtype),
     )
-    if interpreting():
-        for i in range(T):  # one launch per phase and step (see lstm_fwd_persistent)
-            for phase in (1, 2):
-                launch("lstm_bwd_persistent", _lstm_bwd_persistent_kernel, grid, step_begin=i, step_end=i + 1,
-                       PHASES=phase, GRID_SYNC=False, **args)
-    else:
-        compiled = _lstm_bwd_persistent_kernel.warmup(grid=grid, step_begin=0, step_end=T, PHASES=3,
-                                                      GRID_SYNC=True, **args)
-        compiled._init_handles()
-        if not co_resident(compiled, grid[0] * grid[1] * grid[2], gates.device):
-            return None
-        launch("lstm_bwd_persistent", _lstm_bwd_persistent_kernel, grid, step_begin=0, step_end=T,
-               PHASES=3, GRID_SYNC=True, **args)
+    if not _run_persistent("lstm_bwd_persistent", _lstm_bwd_persistent_kernel, grid, T, gates.device, args,
+                           phases=True):
+        return None
     return dgates, dh_state[:, T % 2], dc_state, None
+
+
+def _run_persistent(name, kernel, grid, steps, device, args, phases=False) -> bool:
+    """Launch a persistent kernel over `steps` steps: one launch with the grid barrier (PHASES=3
+    when `phases`) after checking co-residency, or, under the interpreter, one launch per step
+    (and per phase, 1 then 2, when `phases`). Returns False, having launched nothing, when the
+    grid cannot be co-resident."""
+    if interpreting():
+        for i in range(steps):  # launches are ordered: each sees the previous one's writes
+            for extra in ({"PHASES": 1}, {"PHASES": 2}) if phases else ({},):
+                launch(name, kernel, grid, step_begin=i, step_end=i + 1, GRID_SYNC=False, **extra, **args)
+        return True
+    extra = {"PHASES": 3} if phases else {}
+    compiled = kernel.warmup(grid=grid, step_begin=0, step_end=steps, GRID_SYNC=True, **extra, **args)
+    compiled._init_handles()
+    if not co_resident(compiled, grid[0] * grid[1] * grid[2], device):
+        return False
+    launch(name, kernel, grid, step_begin=0, step_end=steps, GRID_SYNC=True, **extra, **args)
+    return True
+
+
+def gru_fwd_persistent(xw, h0, w_hh, b_hh, lengths, first_reverse, save, plan: PersistentPlan):
+    """gru_fwd (recgen/ops/gru.py) in the persistent mode: the same inputs and outputs. Returns
+    None, having launched nothing, where lstm_fwd_persistent would."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    from recgen.kernels.gru_persistent import _gru_fwd_persistent_kernel
+
+    if is_fake(xw):
+        return None
+    T, B, _ = xw.shape
+    D, G3, H = w_hh.shape
+    grid = plan.grid(B, H, D)
+    y = new_output((T, B, D * H), xw.dtype, xw.device)
+    saved = new_output((D, T, B, 4 * H), torch.float32, xw.device) if save else None
+    h_state = torch.empty((D, 2, B, H), device=xw.device, dtype=torch.float32)
+    h_state[:, 0].copy_(h0)
+    w_hh_c = w_hh.contiguous()
+    args = dict(
+        xw_ptr=xw, w_hh_ptr=w_hh_c, b_hh_ptr=w_hh_c if b_hh is None else b_hh.contiguous(),
+        lengths_ptr=lengths_arg(lengths, xw), y_ptr=y, saved_ptr=saved if save else y, h_state_ptr=h_state,
+        counter_ptr=torch.zeros(D * grid[2], dtype=torch.int32, device=xw.device), T=T, B=B, H=H,
+        stride_xt=xw.stride(0), stride_xb=xw.stride(1), stride_yt=y.stride(0), stride_yb=y.stride(1),
+        first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None, HAS_BIAS=b_hh is not None,
+        SAVE=bool(save), BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_P=plan.block_p,
+        num_warps=plan.num_warps, **dot_flags(w_hh.dtype),
+    )
+    if not _run_persistent("gru_fwd_persistent", _gru_fwd_persistent_kernel, grid, T, xw.device, args):
+        return None
+    return y, h_state[:, T % 2], saved
+
+
+def gru_bwd_persistent(dy, dhn, saved, h_prev, w_hh, lengths, first_reverse, plan: PersistentPlan):
+    """gru_bwd (recgen/ops/gru.py) in the persistent mode: the same inputs and outputs (dxw,
+    dghn, dh0). Returns None, having launched nothing, where lstm_fwd_persistent would."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    from recgen.kernels.gru_persistent import _gru_bwd_persistent_kernel
+
+    if is_fake(saved):
+        return None
+    D, T, B, G4 = saved.shape
+    H = G4 // 4
+    grid = plan.grid(B, H, D)
+    dxw = new_output((D, T, B, 3 * H), torch.float32, saved.device)
+    dghn = new_output((D, T, B, H), torch.float32, saved.device)
+    dh_state = torch.empty((D, 2, B, H), device=saved.device, dtype=torch.float32)
+    dh_state[:, 0].copy_(dhn)
+    args = dict(
+        dy_ptr=dy, saved_ptr=saved, h_prev_ptr=h_prev.contiguous(), w_hh_ptr=w_hh.contiguous(),
+        lengths_ptr=lengths_arg(lengths, saved), dxw_ptr=dxw, dghn_ptr=dghn, dh_state_ptr=dh_state,
+        counter_ptr=torch.zeros(D * grid[2], dtype=torch.int32, device=saved.device), T=T, B=B, H=H,
+        first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None, BLOCK_B=plan.block_b,
+        BLOCK_H=plan.block_h, BLOCK_P=plan.block_p, num_warps=plan.num_warps, **dot_flags(w_hh.dtype),
+    )
+    if not _run_persistent("gru_bwd_persistent", _gru_bwd_persistent_kernel, grid, T, saved.device, args,
+                           phases=True):
+        return None
+    return dxw, dghn, dh_state[:, T % 2]
+
+
+def rnn_fwd_persistent(xw, h0, w_hh, lengths, first_reverse, nonlinearity, save, plan: PersistentPlan):
+    """rnn_fwd (recgen/ops/rnn.py) in the persistent mode: the same inputs and outputs. Returns
+    None, having launched nothing, where lstm_fwd_persistent would."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    from recgen.kernels.rnn_persistent import _rnn_fwd_persistent_kernel
+    from recgen.ops.rnn import _relu_flag
+
+    relu = _relu_flag(nonlinearity)
+    if is_fake(xw):
+        return None
+    T, B, _ = xw.shape
+    D, H, _ = w_hh.shape
+    grid = plan.grid(B, H, D)
+    y = new_output((T, B, D * H), xw.dtype, xw.device)
+    act = new_output((D, T, B, H), torch.float32, xw.device) if save else None
+    h_state = torch.empty((D, 2, B, H), device=xw.device, dtype=torch.float32)
+    h_state[:, 0].copy_(h0)
+    args = dict(
+        xw_ptr=xw, w_hh_ptr=w_hh.contiguous(), lengths_ptr=lengths_arg(lengths, xw), y_ptr=y,
+        act_ptr=act if save else y, h_state_ptr=h_state,
+        counter_ptr=torch.zeros(D * grid[2], dtype=torch.int32, device=xw.device), T=T, B=B, H=H,
+        stride_xt=xw.stride(0), stride_xb=xw.stride(1), stride_yt=y.stride(0), stride_yb=y.stride(1),
+        first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None, RELU=relu, SAVE=bool(save),
+        BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_P=plan.block_p, num_warps=plan.num_warps,
+        **dot_flags(w_hh.dtype),
+    )
+    if not _run_persistent("rnn_fwd_persistent", _rnn_fwd_persistent_kernel, grid, T, xw.device, args):
+        return None
+    return y, h_state[:, T % 2], act
+
+
+def rnn_bwd_persistent(dy, dhn, act, w_hh, lengths, first_reverse, nonlinearity, plan: PersistentPlan):
+    """rnn_bwd (recgen/ops/rnn.py) in the persistent mode: the same inputs and outputs (dpre,
+    dh0). Returns None, having launched nothing, where lstm_fwd_persistent would."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    from recgen.kernels.rnn_persistent import _rnn_bwd_persistent_kernel
+    from recgen.ops.rnn import _relu_flag
+
+    relu = _relu_flag(nonlinearity)
+    if is_fake(act):
+        return None
+    D, T, B, H = act.shape
+    grid = plan.grid(B, H, D)
+    dpre = new_output((D, T, B, H), torch.float32, act.device)
+    dh_state = torch.empty((D, 2, B, H), device=act.device, dtype=torch.float32)
+    dh_state[:, 0].copy_(dhn)
+    args = dict(
+        dy_ptr=dy, act_ptr=act, w_hh_ptr=w_hh.contiguous(), lengths_ptr=lengths_arg(lengths, act),
+        dpre_ptr=dpre, dh_state_ptr=dh_state,
+        counter_ptr=torch.zeros(D * grid[2], dtype=torch.int32, device=act.device), T=T, B=B, H=H,
+        first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None, RELU=relu, BLOCK_B=plan.block_b,
+        BLOCK_H=plan.block_h, BLOCK_P=plan.block_p, num_warps=plan.num_warps, **dot_flags(w_hh.dtype),
+    )
+    if not _run_persistent("rnn_bwd_persistent", _rnn_bwd_persistent_kernel, grid, T, act.device, args,
+                           phases=True):
+        return None
+    return dpre, dh_state[:, T % 2]

@@ -3,6 +3,8 @@
 Name chain: _rnn_fwd_kernel / _rnn_bwd_kernel -> rnn_fwd / rnn_bwd -> torch.ops.recgen.rnn_fwd /
 rnn_bwd (recgen/ops/library.py), with RNNFunction as rnn_fwd's autograd -> rnn_layer (one layer, all its directions in one launch) / rnn_direction
 -> recgen.functional.rnn -> recgen.nn.RNN.
+In the persistent mode (recgen/ops/config.py) rnn_fwd / rnn_bwd run _rnn_fwd_persistent_kernel /
+_rnn_bwd_persistent_kernel through rnn_fwd_persistent / rnn_bwd_persistent (recgen/ops/persistent.py).
 
 Tensors of a layer's D directions are stacked on a leading axis: h0 (D, B, H), w_hh (D, H, H);
 xw (T, B, D*H) and y (T, B, D*H) hold the directions side by side.
@@ -17,6 +19,7 @@ from torch import Tensor
 
 from recgen.ops._launch import dot_flags, launch, new_output
 from recgen.ops.config import recurrence_config
+from recgen.ops.persistent import rnn_bwd_persistent, rnn_fwd_persistent
 from recgen.ops.library import absent_like, check_saved, define, fresh, needs_saving, register_function
 from recgen.ops.recurrence import (
     bmm_t, direction_major, h_prev_directions, layer_grid, lengths_arg, projected_inputs, stacked,
@@ -47,7 +50,12 @@ def rnn_fwd(xw, h0, w_hh, lengths, first_reverse, nonlinearity, save=True):
 
     T, B, _ = xw.shape
     D, H, _ = w_hh.shape
-    cfg = recurrence_config(1, H, H, w_hh.dtype)
+    cfg = recurrence_config(1, H, H, w_hh.dtype, batch=B, persistent_capable=True)
+    if cfg.persistent is not None:
+        out = rnn_fwd_persistent(xw, h0, w_hh, lengths, first_reverse, nonlinearity, save, cfg.persistent)
+        if out is not None:
+            return out
+        cfg = recurrence_config(1, H, H, w_hh.dtype)  # not co-resident: streamed
     y = new_output((T, B, D * H), xw.dtype, xw.device)
     act = new_output((D, T, B, H), torch.float32, xw.device) if save else None
     h_state = torch.empty((D, 2, B, H), device=xw.device, dtype=torch.float32)
@@ -75,7 +83,12 @@ def rnn_bwd(dy, dhn, act, w_hh, lengths, first_reverse, nonlinearity):
     from recgen.kernels.rnn import _rnn_bwd_kernel
 
     D, T, B, H = act.shape
-    cfg = recurrence_config(1, H, H, w_hh.dtype)
+    cfg = recurrence_config(1, H, H, w_hh.dtype, batch=B, persistent_capable=True)
+    if cfg.persistent is not None:
+        out = rnn_bwd_persistent(dy, dhn, act, w_hh, lengths, first_reverse, nonlinearity, cfg.persistent)
+        if out is not None:
+            return out
+        cfg = recurrence_config(1, H, H, w_hh.dtype)  # not co-resident: streamed
     dpre = new_output((D, T, B, H), torch.float32, act.device)
     dh_state = torch.empty((D, 2, B, H), device=act.device, dtype=torch.float32)
     dh_state[:, 0].copy_(dhn)

@@ -1,0 +1,229 @@
+"""Persistent multi-program GRU forward and backward: the gate columns of one layer are split
+across co-resident programs, each holding its slice of W_hh on chip for the whole sequence.
+
+The design of kernels/lstm_persistent.py (read its docstring first) with torch's GRU math of
+kernels/gru.py: grid (column blocks, directions, batch tiles); program j owns hidden units
+[j*BLOCK_H, (j+1)*BLOCK_H) of the three gates r, z, n: W_hh rows {g*H + those units}
+(3 * BLOCK_H x H), loaded once. Per step it reads the whole h_{t-1} from L2, computes its
+columns of gh = h_{t-1} W_hh^T + b_hh and of h_t, writes them, and waits at the grid barrier of
+its (direction, batch tile) group (`_group_barrier`, shared with the LSTM).
+
+GRID_SYNC=False runs steps [step_begin, step_end) without the barrier (one launch per step
+under the interpreter); the backward's PHASES selects one half of a step for the same purpose.
+The saved tensor (r, z, n, gh_n) and the backward's outputs (dxw, dghn, dh_0) have the layouts
+of kernels/gru.py, so the two modes' tensors are interchangeable.
+"""
+
+import triton
+import triton.language as tl
+
+from recgen.kernels.lstm_persistent import _group_barrier
+from recgen.kernels.math import load_tile, mma, sigmoid, step_time_index, tanh
+
+
+@triton.jit
+def _gru_fwd_persistent_kernel(
+    xw_ptr,       # (T, B, D*3H) input projection x W_ih^T + b_ih, last dim contiguous
+    w_hh_ptr,     # (D, 3H, H) recurrent weights, contiguous
+    b_hh_ptr,     # (D, 3H) recurrent bias (HAS_BIAS)
+    lengths_ptr,  # (B,) int32 valid steps per row (HAS_LENGTHS)
+    y_ptr,        # (T, B, D*H) out: hidden states, zero at padding, last dim contiguous
+    saved_ptr,    # (D, T, B, 4H) float32 out (SAVE): r, z, n and gh_n = h W_hn^T + b_hn, zero at padding
+    h_state_ptr,  # (D, 2, B, H) float32 in/out: slot 0 holds h0; slot T % 2 ends with h_n
+    counter_ptr,  # (D * batch tiles,) int32 zeros: one barrier counter per program group
+    T, B, H,
+    stride_xt, stride_xb, stride_yt, stride_yb,
+    first_reverse, step_begin, step_end,
+    HAS_LENGTHS: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE: tl.constexpr, GRID_SYNC: tl.constexpr,
+    DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    """Per step, program j computes gh_g[:, its units] = h_{t-1} W_g[its units]^T + b_hg for
+    g = r, z, n from the whole h_{t-1} (read from L2) and its W_g^T slices held on chip, then
+    r, z, n and h_t of its units (h_{t-1} of its own units reloaded for z * h_{t-1}); one barrier
+    per step makes h_t whole before any program reads it."""
+    col0 = tl.program_id(0) * BLOCK_H
+    d = tl.program_id(1).to(tl.int64)
+    tile = tl.program_id(2)
+    rev = ((first_reverse + d) % 2) == 1
+    n_cols = tl.num_programs(0)
+    rows32 = tile * BLOCK_B + tl.arange(0, BLOCK_B)
+    mask_b = rows32 < B
+    rows = rows32.to(tl.int64)
+    if HAS_LENGTHS:
+        lengths = tl.load(lengths_ptr + rows32, mask=mask_b, other=0)
+    else:
+        lengths = tl.zeros([BLOCK_B], dtype=tl.int32) + T
+    counter_ptr += d * tl.num_programs(2) + tile
+    xw_ptr += d * 3 * H
+    y_ptr += d * H
+    w_hh_ptr += d * 3 * H * H
+    b_hh_ptr += d * 3 * H
+    saved_ptr += d * T * B * 4 * H
+    h_state_ptr += d * 2 * B * H
+
+    offs_h = col0 + tl.arange(0, BLOCK_H)
+    mask_h = offs_h < H
+    ar_p = tl.arange(0, BLOCK_P)
+    mask_p = ar_p < H
+    keep = mask_b[:, None] & mask_h[None, :]
+    own = rows[:, None] * H + offs_h[None, :]
+    # This program's slice of W_g^T (H_in x BLOCK_H) per gate, held for the whole sequence.
+    w_r = load_tile(w_hh_ptr + 0 * H * H, ar_p, offs_h, 1, H, H, H)
+    w_z = load_tile(w_hh_ptr + 1 * H * H, ar_p, offs_h, 1, H, H, H)
+    w_n = load_tile(w_hh_ptr + 2 * H * H, ar_p, offs_h, 1, H, H, H)
+    if HAS_BIAS:
+        b_r = tl.load(b_hh_ptr + 0 * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+        b_z = tl.load(b_hh_ptr + 1 * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+        b_n = tl.load(b_hh_ptr + 2 * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+
+    for s in range(step_begin, step_end):
+        t, active = step_time_index(s, lengths, rev)
+        live = mask_b & active
+        m2 = live[:, None] & mask_h[None, :]
+        src = h_state_ptr + (s % 2) * B * H
+        dst = h_state_ptr + ((s + 1) % 2) * B * H
+        x_row = xw_ptr + t * stride_xt + rows * stride_xb
+        # .cg: from L2, never a stale L1 line of another program's h (they change every step).
+        h_prev = tl.load(src + rows[:, None] * H + ar_p[None, :], mask=mask_b[:, None] & mask_p[None, :],
+                         other=0.0, cache_modifier=".cg")
+        # Hidden-side pre-activations gh_g = h_{t-1} W_hg^T + b_hg of this program's units.
+        acc_r = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
+        acc_z = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
+        acc_n = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
+        if HAS_BIAS:
+            acc_r += b_r[None, :]
+            acc_z += b_z[None, :]
+            acc_n += b_n[None, :]
+        acc_r += mma(h_prev, w_r, DOT_FP32, INPUT_PRECISION)
+        acc_z += mma(h_prev, w_z, DOT_FP32, INPUT_PRECISION)
+        acc_n += mma(h_prev, w_n, DOT_FP32, INPUT_PRECISION)
+        x_r = tl.load(x_row[:, None] + (0 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
+        x_z = tl.load(x_row[:, None] + (1 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
+        x_n = tl.load(x_row[:, None] + (2 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
+        gr = sigmoid(x_r + acc_r)
+        gz = sigmoid(x_z + acc_z)
+        gn = tanh(x_n + gr * acc_n)
+        h_old = tl.load(src + own, mask=keep, other=0.0, cache_modifier=".cg")
+        h_new = (1.0 - gz) * gn + gz * h_old
+        if SAVE:
+            s_row = saved_ptr + (t * B + rows)[:, None] * (4 * H) + offs_h[None, :]
+            tl.store(s_row + 0 * H, tl.where(m2, gr, 0.0), mask=keep)
+            tl.store(s_row + 1 * H, tl.where(m2, gz, 0.0), mask=keep)
+            tl.store(s_row + 2 * H, tl.where(m2, gn, 0.0), mask=keep)
+            tl.store(s_row + 3 * H, tl.where(m2, acc_n, 0.0), mask=keep)
+        tl.store(dst + own, tl.where(m2, h_new, h_old), mask=keep)
+        tl.store(y_ptr + t[:, None] * stride_yt + rows[:, None] * stride_yb + offs_h[None, :],
+                 tl.where(m2, h_new, 0.0).to(y_ptr.dtype.element_ty), mask=keep)
+        if GRID_SYNC:
+            _group_barrier(counter_ptr, (s + 1) * n_cols)
+
+
+@triton.jit
+def _gru_bwd_persistent_kernel(
+    dy_ptr,       # (D, T, B, H) gradient of the outputs, contiguous
+    saved_ptr,    # (D, T, B, 4H) float32 r, z, n, gh_n from the forward
+    h_prev_ptr,   # (D, T, B, H) h_{t-1} of each step in the direction of travel, contiguous
+    w_hh_ptr,     # (D, 3H, H) recurrent weights, contiguous
+    lengths_ptr,  # (B,) int32 valid steps per row (HAS_LENGTHS)
+    dxw_ptr,      # (D, T, B, 3H) float32 out: gradient of xw (dr_pre, dz_pre, dn_pre), zero at padding
+    dghn_ptr,     # (D, T, B, H) float32 out: gradient of gh_n (dn_pre * r), zero at padding
+    dh_state_ptr, # (D, 2, B, H) float32 in/out: slot 0 holds dh_n; slot T % 2 ends with dh_0
+    counter_ptr,  # (D * batch tiles,) int32 zeros: one barrier counter per program group
+    T, B, H,
+    first_reverse, step_begin, step_end,
+    HAS_LENGTHS: tl.constexpr, PHASES: tl.constexpr, GRID_SYNC: tl.constexpr,
+    DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    """Back-propagation through time split like the forward: program j owns hidden units
+    [j*BLOCK_H, (j+1)*BLOCK_H). dh_{t-1} = dh_t * z + (dr_pre, dz_pre, dghn) W_hh, where the
+    first term is elementwise (own units only) and the second needs every unit's gradients.
+    Per step (reverse order), phase 1 takes its units' total dh_t = dy_t + carry (its own
+    dh_state columns), writes their gradients (dxw's r, z, n slots and dghn) and the direct
+    term dh_t * z into its columns of dh_{t-1}; a grid barrier; phase 2 contracts the whole
+    (dr_pre, dz_pre, dghn) row of step t (B x 3H, from L2) with its slices W_g[:, its units]
+    (held on chip) and adds the result to its columns of dh_{t-1}. Every dh_state column is
+    written and read by the one program that owns it, and each step writes its own rows of dxw
+    and dghn (never overwritten later), so the barrier before phase 2 is the only cross-program
+    dependency: one per step (plus a program-local debug_barrier after phase 2, see there).
+    PHASES: 1 or 2 runs only that phase (one launch per phase and step, under the
+    interpreter), 3 both with the barrier."""
+    col0 = tl.program_id(0) * BLOCK_H
+    d = tl.program_id(1).to(tl.int64)
+    tile = tl.program_id(2)
+    rev = ((first_reverse + d) % 2) == 1
+    n_cols = tl.num_programs(0)
+    rows32 = tile * BLOCK_B + tl.arange(0, BLOCK_B)
+    mask_b = rows32 < B
+    rows = rows32.to(tl.int64)
+    if HAS_LENGTHS:
+        lengths = tl.load(lengths_ptr + rows32, mask=mask_b, other=0)
+    else:
+        lengths = tl.zeros([BLOCK_B], dtype=tl.int32) + T
+    counter_ptr += d * tl.num_programs(2) + tile
+    dy_ptr += d * T * B * H
+    saved_ptr += d * T * B * 4 * H
+    h_prev_ptr += d * T * B * H
+    w_hh_ptr += d * 3 * H * H
+    dxw_ptr += d * T * B * 3 * H
+    dghn_ptr += d * T * B * H
+    dh_state_ptr += d * 2 * B * H
+
+    offs_h = col0 + tl.arange(0, BLOCK_H)
+    mask_h = offs_h < H
+    ar_k = tl.arange(0, BLOCK_P)
+    mask_k = ar_k < H
+    keep = mask_b[:, None] & mask_h[None, :]
+    own = rows[:, None] * H + offs_h[None, :]
+    if PHASES != 1:
+        # W_g[:, own units] (H x BLOCK_H) per gate: dh_{t-1}[:, own] += sum_g dgh_g W_g[:, own].
+        w_r = load_tile(w_hh_ptr + 0 * H * H, ar_k, offs_h, H, 1, H, H)
+        w_z = load_tile(w_hh_ptr + 1 * H * H, ar_k, offs_h, H, 1, H, H)
+        w_n = load_tile(w_hh_ptr + 2 * H * H, ar_k, offs_h, H, 1, H, H)
+
+    for i in range(step_begin, step_end):
+        s = T - 1 - i
+        t, active = step_time_index(s, lengths, rev)
+        live = mask_b & active
+        m2 = live[:, None] & mask_h[None, :]
+        src = dh_state_ptr + (i % 2) * B * H
+        dst = dh_state_ptr + ((i + 1) % 2) * B * H
+        if PHASES != 2:
+            seq = (t * B + rows)[:, None] * H + offs_h[None, :]
+            # Total gradient of h_t = output gradient + gradient carried from step t+1.
+            carry = tl.load(src + own, mask=keep, other=0.0)
+            dh = tl.load(dy_ptr + seq, mask=m2, other=0.0).to(tl.float32) + tl.where(m2, carry, 0.0)
+            s_row = (t * B + rows)[:, None] * (4 * H) + offs_h[None, :]
+            gr = tl.load(saved_ptr + s_row + 0 * H, mask=m2, other=0.0)
+            gz = tl.load(saved_ptr + s_row + 1 * H, mask=m2, other=0.0)
+            gn = tl.load(saved_ptr + s_row + 2 * H, mask=m2, other=0.0)
+            ghn = tl.load(saved_ptr + s_row + 3 * H, mask=m2, other=0.0)
+            h_prev = tl.load(h_prev_ptr + seq, mask=m2, other=0.0).to(tl.float32)
+            dn_pre = dh * (1.0 - gz) * (1.0 - gn * gn)
+            dz_pre = dh * (h_prev - gn) * gz * (1.0 - gz)
+            dr_pre = dn_pre * ghn * gr * (1.0 - gr)
+            x_row = (t * B + rows)[:, None] * (3 * H) + offs_h[None, :]
+            tl.store(dxw_ptr + x_row + 0 * H, tl.where(m2, dr_pre, 0.0), mask=keep)
+            tl.store(dxw_ptr + x_row + 1 * H, tl.where(m2, dz_pre, 0.0), mask=keep)
+            tl.store(dxw_ptr + x_row + 2 * H, tl.where(m2, dn_pre, 0.0), mask=keep)
+            tl.store(dghn_ptr + seq, tl.where(m2, dn_pre * gr, 0.0), mask=keep)
+            # The direct path h_{t-1} -> h_t through z * h_{t-1}; phase 2 adds the rest.
+            tl.store(dst + own, tl.where(m2, dh * gz, carry), mask=keep)
+        if GRID_SYNC:
+            _group_barrier(counter_ptr, (i + 1) * n_cols)
+        if PHASES != 1:
+            dmask = mask_b[:, None] & mask_k[None, :]
+            dx_row = dxw_ptr + (t * B + rows)[:, None] * (3 * H) + ar_k[None, :]
+            # .cg: the other programs' gradients of this step, from L2.
+            acc = mma(tl.load(dx_row + 0 * H, mask=dmask, other=0.0, cache_modifier=".cg"), w_r, DOT_FP32,
+                      INPUT_PRECISION)
+            acc += mma(tl.load(dx_row + 1 * H, mask=dmask, other=0.0, cache_modifier=".cg"), w_z, DOT_FP32,
+                       INPUT_PRECISION)
+            acc += mma(tl.load(dghn_ptr + (t * B + rows)[:, None] * H + ar_k[None, :], mask=dmask, other=0.0,
+                               cache_modifier=".cg"), w_n, DOT_FP32, INPUT_PRECISION)
+            direct = tl.load(dst + own, mask=keep, other=0.0)
+            tl.store(dst + own, tl.where(m2, direct + acc, direct), mask=keep)
+            # The next step's phase 1 reads these columns back, possibly in other threads of
+            # this program (the dot's layout is not the loads'): order the stores before it.
+            tl.debug_barrier()

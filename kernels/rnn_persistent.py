@@ -1,0 +1,181 @@
+"""Persistent multi-program Elman RNN (tanh or relu) forward and backward: the columns of one
+layer are split across co-resident programs, each holding its slice of W_hh on chip for the
+whole sequence.
+
+The design of kernels/lstm_persistent.py (read its docstring first) with the one-gate math of
+kernels/rnn.py, h_t = act(xw_t + h_{t-1} W_hh^T): grid (column blocks, directions, batch
+tiles); program j owns hidden units [j*BLOCK_H, (j+1)*BLOCK_H), i.e. W_hh rows of those units
+(BLOCK_H x H), loaded once. Per step it reads the whole h_{t-1} from L2, computes and writes
+its columns of h_t, and waits at the grid barrier of its (direction, batch tile) group
+(`_group_barrier`, shared with the LSTM).
+
+GRID_SYNC=False runs steps [step_begin, step_end) without the barrier (one launch per step
+under the interpreter); the backward's PHASES selects one half of a step for the same purpose.
+The saved activations and the backward's outputs (dpre, dh_0) have the layouts of
+kernels/rnn.py, so the two modes' tensors are interchangeable.
+"""
+
+import triton
+import triton.language as tl
+
+from recgen.kernels.lstm_persistent import _group_barrier
+from recgen.kernels.math import load_tile, mma, step_time_index, tanh
+
+
+@triton.jit
+def _rnn_fwd_persistent_kernel(
+    xw_ptr,       # (T, B, D*H) input projection x W_ih^T + b_ih + b_hh, last dim contiguous
+    w_hh_ptr,     # (D, H, H) recurrent weights, contiguous
+    lengths_ptr,  # (B,) int32 valid steps per row (HAS_LENGTHS)
+    y_ptr,        # (T, B, D*H) out: hidden states, zero at padding, last dim contiguous
+    act_ptr,      # (D, T, B, H) float32 out (SAVE): activations h_t, zero at padding
+    h_state_ptr,  # (D, 2, B, H) float32 in/out: slot 0 holds h0; slot T % 2 ends with h_n
+    counter_ptr,  # (D * batch tiles,) int32 zeros: one barrier counter per program group
+    T, B, H,
+    stride_xt, stride_xb, stride_yt, stride_yb,
+    first_reverse, step_begin, step_end,
+    HAS_LENGTHS: tl.constexpr, RELU: tl.constexpr, SAVE: tl.constexpr, GRID_SYNC: tl.constexpr,
+    DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    """Per step, program j computes h_t[:, its units] = act(xw_t + h_{t-1} W_hh[its units]^T)
+    from the whole h_{t-1} (read from L2) and its W_hh^T slice held on chip; one barrier per
+    step makes h_t whole before any program reads it."""
+    col0 = tl.program_id(0) * BLOCK_H
+    d = tl.program_id(1).to(tl.int64)
+    tile = tl.program_id(2)
+    rev = ((first_reverse + d) % 2) == 1
+    n_cols = tl.num_programs(0)
+    rows32 = tile * BLOCK_B + tl.arange(0, BLOCK_B)
+    mask_b = rows32 < B
+    rows = rows32.to(tl.int64)
+    if HAS_LENGTHS:
+        lengths = tl.load(lengths_ptr + rows32, mask=mask_b, other=0)
+    else:
+        lengths = tl.zeros([BLOCK_B], dtype=tl.int32) + T
+    counter_ptr += d * tl.num_programs(2) + tile
+    xw_ptr += d * H
+    y_ptr += d * H
+    w_hh_ptr += d * H * H
+    act_ptr += d * T * B * H
+    h_state_ptr += d * 2 * B * H
+
+    offs_h = col0 + tl.arange(0, BLOCK_H)
+    mask_h = offs_h < H
+    ar_p = tl.arange(0, BLOCK_P)
+    mask_p = ar_p < H
+    keep = mask_b[:, None] & mask_h[None, :]
+    own = rows[:, None] * H + offs_h[None, :]
+    # This program's slice of W_hh^T (H_in x BLOCK_H), held for the whole sequence.
+    w = load_tile(w_hh_ptr, ar_p, offs_h, 1, H, H, H)
+
+    for s in range(step_begin, step_end):
+        t, active = step_time_index(s, lengths, rev)
+        live = mask_b & active
+        m2 = live[:, None] & mask_h[None, :]
+        src = h_state_ptr + (s % 2) * B * H
+        dst = h_state_ptr + ((s + 1) % 2) * B * H
+        x_row = xw_ptr + t * stride_xt + rows * stride_xb
+        # .cg: from L2, never a stale L1 line of another program's h (they change every step).
+        h_prev = tl.load(src + rows[:, None] * H + ar_p[None, :], mask=mask_b[:, None] & mask_p[None, :],
+                         other=0.0, cache_modifier=".cg")
+        acc = tl.load(x_row[:, None] + offs_h[None, :], mask=m2, other=0.0).to(tl.float32)
+        acc += mma(h_prev, w, DOT_FP32, INPUT_PRECISION)
+        if RELU:
+            h_new = tl.where(acc < 0.0, 0.0, acc)  # as torch: relu(NaN) = NaN (tl.maximum drops NaN)
+        else:
+            h_new = tanh(acc)
+        if SAVE:
+            tl.store(act_ptr + (t * B + rows)[:, None] * H + offs_h[None, :], tl.where(m2, h_new, 0.0), mask=keep)
+        h_old = tl.load(src + own, mask=keep, other=0.0, cache_modifier=".cg")
+        tl.store(dst + own, tl.where(m2, h_new, h_old), mask=keep)
+        tl.store(y_ptr + t[:, None] * stride_yt + rows[:, None] * stride_yb + offs_h[None, :],
+                 tl.where(m2, h_new, 0.0).to(y_ptr.dtype.element_ty), mask=keep)
+        if GRID_SYNC:
+            _group_barrier(counter_ptr, (s + 1) * n_cols)
+
+
+@triton.jit
+def _rnn_bwd_persistent_kernel(
+    dy_ptr,       # (D, T, B, H) gradient of the outputs, contiguous
+    act_ptr,      # (D, T, B, H) float32 activations h_t from the forward
+    w_hh_ptr,     # (D, H, H) recurrent weights, contiguous
+    lengths_ptr,  # (B,) int32 valid steps per row (HAS_LENGTHS)
+    dpre_ptr,     # (D, T, B, H) float32 out: gradient of the pre-activation (= of xw), zero at padding
+    dh_state_ptr, # (D, 2, B, H) float32 in/out: slot 0 holds dh_n; slot T % 2 ends with dh_0
+    counter_ptr,  # (D * batch tiles,) int32 zeros: one barrier counter per program group
+    T, B, H,
+    first_reverse, step_begin, step_end,
+    HAS_LENGTHS: tl.constexpr, RELU: tl.constexpr, PHASES: tl.constexpr, GRID_SYNC: tl.constexpr,
+    DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    """Back-propagation through time split like the forward: program j owns hidden units
+    [j*BLOCK_H, (j+1)*BLOCK_H). dh_{t-1} = dpre_t W_hh, dpre_t = dh_t * act'(pre_t). Per step
+    (reverse order), phase 1 takes its units' total dh_t = dy_t + carry (its own dh_state
+    columns) and writes their dpre_t; a grid barrier; phase 2 contracts the whole dpre_t row
+    (B x H, from L2) with its slice W_hh[:, its units] (held on chip) into its columns of
+    dh_{t-1}. Every dh_state column is written and read by the one program that owns it, and
+    each step writes its own rows of dpre (never overwritten later), so the barrier before
+    phase 2 is the only cross-program dependency: one per step (plus a program-local
+    debug_barrier after phase 2, see there). PHASES: 1 or 2 runs only that phase (one launch
+    per phase and step, under the interpreter), 3 both with the barrier."""
+    col0 = tl.program_id(0) * BLOCK_H
+    d = tl.program_id(1).to(tl.int64)
+    tile = tl.program_id(2)
+    rev = ((first_reverse + d) % 2) == 1
+    n_cols = tl.num_programs(0)
+    rows32 = tile * BLOCK_B + tl.arange(0, BLOCK_B)
+    mask_b = rows32 < B
+    rows = rows32.to(tl.int64)
+    if HAS_LENGTHS:
+        lengths = tl.load(lengths_ptr + rows32, mask=mask_b, other=0)
+    else:
+        lengths = tl.zeros([BLOCK_B], dtype=tl.int32) + T
+    counter_ptr += d * tl.num_programs(2) + tile
+    dy_ptr += d * T * B * H
+    act_ptr += d * T * B * H
+    w_hh_ptr += d * H * H
+    dpre_ptr += d * T * B * H
+    dh_state_ptr += d * 2 * B * H
+
+    offs_h = col0 + tl.arange(0, BLOCK_H)
+    mask_h = offs_h < H
+    ar_k = tl.arange(0, BLOCK_P)
+    mask_k = ar_k < H
+    keep = mask_b[:, None] & mask_h[None, :]
+    own = rows[:, None] * H + offs_h[None, :]
+    if PHASES != 1:
+        # W_hh[:, own units] (H x BLOCK_H): dh_{t-1}[:, own] = dpre_t W_hh[:, own].
+        w = load_tile(w_hh_ptr, ar_k, offs_h, H, 1, H, H)
+
+    for i in range(step_begin, step_end):
+        s = T - 1 - i
+        t, active = step_time_index(s, lengths, rev)
+        live = mask_b & active
+        m2 = live[:, None] & mask_h[None, :]
+        src = dh_state_ptr + (i % 2) * B * H
+        dst = dh_state_ptr + ((i + 1) % 2) * B * H
+        if PHASES != 2:
+            seq = (t * B + rows)[:, None] * H + offs_h[None, :]
+            # Total gradient of h_t = output gradient + gradient carried from the next step.
+            dh = tl.load(dy_ptr + seq, mask=m2, other=0.0).to(tl.float32) + tl.load(src + own, mask=m2, other=0.0)
+            a = tl.load(act_ptr + seq, mask=m2, other=0.0)
+            if RELU:
+                # torch's threshold_backward on the output: zero where a <= 0, so a NaN passes dh on
+                dpre = tl.where(a <= 0.0, 0.0, dh)
+            else:
+                dpre = dh * (1.0 - a * a)
+            tl.store(dpre_ptr + seq, tl.where(m2, dpre, 0.0), mask=keep)
+        if GRID_SYNC:
+            _group_barrier(counter_ptr, (i + 1) * n_cols)
+        if PHASES != 1:
+            # .cg: the other programs' dpre columns of this step, from L2.
+            dp = tl.load(dpre_ptr + (t * B + rows)[:, None] * H + ar_k[None, :],
+                         mask=mask_b[:, None] & mask_k[None, :], other=0.0, cache_modifier=".cg")
+            acc = mma(dp, w, DOT_FP32, INPUT_PRECISION)
+            carry = tl.load(src + own, mask=keep, other=0.0)
+            tl.store(dst + own, tl.where(m2, acc, carry), mask=keep)
+            # The next step's phase 1 reads these columns back, possibly in other threads of
+            # this program (the dot's layout is not the loads'): order the stores before it.
+            tl.debug_barrier()
