@@ -37,6 +37,27 @@ def _group_barrier(counter_ptr, target):
 
 
 @triton.jit
+def group_tile(lengths_ptr, B, T, first_reverse, HAS_LENGTHS: tl.constexpr, BLOCK_B: tl.constexpr,
+               BLOCK_H: tl.constexpr):
+    """This program's place in a persistent grid (column block, direction, batch tile): its first
+    hidden unit, direction d (int64) and whether it runs reversed, the number of column blocks
+    (programs per barrier group), its group's counter index, and its batch rows (mask, int64
+    indices, valid steps per row)."""
+    col0 = tl.program_id(0) * BLOCK_H
+    d = tl.program_id(1).to(tl.int64)
+    tile = tl.program_id(2)
+    rows32 = tile * BLOCK_B + tl.arange(0, BLOCK_B)
+    mask_b = rows32 < B
+    if HAS_LENGTHS:
+        lengths = tl.load(lengths_ptr + rows32, mask=mask_b, other=0)
+    else:
+        lengths = tl.zeros([BLOCK_B], dtype=tl.int32) + T
+    rev = ((first_reverse + d) % 2) == 1
+    group = d * tl.num_programs(2) + tile
+    return col0, d, rev, tl.num_programs(0), group, mask_b, rows32.to(tl.int64), lengths
+
+
+@triton.jit
 def _lstm_fwd_persistent_kernel(
     xw_ptr,       # (T, B, D*4H) input projection with both biases, last dim contiguous
     w_hh_ptr,     # (D, 4H, H) recurrent weights, contiguous
@@ -54,19 +75,9 @@ def _lstm_fwd_persistent_kernel(
     DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    col0 = tl.program_id(0) * BLOCK_H
-    d = tl.program_id(1).to(tl.int64)
-    tile = tl.program_id(2)
-    rev = ((first_reverse + d) % 2) == 1
-    n_cols = tl.num_programs(0)
-    rows32 = tile * BLOCK_B + tl.arange(0, BLOCK_B)
-    mask_b = rows32 < B
-    rows = rows32.to(tl.int64)
-    if HAS_LENGTHS:
-        lengths = tl.load(lengths_ptr + rows32, mask=mask_b, other=0)
-    else:
-        lengths = tl.zeros([BLOCK_B], dtype=tl.int32) + T
-    counter_ptr += d * tl.num_programs(2) + tile
+    col0, d, rev, n_cols, group, mask_b, rows, lengths = group_tile(lengths_ptr, B, T, first_reverse,
+                                                                    HAS_LENGTHS, BLOCK_B, BLOCK_H)
+    counter_ptr += group
     xw_ptr += d * 4 * H
     y_ptr += d * H
     w_hh_ptr += d * 4 * H * H
@@ -155,19 +166,9 @@ def _lstm_bwd_persistent_kernel(
     its units of dh_{t-1}. Phase 1 of the next step reads only this program's own carries, and
     each step writes its own dgates_t, so one barrier per step suffices. PHASES: 1 or 2 runs only
     that phase (one launch per phase and step, under the interpreter), 3 both with the barrier."""
-    col0 = tl.program_id(0) * BLOCK_H
-    d = tl.program_id(1).to(tl.int64)
-    tile = tl.program_id(2)
-    rev = ((first_reverse + d) % 2) == 1
-    n_cols = tl.num_programs(0)
-    rows32 = tile * BLOCK_B + tl.arange(0, BLOCK_B)
-    mask_b = rows32 < B
-    rows = rows32.to(tl.int64)
-    if HAS_LENGTHS:
-        lengths = tl.load(lengths_ptr + rows32, mask=mask_b, other=0)
-    else:
-        lengths = tl.zeros([BLOCK_B], dtype=tl.int32) + T
-    counter_ptr += d * tl.num_programs(2) + tile
+    col0, d, rev, n_cols, group, mask_b, rows, lengths = group_tile(lengths_ptr, B, T, first_reverse,
+                                                                    HAS_LENGTHS, BLOCK_B, BLOCK_H)
+    counter_ptr += group
     dy_ptr += d * T * B * H
     gates_ptr += d * T * B * 4 * H
     c_ptr += d * T * B * H

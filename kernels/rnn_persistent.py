@@ -18,7 +18,7 @@ kernels/rnn.py, so the two modes' tensors are interchangeable.
 import triton
 import triton.language as tl
 
-from recgen.kernels.lstm_persistent import _group_barrier
+from recgen.kernels.lstm_persistent import _group_barrier, group_tile
 from recgen.kernels.math import load_tile, mma, step_time_index, tanh
 
 
@@ -41,19 +41,9 @@ def _rnn_fwd_persistent_kernel(
     """Per step, program j computes h_t[:, its units] = act(xw_t + h_{t-1} W_hh[its units]^T)
     from the whole h_{t-1} (read from L2) and its W_hh^T slice held on chip; one barrier per
     step makes h_t whole before any program reads it."""
-    col0 = tl.program_id(0) * BLOCK_H
-    d = tl.program_id(1).to(tl.int64)
-    tile = tl.program_id(2)
-    rev = ((first_reverse + d) % 2) == 1
-    n_cols = tl.num_programs(0)
-    rows32 = tile * BLOCK_B + tl.arange(0, BLOCK_B)
-    mask_b = rows32 < B
-    rows = rows32.to(tl.int64)
-    if HAS_LENGTHS:
-        lengths = tl.load(lengths_ptr + rows32, mask=mask_b, other=0)
-    else:
-        lengths = tl.zeros([BLOCK_B], dtype=tl.int32) + T
-    counter_ptr += d * tl.num_programs(2) + tile
+    col0, d, rev, n_cols, group, mask_b, rows, lengths = group_tile(lengths_ptr, B, T, first_reverse,
+                                                                    HAS_LENGTHS, BLOCK_B, BLOCK_H)
+    counter_ptr += group
     xw_ptr += d * H
     y_ptr += d * H
     w_hh_ptr += d * H * H
@@ -120,19 +110,9 @@ def _rnn_bwd_persistent_kernel(
     phase 2 is the only cross-program dependency: one per step (plus a program-local
     debug_barrier after phase 2, see there). PHASES: 1 or 2 runs only that phase (one launch
     per phase and step, under the interpreter), 3 both with the barrier."""
-    col0 = tl.program_id(0) * BLOCK_H
-    d = tl.program_id(1).to(tl.int64)
-    tile = tl.program_id(2)
-    rev = ((first_reverse + d) % 2) == 1
-    n_cols = tl.num_programs(0)
-    rows32 = tile * BLOCK_B + tl.arange(0, BLOCK_B)
-    mask_b = rows32 < B
-    rows = rows32.to(tl.int64)
-    if HAS_LENGTHS:
-        lengths = tl.load(lengths_ptr + rows32, mask=mask_b, other=0)
-    else:
-        lengths = tl.zeros([BLOCK_B], dtype=tl.int32) + T
-    counter_ptr += d * tl.num_programs(2) + tile
+    col0, d, rev, n_cols, group, mask_b, rows, lengths = group_tile(lengths_ptr, B, T, first_reverse,
+                                                                    HAS_LENGTHS, BLOCK_B, BLOCK_H)
+    counter_ptr += group
     dy_ptr += d * T * B * H
     act_ptr += d * T * B * H
     w_hh_ptr += d * H * H
