@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 import recgen
+from recgen.ops.config import persistent_enabled
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PROVIDERS = ("recgen", "cudnn", "compile", "flashrnn", "reference")
@@ -247,6 +248,8 @@ def measure(case: Case, provider: str, pass_: str, device: str, rounds: int, war
             row["ms"], row["peak_mb"] = time_step(step, rounds, warmup, cuda)
     if not cuda:
         row["note"] = "CPU timing (Triton interpreter for recgen): not kernel speed"
+    elif provider == "recgen" and case.family == "recurrent" and persistent_enabled():
+        row["note"] = "RECGEN_PERSISTENT=1: persistent multi-program mode where weights do not fit one program"
     return row
 
 
