@@ -4,9 +4,9 @@
     model = recgen.convert(model)            # swap every nn.RNN/GRU/LSTM(/Cell) in place
     lstm = recgen.nn.LSTM(64, 128, num_layers=2, batch_first=True)
 
-Importing recgen registers its ops with torch.library (torch.ops.recgen.*) when Triton is
-installed; kernels compile on first launch. Without Triton the package and its reference path
-still work.
+Triton is imported when a recgen op is first used; its torch.library ops (torch.ops.recgen.*)
+register then (`recgen.ops.register_all()` does it up front). Without Triton the package and
+its reference path still work.
 """
 
 __version__ = "0.1.0"

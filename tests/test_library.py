@@ -22,6 +22,7 @@ TOL = TOLERANCES[torch.float32]
 CUDA = torch.cuda.is_available()
 BACKEND = "inductor" if CUDA else "aot_eager"
 pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+recgen.ops.register_all()  # the tests call torch.ops.recgen.* directly
 
 
 def rnd(*shape, device="cpu", dtype=torch.float32, grad=False):
@@ -151,9 +152,9 @@ def test_registration_kind():
     from recgen.backend import interpreting
 
     if interpreting():
-        assert library.KIND == "custom_op"
+        assert library.kind() == "custom_op"
     else:
-        assert library.KIND == ("triton_op" if hasattr(torch.library, "triton_op") else "custom_op")
+        assert library.kind() == ("triton_op" if hasattr(torch.library, "triton_op") else "custom_op")
 
 
 def test_registration_falls_back_to_custom_op_without_triton_op(monkeypatch):
@@ -187,6 +188,26 @@ def test_triton_op_registration_traces_every_kernel():
     kernels = dict(line.split() for line in done.stdout.splitlines())
     assert RECURRENT_OPS <= set(kernels)
     assert all(int(n) >= 1 for n in kernels.values()), kernels
+
+
+def test_interpreter_turned_on_after_import_runs_eagerly():
+    """`recgen check` on a machine without CUDA imports recgen, then turns the interpreter on:
+    Triton must not have been imported yet (its own jit functions would not be interpreted),
+    and the ops, registered on first use, are then custom_ops whose kernels run eagerly."""
+    code = (
+        "import os, sys, torch, recgen\n"
+        "assert 'triton' not in sys.modules\n"
+        "os.environ['TRITON_INTERPRET'] = '1'\n"
+        "m = recgen.nn.GRU(3, 4)\n"
+        "x = torch.randn(2, 1, 3, requires_grad=True)\n"
+        "with recgen.backend.backend('triton'):\n"
+        "    m(x)[0].sum().backward()\n"
+        "print(recgen.ops.library.kind(), recgen.ops.LAUNCH_COUNTS['gru_fwd'], recgen.ops.LAUNCH_COUNTS['gru_bwd'])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "RECGEN_TORCH_OP")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["custom_op", "1", "1"]
 
 
 # --------------------------------------------------------------------------- torch.compile

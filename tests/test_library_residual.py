@@ -18,9 +18,10 @@ from torch import nn
 
 import recgen
 from recgen import functional
-from recgen.ops import LAUNCH_COUNTS
-from recgen.ops.library import KIND
+from recgen.ops import LAUNCH_COUNTS, library
 from recgen.testing import TOLERANCES, max_rel_error, randomise_norms
+
+recgen.ops.register_all()  # the tests call torch.ops.recgen.* directly
 
 N, CI, CO, H, W, K = 2, 3, 5, 5, 5, 3
 TOL = TOLERANCES[torch.float32]
@@ -121,10 +122,11 @@ TRACE_TRITON_OPS = r"""
 import torch
 from torch._functorch.aot_autograd import aot_function
 
-import recgen  # registers the ops
+import recgen
 from recgen.ops import library
 
-assert library.KIND == "triton_op", library.KIND
+recgen.ops.register_all()
+assert library.kind() == "triton_op", library.kind()
 N, CI, CO, H, W, K = 2, 3, 5, 5, 5, 3
 r = lambda *shape: torch.randn(*shape)
 cl = lambda t: t.contiguous(memory_format=torch.channels_last)
@@ -291,7 +293,7 @@ def test_compile_residual_blocks(train):
 def test_compile_inductor_fused_conv2d():
     """Inductor compiles the graph around the op (CPU C++ code) and calls the op itself; under the
     interpreter the op is a custom_op, opaque to Inductor."""
-    assert KIND == "custom_op" or torch.cuda.is_available()
+    assert library.kind() == "custom_op" or torch.cuda.is_available()
 
     def fn(x, w, in_scale, in_shift, out_scale, out_shift, residual):
         return _fused(x.sin(), w, in_scale, in_shift, out_scale, out_shift, residual).cos()

@@ -1,15 +1,23 @@
 """Launchers, torch.library ops and autograd Functions of the Triton kernels.
 
-Importing this package registers the ops (torch.ops.recgen.*, see recgen/ops/library.py) when
-triton is installed; the kernels themselves are compiled on first launch. Without triton the
-ops are not registered and recgen runs its reference path.
+The op modules (lstm, gru, rnn, fused_conv, affine) register torch.ops.recgen.* when they are
+first imported, which recgen's functions do on first use (and torch.compile while tracing).
+They are not imported with the package: importing them imports Triton, and `recgen check`
+must be able to turn Triton's interpreter on after `import recgen` on a machine without CUDA.
+`import recgen.ops.lstm` (etc.) registers an op explicitly; `register_all()` registers every one.
 """
 
-from recgen.backend import triton_available
 from recgen.ops._launch import LAUNCH_COUNTS
 
-__all__ = ["LAUNCH_COUNTS"]
+__all__ = ["LAUNCH_COUNTS", "register_all"]
 
-if triton_available():
-    from recgen.ops import affine, fused_conv, gru, lstm, rnn  # importing registers the ops
-    __all__ += ["affine", "fused_conv", "gru", "lstm", "rnn"]
+
+OP_MODULES = ("lstm", "gru", "rnn", "fused_conv", "affine")
+
+
+def register_all() -> None:
+    """Import every op module, registering torch.ops.recgen.* (needs Triton)."""
+    import importlib
+
+    for name in OP_MODULES:
+        importlib.import_module(f"recgen.ops.{name}")

@@ -9,7 +9,7 @@ Every launcher that starts a kernel is registered as `torch.ops.recgen.<name>`:
   with fake tensors. The op is then opaque to the compiler, which still compiles the model
   around it without a graph break.
 RECGEN_TORCH_OP=custom_op forces the second form (a way out should a torch release trace a
-launcher wrongly). The choice is made once, when recgen.ops is imported.
+launcher wrongly). The choice is made once, when the first op registers (see kind()).
 
 Differentiable ops get their autograd with `torch.library.register_autograd`, from the
 setup_context/backward of the op's autograd Function (LSTMFunction, ...), so eager calls,
@@ -43,12 +43,21 @@ def registration_kind() -> str:
     return "custom_op"
 
 
-KIND = registration_kind()
+_chosen: dict = {}
+
+
+def kind() -> str:
+    """The registration form of recgen's ops: registration_kind() when the first op registers
+    (an op module's first import, after `recgen check` may have turned the interpreter on),
+    then fixed for the process, as the registrations are."""
+    if "kind" not in _chosen:
+        _chosen["kind"] = registration_kind()
+    return _chosen["kind"]
 
 
 def define(name: str, schema: str, fake):
-    """Decorator: register `fn` as torch.ops.recgen.<name> with `schema` (the kind chosen by
-    registration_kind); `fake` computes output metadata for the custom_op form. Ops never
+    """Decorator: register `fn` as torch.ops.recgen.<name> with `schema` (in the form kind()
+    gives); `fake` computes output metadata for the custom_op form. Ops never
     mutate their inputs: every output is a fresh tensor.
 
     triton_op infers the schema from fn's type annotations (it ignores a given one), so the
@@ -56,7 +65,7 @@ def define(name: str, schema: str, fake):
     qualname = f"{NAMESPACE}::{name}"
 
     def register(fn):
-        if KIND == "custom_op":
+        if kind() == "custom_op":
             op = torch.library.custom_op(qualname, fn, mutates_args=(), schema=schema)
             op.register_fake(fake)
             return op
@@ -79,8 +88,11 @@ def register_function(name: str, function: type) -> None:
 
 def traceable(kernel):
     """The kernel as called by launchers: through wrap_triton for triton_op registration (a plain
-    call outside tracing), the kernel itself otherwise."""
-    return torch.library.wrap_triton(kernel) if KIND == "triton_op" else kernel
+    call outside tracing), the kernel itself otherwise. A process that turns the interpreter on
+    after importing recgen (as `recgen check` does on a machine without CUDA) keeps triton_ops
+    whose kernels are interpreted: they are called directly (eager works; such a process cannot
+    torch.compile them)."""
+    return torch.library.wrap_triton(kernel) if kind() == "triton_op" and not interpreting() else kernel
 
 
 def absent_like(t: torch.Tensor) -> torch.Tensor:
