@@ -22,8 +22,8 @@ from recgen.ops.config import recurrence_config
 from recgen.ops.persistent import gru_bwd_persistent, gru_fwd_persistent
 from recgen.ops.library import absent_like, check_saved, define, fresh, needs_saving, register_function
 from recgen.ops.recurrence import (
-    bmm_t, direction_major, h_prev_directions, layer_grid, lengths_arg, projected_inputs, stacked,
-    time_major, zeros_if_none,
+    bmm_t, direction_major, h_prev_directions, layer_grid, lengths_arg, ping_pong_state,
+    projected_inputs, stacked, time_major, zeros_if_none,
 )
 
 
@@ -49,8 +49,7 @@ def gru_fwd(xw, h0, w_hh, b_hh, lengths, first_reverse, save=True):
         cfg = recurrence_config(3, H, H, w_hh.dtype)  # not co-resident: streamed
     y = new_output((T, B, D * H), xw.dtype, xw.device)
     saved = new_output((D, T, B, 4 * H), torch.float32, xw.device) if save else None
-    h_state = torch.empty((D, 2, B, H), device=xw.device, dtype=torch.float32)
-    h_state[:, 0].copy_(h0)
+    h_state = ping_pong_state(h0)
     w_hh_c = w_hh.contiguous()
     launch(
         "gru_fwd", _gru_fwd_kernel, layer_grid(B, cfg, D),
@@ -85,8 +84,7 @@ def gru_bwd(dy, dhn, saved, h_prev, w_hh, lengths, first_reverse):
         cfg = recurrence_config(3, H, H, w_hh.dtype)  # not co-resident: streamed
     dxw = new_output((D, T, B, 3 * H), torch.float32, saved.device)
     dghn = new_output((D, T, B, H), torch.float32, saved.device)
-    dh_state = torch.empty((D, 2, B, H), device=saved.device, dtype=torch.float32)
-    dh_state[:, 0].copy_(dhn)
+    dh_state = ping_pong_state(dhn)
     launch(
         "gru_bwd", _gru_bwd_kernel, layer_grid(B, cfg, D),
         dy_ptr=dy, saved_ptr=saved, h_prev_ptr=h_prev.contiguous(), w_hh_ptr=w_hh.contiguous(),

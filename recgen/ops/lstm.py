@@ -21,8 +21,8 @@ from recgen.ops.config import recurrence_config
 from recgen.ops.persistent import lstm_bwd_persistent, lstm_fwd_persistent
 from recgen.ops.library import absent_like, check_saved, define, fresh, needs_saving, register_function
 from recgen.ops.recurrence import (
-    bmm_t, direction_major, h_prev_directions, layer_grid, lengths_arg, projected_inputs, stacked,
-    time_major, zeros_if_none,
+    bmm_t, direction_major, h_prev_directions, layer_grid, lengths_arg, ping_pong_state,
+    projected_inputs, stacked, time_major, zeros_if_none,
 )
 
 
@@ -52,8 +52,7 @@ def lstm_fwd(xw, h0, c0, w_hh, w_hr, lengths, first_reverse, save=True):
     gates = new_output((D, T, B, 4 * H), torch.float32, xw.device) if save else None
     c_all = new_output((D, T, B, H), torch.float32, xw.device) if save else None
     m_all = new_output((D, T, B, H), torch.float32, xw.device) if has_proj else None
-    h_state = torch.empty((D, 2, B, P), device=xw.device, dtype=torch.float32)
-    h_state[:, 0].copy_(h0)
+    h_state = ping_pong_state(h0)
     c_state = c0.to(torch.float32, copy=True).contiguous()
     launch(
         "lstm_fwd", _lstm_fwd_kernel, layer_grid(B, cfg, D),
@@ -92,8 +91,7 @@ def lstm_bwd(dy, dhn, dcn, gates, c_all, c0, w_hh, w_hr, lengths, first_reverse)
         cfg = recurrence_config(4, H, P, w_hh.dtype, has_proj)  # not co-resident: streamed
     dgates = new_output((D, T, B, 4 * H), torch.float32, gates.device)
     dh_all = new_output((D, T, B, P), torch.float32, gates.device) if has_proj else None
-    dh_state = torch.empty((D, 2, B, P), device=gates.device, dtype=torch.float32)
-    dh_state[:, 0].copy_(dhn)
+    dh_state = ping_pong_state(dhn)
     dc_state = dcn.to(torch.float32, copy=True).contiguous()
     launch(
         "lstm_bwd", _lstm_bwd_kernel, layer_grid(B, cfg, D),

@@ -18,7 +18,7 @@ import triton
 
 from recgen.backend import interpreting
 from recgen.ops._launch import dot_flags, launch, new_output
-from recgen.ops.recurrence import lengths_arg
+from recgen.ops.recurrence import lengths_arg, ping_pong_state
 
 COLUMNS_PER_PROGRAM = 16  # hidden units per program: tl.dot's minimum N
 MAX_BLOCK_B = 64          # batch rows per program; more rows make more groups
@@ -68,12 +68,7 @@ def lstm_fwd_persistent(xw, h0, c0, w_hh, lengths, first_reverse, save, plan: Pe
     and outputs. Returns None, having launched nothing, when the grid cannot be co-resident, or
     while torch.compile traces with fake tensors (no compiled kernel to measure): the caller then
     runs the streamed kernel."""
-    from torch._subclasses.fake_tensor import is_fake
-
     from recgen.kernels.lstm_persistent import _lstm_fwd_persistent_kernel
-
-    if is_fake(xw):
-        return None
 
     T, B, _ = xw.shape
     D, G4, H = w_hh.shape
@@ -81,8 +76,7 @@ def lstm_fwd_persistent(xw, h0, c0, w_hh, lengths, first_reverse, save, plan: Pe
     y = new_output((T, B, D * H), xw.dtype, xw.device)
     gates = new_output((D, T, B, 4 * H), torch.float32, xw.device) if save else None
     c_all = new_output((D, T, B, H), torch.float32, xw.device) if save else None
-    h_state = torch.empty((D, 2, B, H), device=xw.device, dtype=torch.float32)
-    h_state[:, 0].copy_(h0)
+    h_state = ping_pong_state(h0)
     c_state = c0.to(torch.float32, copy=True).contiguous()
     counters = torch.zeros(D * grid[2], dtype=torch.int32, device=xw.device)
     args = dict(
@@ -104,18 +98,13 @@ def lstm_fwd_persistent(xw, h0, c0, w_hh, lengths, first_reverse, save, plan: Pe
 def lstm_bwd_persistent(dy, dhn, dcn, gates, c_all, c0, w_hh, lengths, first_reverse, plan: PersistentPlan):
     """lstm_bwd (recgen/ops/lstm.py) in the persistent mode, without projection: the same inputs
     and outputs. Returns None, having launched nothing, where lstm_fwd_persistent would."""
-    from torch._subclasses.fake_tensor import is_fake
-
     from recgen.kernels.lstm_persistent import _lstm_bwd_persistent_kernel
 
-    if is_fake(gates):
-        return None
     D, T, B, G4 = gates.shape
     H = G4 // 4
     grid = plan.grid(B, H, D)
     dgates = new_output((D, T, B, 4 * H), torch.float32, gates.device)
-    dh_state = torch.empty((D, 2, B, H), device=gates.device, dtype=torch.float32)
-    dh_state[:, 0].copy_(dhn)
+    dh_state = ping_pong_state(dhn)
     dc_state = dcn.to(torch.float32, copy=True).contiguous()
     counters = torch.zeros(D * grid[2], dtype=torch.int32, device=gates.device)
     args = dict(
@@ -135,7 +124,12 @@ def _run_persistent(name, kernel, grid, steps, device, args, phases=False) -> bo
     """Launch a persistent kernel over `steps` steps: one launch with the grid barrier (PHASES=3
     when `phases`) after checking co-residency, or, under the interpreter, one launch per step
     (and per phase, 1 then 2, when `phases`). Returns False, having launched nothing, when the
-    grid cannot be co-resident."""
+    grid cannot be co-resident, or while torch.compile traces with fake tensors (there is no
+    compiled kernel to measure; the caller then traces the streamed kernel)."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    if any(is_fake(v) for v in args.values()):
+        return False
     if interpreting():
         for i in range(steps):  # launches are ordered: each sees the previous one's writes
             for extra in ({"PHASES": 1}, {"PHASES": 2}) if phases else ({},):
@@ -153,19 +147,14 @@ def _run_persistent(name, kernel, grid, steps, device, args, phases=False) -> bo
 def gru_fwd_persistent(xw, h0, w_hh, b_hh, lengths, first_reverse, save, plan: PersistentPlan):
     """gru_fwd (recgen/ops/gru.py) in the persistent mode: the same inputs and outputs. Returns
     None, having launched nothing, where lstm_fwd_persistent would."""
-    from torch._subclasses.fake_tensor import is_fake
-
     from recgen.kernels.gru_persistent import _gru_fwd_persistent_kernel
 
-    if is_fake(xw):
-        return None
     T, B, _ = xw.shape
     D, G3, H = w_hh.shape
     grid = plan.grid(B, H, D)
     y = new_output((T, B, D * H), xw.dtype, xw.device)
     saved = new_output((D, T, B, 4 * H), torch.float32, xw.device) if save else None
-    h_state = torch.empty((D, 2, B, H), device=xw.device, dtype=torch.float32)
-    h_state[:, 0].copy_(h0)
+    h_state = ping_pong_state(h0)
     w_hh_c = w_hh.contiguous()
     args = dict(
         xw_ptr=xw, w_hh_ptr=w_hh_c, b_hh_ptr=w_hh_c if b_hh is None else b_hh.contiguous(),
@@ -184,19 +173,14 @@ def gru_fwd_persistent(xw, h0, w_hh, b_hh, lengths, first_reverse, save, plan: P
 def gru_bwd_persistent(dy, dhn, saved, h_prev, w_hh, lengths, first_reverse, plan: PersistentPlan):
     """gru_bwd (recgen/ops/gru.py) in the persistent mode: the same inputs and outputs (dxw,
     dghn, dh0). Returns None, having launched nothing, where lstm_fwd_persistent would."""
-    from torch._subclasses.fake_tensor import is_fake
-
     from recgen.kernels.gru_persistent import _gru_bwd_persistent_kernel
 
-    if is_fake(saved):
-        return None
     D, T, B, G4 = saved.shape
     H = G4 // 4
     grid = plan.grid(B, H, D)
     dxw = new_output((D, T, B, 3 * H), torch.float32, saved.device)
     dghn = new_output((D, T, B, H), torch.float32, saved.device)
-    dh_state = torch.empty((D, 2, B, H), device=saved.device, dtype=torch.float32)
-    dh_state[:, 0].copy_(dhn)
+    dh_state = ping_pong_state(dhn)
     args = dict(
         dy_ptr=dy, saved_ptr=saved, h_prev_ptr=h_prev.contiguous(), w_hh_ptr=w_hh.contiguous(),
         lengths_ptr=lengths_arg(lengths, saved), dxw_ptr=dxw, dghn_ptr=dghn, dh_state_ptr=dh_state,
@@ -213,21 +197,16 @@ def gru_bwd_persistent(dy, dhn, saved, h_prev, w_hh, lengths, first_reverse, pla
 def rnn_fwd_persistent(xw, h0, w_hh, lengths, first_reverse, nonlinearity, save, plan: PersistentPlan):
     """rnn_fwd (recgen/ops/rnn.py) in the persistent mode: the same inputs and outputs. Returns
     None, having launched nothing, where lstm_fwd_persistent would."""
-    from torch._subclasses.fake_tensor import is_fake
-
     from recgen.kernels.rnn_persistent import _rnn_fwd_persistent_kernel
     from recgen.ops.rnn import _relu_flag
 
     relu = _relu_flag(nonlinearity)
-    if is_fake(xw):
-        return None
     T, B, _ = xw.shape
     D, H, _ = w_hh.shape
     grid = plan.grid(B, H, D)
     y = new_output((T, B, D * H), xw.dtype, xw.device)
     act = new_output((D, T, B, H), torch.float32, xw.device) if save else None
-    h_state = torch.empty((D, 2, B, H), device=xw.device, dtype=torch.float32)
-    h_state[:, 0].copy_(h0)
+    h_state = ping_pong_state(h0)
     args = dict(
         xw_ptr=xw, w_hh_ptr=w_hh.contiguous(), lengths_ptr=lengths_arg(lengths, xw), y_ptr=y,
         act_ptr=act if save else y, h_state_ptr=h_state,
@@ -245,19 +224,14 @@ def rnn_fwd_persistent(xw, h0, w_hh, lengths, first_reverse, nonlinearity, save,
 def rnn_bwd_persistent(dy, dhn, act, w_hh, lengths, first_reverse, nonlinearity, plan: PersistentPlan):
     """rnn_bwd (recgen/ops/rnn.py) in the persistent mode: the same inputs and outputs (dpre,
     dh0). Returns None, having launched nothing, where lstm_fwd_persistent would."""
-    from torch._subclasses.fake_tensor import is_fake
-
     from recgen.kernels.rnn_persistent import _rnn_bwd_persistent_kernel
     from recgen.ops.rnn import _relu_flag
 
     relu = _relu_flag(nonlinearity)
-    if is_fake(act):
-        return None
     D, T, B, H = act.shape
     grid = plan.grid(B, H, D)
     dpre = new_output((D, T, B, H), torch.float32, act.device)
-    dh_state = torch.empty((D, 2, B, H), device=act.device, dtype=torch.float32)
-    dh_state[:, 0].copy_(dhn)
+    dh_state = ping_pong_state(dhn)
     args = dict(
         dy_ptr=dy, act_ptr=act, w_hh_ptr=w_hh.contiguous(), lengths_ptr=lengths_arg(lengths, act),
         dpre_ptr=dpre, dh_state_ptr=dh_state,

@@ -22,8 +22,8 @@ from recgen.ops.config import recurrence_config
 from recgen.ops.persistent import rnn_bwd_persistent, rnn_fwd_persistent
 from recgen.ops.library import absent_like, check_saved, define, fresh, needs_saving, register_function
 from recgen.ops.recurrence import (
-    bmm_t, direction_major, h_prev_directions, layer_grid, lengths_arg, projected_inputs, stacked,
-    time_major, zeros_if_none,
+    bmm_t, direction_major, h_prev_directions, layer_grid, lengths_arg, ping_pong_state,
+    projected_inputs, stacked, time_major, zeros_if_none,
 )
 
 NONLINEARITIES = ("tanh", "relu")
@@ -58,8 +58,7 @@ def rnn_fwd(xw, h0, w_hh, lengths, first_reverse, nonlinearity, save=True):
         cfg = recurrence_config(1, H, H, w_hh.dtype)  # not co-resident: streamed
     y = new_output((T, B, D * H), xw.dtype, xw.device)
     act = new_output((D, T, B, H), torch.float32, xw.device) if save else None
-    h_state = torch.empty((D, 2, B, H), device=xw.device, dtype=torch.float32)
-    h_state[:, 0].copy_(h0)
+    h_state = ping_pong_state(h0)
     launch(
         "rnn_fwd", _rnn_fwd_kernel, layer_grid(B, cfg, D),
         xw_ptr=xw, w_hh_ptr=w_hh.contiguous(), lengths_ptr=lengths_arg(lengths, xw),
@@ -90,8 +89,7 @@ def rnn_bwd(dy, dhn, act, w_hh, lengths, first_reverse, nonlinearity):
             return out
         cfg = recurrence_config(1, H, H, w_hh.dtype)  # not co-resident: streamed
     dpre = new_output((D, T, B, H), torch.float32, act.device)
-    dh_state = torch.empty((D, 2, B, H), device=act.device, dtype=torch.float32)
-    dh_state[:, 0].copy_(dhn)
+    dh_state = ping_pong_state(dhn)
     launch(
         "rnn_bwd", _rnn_bwd_kernel, layer_grid(B, cfg, D),
         dy_ptr=dy, act_ptr=act, w_hh_ptr=w_hh.contiguous(), lengths_ptr=lengths_arg(lengths, act),
