@@ -110,6 +110,29 @@ def _gru_fwd_kernel(
 
 
 @triton.jit
+def gru_gate_grads(dh, saved_ptr, h_prev_ptr, dxw_ptr, dghn_ptr, t, rows, offs_h, B, H, m2, keep):
+    """Step t's gate gradients of a (rows x units) block, from dh, the total gradient of h_t:
+    stores the r, z, n pre-activation gradients (dxw) and dghn (that of gh_n = h W_hn^T + b_hn);
+    returns z, for the direct term dh_t * z of dh_{t-1}. Shared with kernels/gru_persistent.py."""
+    seq = (t * B + rows)[:, None] * H + offs_h[None, :]
+    s_row = (t * B + rows)[:, None] * (4 * H) + offs_h[None, :]
+    gr = tl.load(saved_ptr + s_row + 0 * H, mask=m2, other=0.0)
+    gz = tl.load(saved_ptr + s_row + 1 * H, mask=m2, other=0.0)
+    gn = tl.load(saved_ptr + s_row + 2 * H, mask=m2, other=0.0)
+    ghn = tl.load(saved_ptr + s_row + 3 * H, mask=m2, other=0.0)
+    h_prev = tl.load(h_prev_ptr + seq, mask=m2, other=0.0).to(tl.float32)
+    dn_pre = dh * (1.0 - gz) * (1.0 - gn * gn)
+    dz_pre = dh * (h_prev - gn) * gz * (1.0 - gz)
+    dr_pre = dn_pre * ghn * gr * (1.0 - gr)
+    x_row = (t * B + rows)[:, None] * (3 * H) + offs_h[None, :]
+    tl.store(dxw_ptr + x_row + 0 * H, tl.where(m2, dr_pre, 0.0), mask=keep)
+    tl.store(dxw_ptr + x_row + 1 * H, tl.where(m2, dz_pre, 0.0), mask=keep)
+    tl.store(dxw_ptr + x_row + 2 * H, tl.where(m2, dn_pre, 0.0), mask=keep)
+    tl.store(dghn_ptr + seq, tl.where(m2, dn_pre * gr, 0.0), mask=keep)
+    return gz
+
+
+@triton.jit
 def _gru_bwd_kernel(
     dy_ptr,       # (D, T, B, H) gradient of the outputs, contiguous
     saved_ptr,    # (D, T, B, 4H) float32 r, z, n, gh_n from the forward
@@ -158,20 +181,7 @@ def _gru_bwd_kernel(
             # Total gradient of h_t = output gradient + gradient carried from step t+1.
             dh = tl.load(dy_ptr + seq, mask=m2, other=0.0).to(tl.float32) \
                 + tl.load(src + rows[:, None] * H + offs_h[None, :], mask=m2, other=0.0)
-            s_row = (t * B + rows)[:, None] * (4 * H) + offs_h[None, :]
-            gr = tl.load(saved_ptr + s_row + 0 * H, mask=m2, other=0.0)
-            gz = tl.load(saved_ptr + s_row + 1 * H, mask=m2, other=0.0)
-            gn = tl.load(saved_ptr + s_row + 2 * H, mask=m2, other=0.0)
-            ghn = tl.load(saved_ptr + s_row + 3 * H, mask=m2, other=0.0)
-            h_prev = tl.load(h_prev_ptr + seq, mask=m2, other=0.0).to(tl.float32)
-            dn_pre = dh * (1.0 - gz) * (1.0 - gn * gn)
-            dz_pre = dh * (h_prev - gn) * gz * (1.0 - gz)
-            dr_pre = dn_pre * ghn * gr * (1.0 - gr)
-            x_row = (t * B + rows)[:, None] * (3 * H) + offs_h[None, :]
-            tl.store(dxw_ptr + x_row + 0 * H, tl.where(m2, dr_pre, 0.0), mask=keep)
-            tl.store(dxw_ptr + x_row + 1 * H, tl.where(m2, dz_pre, 0.0), mask=keep)
-            tl.store(dxw_ptr + x_row + 2 * H, tl.where(m2, dn_pre, 0.0), mask=keep)
-            tl.store(dghn_ptr + seq, tl.where(m2, dn_pre * gr, 0.0), mask=keep)
+            gru_gate_grads(dh, saved_ptr, h_prev_ptr, dxw_ptr, dghn_ptr, t, rows, offs_h, B, H, m2, keep)
         tl.debug_barrier()  # every gate gradient of step t is written before it is contracted
         # dh_{t-1} = dh_t * z + (dr_pre, dz_pre, dn_pre * r) W_hh, one column block at a time.
         for p0 in range(0, H, BLOCK_P):

@@ -17,6 +17,7 @@ of kernels/gru.py, so the two modes' tensors are interchangeable.
 import triton
 import triton.language as tl
 
+from recgen.kernels.gru import gru_gate_grads
 from recgen.kernels.lstm_persistent import _group_barrier, group_tile
 from recgen.kernels.math import load_tile, mma, sigmoid, step_time_index, tanh
 
@@ -174,20 +175,7 @@ def _gru_bwd_persistent_kernel(
             # Total gradient of h_t = output gradient + gradient carried from step t+1.
             carry = tl.load(src + own, mask=keep, other=0.0)
             dh = tl.load(dy_ptr + seq, mask=m2, other=0.0).to(tl.float32) + tl.where(m2, carry, 0.0)
-            s_row = (t * B + rows)[:, None] * (4 * H) + offs_h[None, :]
-            gr = tl.load(saved_ptr + s_row + 0 * H, mask=m2, other=0.0)
-            gz = tl.load(saved_ptr + s_row + 1 * H, mask=m2, other=0.0)
-            gn = tl.load(saved_ptr + s_row + 2 * H, mask=m2, other=0.0)
-            ghn = tl.load(saved_ptr + s_row + 3 * H, mask=m2, other=0.0)
-            h_prev = tl.load(h_prev_ptr + seq, mask=m2, other=0.0).to(tl.float32)
-            dn_pre = dh * (1.0 - gz) * (1.0 - gn * gn)
-            dz_pre = dh * (h_prev - gn) * gz * (1.0 - gz)
-            dr_pre = dn_pre * ghn * gr * (1.0 - gr)
-            x_row = (t * B + rows)[:, None] * (3 * H) + offs_h[None, :]
-            tl.store(dxw_ptr + x_row + 0 * H, tl.where(m2, dr_pre, 0.0), mask=keep)
-            tl.store(dxw_ptr + x_row + 1 * H, tl.where(m2, dz_pre, 0.0), mask=keep)
-            tl.store(dxw_ptr + x_row + 2 * H, tl.where(m2, dn_pre, 0.0), mask=keep)
-            tl.store(dghn_ptr + seq, tl.where(m2, dn_pre * gr, 0.0), mask=keep)
+            gz = gru_gate_grads(dh, saved_ptr, h_prev_ptr, dxw_ptr, dghn_ptr, t, rows, offs_h, B, H, m2, keep)
             # The direct path h_{t-1} -> h_t through z * h_{t-1}; phase 2 adds the rest.
             tl.store(dst + own, tl.where(m2, dh * gz, carry), mask=keep)
         if GRID_SYNC:

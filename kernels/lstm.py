@@ -139,6 +139,33 @@ def _lstm_fwd_kernel(
 
 
 @triton.jit
+def lstm_gate_grads(dm, gates_ptr, c_ptr, c0_ptr, dgates_ptr, dc_state_ptr, t, t_prev, has_prev, rows,
+                    offs_h, B, H, m2, keep):
+    """Step t's gate gradients of a (rows x units) block, from dm, the gradient of m_t = o *
+    tanh(c_t): stores the four gate pre-activation gradients (dgates) and updates the dc carry in
+    dc_state. Shared with kernels/lstm_persistent.py."""
+    g_row = (t * B + rows)[:, None] * (4 * H) + offs_h[None, :]
+    gi = tl.load(gates_ptr + g_row + 0 * H, mask=m2, other=0.0)
+    gf = tl.load(gates_ptr + g_row + 1 * H, mask=m2, other=0.0)
+    gg = tl.load(gates_ptr + g_row + 2 * H, mask=m2, other=0.0)
+    go = tl.load(gates_ptr + g_row + 3 * H, mask=m2, other=0.0)
+    c = tl.load(c_ptr + (t * B + rows)[:, None] * H + offs_h[None, :], mask=m2, other=0.0)
+    # c_{t-1}: the previous step's cell state, or c0 on a sequence's first step.
+    state = rows[:, None] * H + offs_h[None, :]
+    c_prev = tl.load(c_ptr + (t_prev * B + rows)[:, None] * H + offs_h[None, :],
+                     mask=m2 & has_prev[:, None], other=0.0) \
+        + tl.load(c0_ptr + state, mask=m2 & ~has_prev[:, None], other=0.0)
+    dc_carry = tl.load(dc_state_ptr + state, mask=keep, other=0.0)
+    tc = tanh(c)
+    dc = dc_carry + dm * go * (1.0 - tc * tc)
+    tl.store(dgates_ptr + g_row + 0 * H, tl.where(m2, dc * gg * gi * (1.0 - gi), 0.0), mask=keep)
+    tl.store(dgates_ptr + g_row + 1 * H, tl.where(m2, dc * c_prev * gf * (1.0 - gf), 0.0), mask=keep)
+    tl.store(dgates_ptr + g_row + 2 * H, tl.where(m2, dc * gi * (1.0 - gg * gg), 0.0), mask=keep)
+    tl.store(dgates_ptr + g_row + 3 * H, tl.where(m2, dm * tc * go * (1.0 - go), 0.0), mask=keep)
+    tl.store(dc_state_ptr + state, tl.where(m2, dc * gf, dc_carry), mask=keep)
+
+
+@triton.jit
 def _lstm_bwd_kernel(
     dy_ptr,       # (D, T, B, P) gradient of the outputs, contiguous
     gates_ptr,    # (D, T, B, 4H) float32 activated gates from the forward
@@ -220,29 +247,8 @@ def _lstm_bwd_kernel(
                 dm = tl.load(dy_ptr + (t * B + rows)[:, None] * P + offs_h[None, :], mask=m2,
                              other=0.0).to(tl.float32) \
                     + tl.load(src + rows[:, None] * P + offs_h[None, :], mask=m2, other=0.0)
-            g_row = (t * B + rows)[:, None] * (4 * H) + offs_h[None, :]
-            gi = tl.load(gates_ptr + g_row + 0 * H, mask=m2, other=0.0)
-            gf = tl.load(gates_ptr + g_row + 1 * H, mask=m2, other=0.0)
-            gg = tl.load(gates_ptr + g_row + 2 * H, mask=m2, other=0.0)
-            go = tl.load(gates_ptr + g_row + 3 * H, mask=m2, other=0.0)
-            c = tl.load(c_ptr + (t * B + rows)[:, None] * H + offs_h[None, :], mask=m2, other=0.0)
-            # c_{t-1}: the previous step's cell state, or c0 on a sequence's first step.
-            c_prev = tl.load(c_ptr + (t_prev * B + rows)[:, None] * H + offs_h[None, :],
-                             mask=m2 & has_prev[:, None], other=0.0) \
-                + tl.load(c0_ptr + rows[:, None] * H + offs_h[None, :], mask=m2 & ~has_prev[:, None], other=0.0)
-            dc_carry = tl.load(dc_state_ptr + rows[:, None] * H + offs_h[None, :], mask=keep, other=0.0)
-            tc = tanh(c)
-            dc = dc_carry + dm * go * (1.0 - tc * tc)
-            d_i = dc * gg * gi * (1.0 - gi)
-            d_f = dc * c_prev * gf * (1.0 - gf)
-            d_g = dc * gi * (1.0 - gg * gg)
-            d_o = dm * tc * go * (1.0 - go)
-            tl.store(dgates_ptr + g_row + 0 * H, tl.where(m2, d_i, 0.0), mask=keep)
-            tl.store(dgates_ptr + g_row + 1 * H, tl.where(m2, d_f, 0.0), mask=keep)
-            tl.store(dgates_ptr + g_row + 2 * H, tl.where(m2, d_g, 0.0), mask=keep)
-            tl.store(dgates_ptr + g_row + 3 * H, tl.where(m2, d_o, 0.0), mask=keep)
-            tl.store(dc_state_ptr + rows[:, None] * H + offs_h[None, :],
-                     tl.where(m2, dc * gf, dc_carry), mask=keep)
+            lstm_gate_grads(dm, gates_ptr, c_ptr, c0_ptr, dgates_ptr, dc_state_ptr, t, t_prev, has_prev, rows,
+                            offs_h, B, H, m2, keep)
         tl.debug_barrier()  # every gate gradient of step t is written before it is contracted
         for p0 in range(0, P, BLOCK_P):
             offs_p = p0 + ar_p

@@ -22,6 +22,7 @@ backward is the single-program kernel's.
 import triton
 import triton.language as tl
 
+from recgen.kernels.lstm import lstm_gate_grads
 from recgen.kernels.math import load_tile, mma, sigmoid, step_time_index, tanh
 
 
@@ -198,28 +199,13 @@ def _lstm_bwd_persistent_kernel(
         m2 = live[:, None] & mask_h[None, :]
         src = dh_state_ptr + (i % 2) * B * H
         dst = dh_state_ptr + ((i + 1) % 2) * B * H
-        g_row = (t * B + rows)[:, None] * (4 * H) + offs_h[None, :]
         if PHASES != 2:
             t_prev = tl.where(rev, t + 1, t - 1)
             has_prev = (lengths * 0 + s) > 0  # per row, so it broadcasts into the load masks
             dm = tl.load(dy_ptr + (t * B + rows)[:, None] * H + offs_h[None, :], mask=m2, other=0.0).to(tl.float32) \
                 + tl.load(src + own, mask=m2, other=0.0)
-            gi = tl.load(gates_ptr + g_row + 0 * H, mask=m2, other=0.0)
-            gf = tl.load(gates_ptr + g_row + 1 * H, mask=m2, other=0.0)
-            gg = tl.load(gates_ptr + g_row + 2 * H, mask=m2, other=0.0)
-            go = tl.load(gates_ptr + g_row + 3 * H, mask=m2, other=0.0)
-            c = tl.load(c_ptr + (t * B + rows)[:, None] * H + offs_h[None, :], mask=m2, other=0.0)
-            c_prev = tl.load(c_ptr + (t_prev * B + rows)[:, None] * H + offs_h[None, :],
-                             mask=m2 & has_prev[:, None], other=0.0) \
-                + tl.load(c0_ptr + own, mask=m2 & ~has_prev[:, None], other=0.0)
-            dc_carry = tl.load(dc_state_ptr + own, mask=keep, other=0.0)
-            tc = tanh(c)
-            dc = dc_carry + dm * go * (1.0 - tc * tc)
-            tl.store(dgates_ptr + g_row + 0 * H, tl.where(m2, dc * gg * gi * (1.0 - gi), 0.0), mask=keep)
-            tl.store(dgates_ptr + g_row + 1 * H, tl.where(m2, dc * c_prev * gf * (1.0 - gf), 0.0), mask=keep)
-            tl.store(dgates_ptr + g_row + 2 * H, tl.where(m2, dc * gi * (1.0 - gg * gg), 0.0), mask=keep)
-            tl.store(dgates_ptr + g_row + 3 * H, tl.where(m2, dm * tc * go * (1.0 - go), 0.0), mask=keep)
-            tl.store(dc_state_ptr + own, tl.where(m2, dc * gf, dc_carry), mask=keep)
+            lstm_gate_grads(dm, gates_ptr, c_ptr, c0_ptr, dgates_ptr, dc_state_ptr, t, t_prev, has_prev, rows,
+                            offs_h, B, H, m2, keep)
         if GRID_SYNC:
             _group_barrier(counter_ptr, (i + 1) * n_cols)
         if PHASES != 1:
