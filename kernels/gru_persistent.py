@@ -30,7 +30,8 @@ def _gru_fwd_persistent_kernel(
     lengths_ptr,  # (B,) int32 valid steps per row (HAS_LENGTHS)
     y_ptr,        # (T, B, D*H) out: hidden states, zero at padding, last dim contiguous
     saved_ptr,    # (D, T, B, 4H) float32 out (SAVE): r, z, n and gh_n = h W_hn^T + b_hn, zero at padding
-    h_state_ptr,  # (D, 2, B, H) float32 in/out: slot 0 holds h0; slot T % 2 ends with h_n
+    h_state_ptr,  # (D, 2, B, H) in/out, the weights' dtype: h exchanged between programs, slot 0 holds h0
+    h_carry_ptr,  # (D, B, H) float32 in/out: holds h0, ends with h_n
     counter_ptr,  # (D * batch tiles,) int32 zeros: one barrier counter per program group
     T, B, H,
     stride_xt, stride_xb, stride_yt, stride_yb,
@@ -41,8 +42,9 @@ def _gru_fwd_persistent_kernel(
 ):
     """Per step, program j computes gh_g[:, its units] = h_{t-1} W_g[its units]^T + b_hg for
     g = r, z, n from the whole h_{t-1} (read from L2) and its W_g^T slices held on chip, then
-    r, z, n and h_t of its units (h_{t-1} of its own units reloaded for z * h_{t-1}); one barrier
-    per step makes h_t whole before any program reads it."""
+    r, z, n and h_t of its units (z * h_{t-1} from its own float32 columns of h, kept on chip);
+    one barrier per step makes h_t whole before any program reads it. h_t is exchanged in the
+    weights' dtype (as kernels/lstm_persistent.py explains)."""
     col0, d, rev, n_cols, group, mask_b, rows, lengths = group_tile(lengths_ptr, B, T, first_reverse,
                                                                     HAS_LENGTHS, BLOCK_B, BLOCK_H)
     counter_ptr += group
@@ -52,6 +54,7 @@ def _gru_fwd_persistent_kernel(
     b_hh_ptr += d * 3 * H
     saved_ptr += d * T * B * 4 * H
     h_state_ptr += d * 2 * B * H
+    h_carry_ptr += d * B * H
 
     offs_h = col0 + tl.arange(0, BLOCK_H)
     mask_h = offs_h < H
@@ -63,6 +66,7 @@ def _gru_fwd_persistent_kernel(
     w_r = load_tile(w_hh_ptr + 0 * H * H, ar_p, offs_h, 1, H, H, H)
     w_z = load_tile(w_hh_ptr + 1 * H * H, ar_p, offs_h, 1, H, H, H)
     w_n = load_tile(w_hh_ptr + 2 * H * H, ar_p, offs_h, 1, H, H, H)
+    h_carry = tl.load(h_carry_ptr + own, mask=keep, other=0.0)
     if HAS_BIAS:
         b_r = tl.load(b_hh_ptr + 0 * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
         b_z = tl.load(b_hh_ptr + 1 * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
@@ -95,19 +99,20 @@ def _gru_fwd_persistent_kernel(
         gr = sigmoid(x_r + acc_r)
         gz = sigmoid(x_z + acc_z)
         gn = tanh(x_n + gr * acc_n)
-        h_old = tl.load(src + own, mask=keep, other=0.0, cache_modifier=".cg")
-        h_new = (1.0 - gz) * gn + gz * h_old
+        h_new = (1.0 - gz) * gn + gz * h_carry
         if SAVE:
             s_row = saved_ptr + (t * B + rows)[:, None] * (4 * H) + offs_h[None, :]
             tl.store(s_row + 0 * H, tl.where(m2, gr, 0.0), mask=keep)
             tl.store(s_row + 1 * H, tl.where(m2, gz, 0.0), mask=keep)
             tl.store(s_row + 2 * H, tl.where(m2, gn, 0.0), mask=keep)
             tl.store(s_row + 3 * H, tl.where(m2, acc_n, 0.0), mask=keep)
-        tl.store(dst + own, tl.where(m2, h_new, h_old), mask=keep)
+        h_carry = tl.where(m2, h_new, h_carry)
+        tl.store(dst + own, h_carry.to(h_state_ptr.dtype.element_ty), mask=keep)
         tl.store(y_ptr + t[:, None] * stride_yt + rows[:, None] * stride_yb + offs_h[None, :],
                  tl.where(m2, h_new, 0.0).to(y_ptr.dtype.element_ty), mask=keep)
         if GRID_SYNC:
             _group_barrier(counter_ptr, (s + 1) * n_cols)
+    tl.store(h_carry_ptr + own, h_carry, mask=keep)
 
 
 @triton.jit

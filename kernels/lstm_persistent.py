@@ -10,6 +10,11 @@ incremented with release semantics and polled with acquire semantics, so every p
 columns are visible before any program reads h_t. The launcher guarantees the group is
 co-resident (recgen/ops/persistent.py); otherwise the barrier could never complete.
 
+h_t is exchanged in the weights' dtype, the operand dtype of the next step's dot (so the same
+values as a float32 exchange, at half the bytes and with no conversion buffer: the compiled
+kernel needs less shared memory and fewer registers, bench/kernel_resources.py). Each program
+keeps its own columns of h in float32 (h_carry) for the padding rows and h_n, as it does c.
+
 GRID_SYNC=False runs steps [step_begin, step_end) without the barrier: the launcher then starts
 one launch per step, which is how the Triton interpreter (one program at a time) checks the
 same per-step code on the CPU.
@@ -66,7 +71,8 @@ def _lstm_fwd_persistent_kernel(
     y_ptr,        # (T, B, D*H) out: hidden states, zero at padding, last dim contiguous
     gates_ptr,    # (D, T, B, 4H) float32 out (SAVE): activated gates
     c_ptr,        # (D, T, B, H) float32 out (SAVE): cell states
-    h_state_ptr,  # (D, 2, B, H) float32 in/out: slot 0 holds h0; slot T % 2 ends with h_n
+    h_state_ptr,  # (D, 2, B, H) in/out, the weights' dtype: h exchanged between programs, slot 0 holds h0
+    h_carry_ptr,  # (D, B, H) float32 in/out: holds h0, ends with h_n
     c_state_ptr,  # (D, B, H) float32 in/out: holds c0, ends with c_n
     counter_ptr,  # (D * batch tiles,) int32 zeros: one barrier counter per program group
     T, B, H,
@@ -85,6 +91,7 @@ def _lstm_fwd_persistent_kernel(
     gates_ptr += d * T * B * 4 * H
     c_ptr += d * T * B * H
     h_state_ptr += d * 2 * B * H
+    h_carry_ptr += d * B * H
     c_state_ptr += d * B * H
 
     offs_h = col0 + tl.arange(0, BLOCK_H)
@@ -99,6 +106,7 @@ def _lstm_fwd_persistent_kernel(
     w_o = load_tile(w_hh_ptr + 3 * H * H, ar_p, offs_h, 1, H, H, H)
     cs_off = rows[:, None] * H + offs_h[None, :]
     c_state = tl.load(c_state_ptr + cs_off, mask=keep, other=0.0)
+    h_carry = tl.load(h_carry_ptr + cs_off, mask=keep, other=0.0)
 
     for s in range(step_begin, step_end):
         t, active = step_time_index(s, lengths, rev)
@@ -133,13 +141,14 @@ def _lstm_fwd_persistent_kernel(
             tl.store(g_row + 2 * H, tl.where(m2, gg, 0.0), mask=keep)
             tl.store(g_row + 3 * H, tl.where(m2, go, 0.0), mask=keep)
             tl.store(c_ptr + seq_off, tl.where(m2, c_new, 0.0), mask=keep)
-        h_old = tl.load(src + rows[:, None] * H + offs_h[None, :], mask=keep, other=0.0, cache_modifier=".cg")
-        tl.store(dst + rows[:, None] * H + offs_h[None, :], tl.where(m2, h_new, h_old), mask=keep)
+        h_carry = tl.where(m2, h_new, h_carry)
+        tl.store(dst + cs_off, h_carry.to(h_state_ptr.dtype.element_ty), mask=keep)
         tl.store(y_ptr + t[:, None] * stride_yt + rows[:, None] * stride_yb + offs_h[None, :],
                  tl.where(m2, h_new, 0.0).to(y_ptr.dtype.element_ty), mask=keep)
         if GRID_SYNC:
             _group_barrier(counter_ptr, (s + 1) * n_cols)
     tl.store(c_state_ptr + cs_off, c_state, mask=keep)
+    tl.store(h_carry_ptr + cs_off, h_carry, mask=keep)
 
 
 @triton.jit

@@ -29,7 +29,8 @@ def _rnn_fwd_persistent_kernel(
     lengths_ptr,  # (B,) int32 valid steps per row (HAS_LENGTHS)
     y_ptr,        # (T, B, D*H) out: hidden states, zero at padding, last dim contiguous
     act_ptr,      # (D, T, B, H) float32 out (SAVE): activations h_t, zero at padding
-    h_state_ptr,  # (D, 2, B, H) float32 in/out: slot 0 holds h0; slot T % 2 ends with h_n
+    h_state_ptr,  # (D, 2, B, H) in/out, the weights' dtype: h exchanged between programs, slot 0 holds h0
+    h_carry_ptr,  # (D, B, H) float32 in/out: holds h0, ends with h_n
     counter_ptr,  # (D * batch tiles,) int32 zeros: one barrier counter per program group
     T, B, H,
     stride_xt, stride_xb, stride_yt, stride_yb,
@@ -40,7 +41,8 @@ def _rnn_fwd_persistent_kernel(
 ):
     """Per step, program j computes h_t[:, its units] = act(xw_t + h_{t-1} W_hh[its units]^T)
     from the whole h_{t-1} (read from L2) and its W_hh^T slice held on chip; one barrier per
-    step makes h_t whole before any program reads it."""
+    step makes h_t whole before any program reads it. h_t is exchanged in the weights' dtype and
+    each program keeps its own columns in float32 (as kernels/lstm_persistent.py explains)."""
     col0, d, rev, n_cols, group, mask_b, rows, lengths = group_tile(lengths_ptr, B, T, first_reverse,
                                                                     HAS_LENGTHS, BLOCK_B, BLOCK_H)
     counter_ptr += group
@@ -49,6 +51,7 @@ def _rnn_fwd_persistent_kernel(
     w_hh_ptr += d * H * H
     act_ptr += d * T * B * H
     h_state_ptr += d * 2 * B * H
+    h_carry_ptr += d * B * H
 
     offs_h = col0 + tl.arange(0, BLOCK_H)
     mask_h = offs_h < H
@@ -58,6 +61,7 @@ def _rnn_fwd_persistent_kernel(
     own = rows[:, None] * H + offs_h[None, :]
     # This program's slice of W_hh^T (H_in x BLOCK_H), held for the whole sequence.
     w = load_tile(w_hh_ptr, ar_p, offs_h, 1, H, H, H)
+    h_carry = tl.load(h_carry_ptr + own, mask=keep, other=0.0)
 
     for s in range(step_begin, step_end):
         t, active = step_time_index(s, lengths, rev)
@@ -77,12 +81,13 @@ def _rnn_fwd_persistent_kernel(
             h_new = tanh(acc)
         if SAVE:
             tl.store(act_ptr + (t * B + rows)[:, None] * H + offs_h[None, :], tl.where(m2, h_new, 0.0), mask=keep)
-        h_old = tl.load(src + own, mask=keep, other=0.0, cache_modifier=".cg")
-        tl.store(dst + own, tl.where(m2, h_new, h_old), mask=keep)
+        h_carry = tl.where(m2, h_new, h_carry)
+        tl.store(dst + own, h_carry.to(h_state_ptr.dtype.element_ty), mask=keep)
         tl.store(y_ptr + t[:, None] * stride_yt + rows[:, None] * stride_yb + offs_h[None, :],
                  tl.where(m2, h_new, 0.0).to(y_ptr.dtype.element_ty), mask=keep)
         if GRID_SYNC:
             _group_barrier(counter_ptr, (s + 1) * n_cols)
+    tl.store(h_carry_ptr + own, h_carry, mask=keep)
 
 
 @triton.jit

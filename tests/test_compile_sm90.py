@@ -18,14 +18,14 @@ pytest.importorskip("triton")
 COMPILE = r'''
 import importlib, sys
 import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+from recgen.aot import compile_kernel
+from recgen.ops.persistent import STATE_POINTERS
 
 module, name = sys.argv[1], sys.argv[2]
 fn = getattr(importlib.import_module(f"recgen.kernels.{module}"), name)
 assert isinstance(fn, triton.runtime.JITFunction), type(fn)
-# Pointers carrying the I/O dtype; the rest are float32 state or int32 lengths.
-io_pointers = {"xw_ptr", "y_ptr", "dy_ptr", "w_hh_ptr", "w_hr_ptr", "h_prev_ptr", "b_hh_ptr"}
+io_pointers = None  # recgen.aot.IO_POINTERS: the I/O dtype; the rest float32 state or int32
+state_pointers = ()
 flags = dict(REVERSE=True, HAS_LENGTHS=True, HAS_PROJ=True, HAS_BIAS=True, RELU=False, SAVE=True, BLOCK_B=16)
 variants = [
     ("resident-fp32", "fp32", dict(RESIDENT=True, BLOCK_H=32, BLOCK_P=32, DOT_FP32=True, INPUT_PRECISION="tf32")),
@@ -35,7 +35,6 @@ variants = [
                                          INPUT_PRECISION="ieee", REVERSE=False, HAS_LENGTHS=False,
                                          HAS_PROJ=False, HAS_BIAS=False, RELU=True, SAVE=False)),
 ]
-float_scalars = {"in_slope", "out_slope", "slope"}
 if module == "conv":
     io_pointers = {"x_ptr", "w_ptr", "res_ptr", "out_ptr"}
     flags = dict(K=3, STRIDE=1, UPSAMPLE=True, REFLECT=True, HAS_IN_SCALE=True, HAS_IN_SHIFT=True, IN_ACT=2,
@@ -75,6 +74,7 @@ if module in ("lstm_persistent", "gru_persistent", "rnn_persistent"):
                                        INPUT_PRECISION="ieee")),
     ]
     flags = dict(flags, PHASES=3)
+    state_pointers = STATE_POINTERS  # the forwards exchange h_t in the weights' dtype
 if module == "conv_bwd":
     io_pointers = {"dacc_ptr", "w_ptr", "x_ptr", "dx_ptr"}
     flags = dict(K=3, STRIDE=2, UPSAMPLE=True, REFLECT=True, HAS_IN_SCALE=True, HAS_IN_SHIFT=True, IN_ACT=2,
@@ -89,21 +89,8 @@ if module == "conv_bwd":
                                        BLOCK_P=16, BLOCK_CI=16, BLOCK_CO=16, BLOCK_R=16)),
     ]
 for variant, io, overrides in variants:
-    values = {**flags, **overrides}
-    signature, constexprs = {}, {}
-    for p in fn.params:
-        if p.is_constexpr:
-            signature[p.name] = "constexpr"
-            constexprs[(fn.arg_names.index(p.name),)] = values[p.name]
-        elif p.name in ("lengths_ptr", "counter_ptr"):
-            signature[p.name] = "*i32"
-        elif p.name.endswith("_ptr"):
-            signature[p.name] = f"*{io}" if p.name in io_pointers else "*fp32"
-        elif p.name in float_scalars:
-            signature[p.name] = "fp32"
-        else:
-            signature[p.name] = "i32"
-    compiled = triton.compile(ASTSource(fn, signature, constexprs=constexprs), target=GPUTarget("cuda", 90, 32))
+    extra = {"io_pointers": io_pointers} if io_pointers else {}
+    compiled = compile_kernel(fn, {**flags, **overrides}, io, state_pointers=state_pointers, **extra)
     print(f"compiled {name} {variant} cubin {len(compiled.asm['cubin'])} bytes")
 '''
 

@@ -11,7 +11,7 @@ import torch
 import recgen
 from recgen.ops import LAUNCH_COUNTS
 from recgen.ops.config import forced_mode, recurrence_config
-from recgen.ops.persistent import persistent_plan
+from recgen.ops.persistent_tiles import persistent_plans
 from recgen.testing import TOLERANCES, compare_direction, max_rel_error, random_direction_inputs
 
 CASES = [
@@ -119,16 +119,22 @@ def test_persistent_gru_rnn_module_bidirectional_and_no_grad(device, cls, kwargs
 
 def test_mode_rule():
     """Persistent only for a launcher that has it (the LSTM without projection, GRU, RNN), only
-    when forced or opted in on a GPU; its tiles cover H in blocks of 16 columns."""
+    when forced or opted in on a GPU; its candidate tiles cover H in blocks of 16 columns."""
     with forced_mode("persistent"):
         assert recurrence_config(4, 1024, 1024, torch.bfloat16, batch=40, persistent_capable=True).persistent \
-            == persistent_plan(40, 1024)
+            == persistent_plans(40, 1024)
         assert recurrence_config(4, 1024, 1024, torch.bfloat16, persistent_capable=False).persistent is None
     # Without forcing, the CPU never picks it (and a GPU only with RECGEN_PERSISTENT=1).
     assert recurrence_config(4, 1024, 1024, torch.bfloat16, persistent_capable=True).persistent is None
-    plan = persistent_plan(40, 1000)
-    assert (plan.block_b, plan.block_h, plan.block_p, plan.num_warps) == (64, 16, 1024, 8)
-    assert plan.grid(40, 1000, 2) == (63, 2, 1)
+    plans = persistent_plans(40, 1000)
+    assert [(p.block_b, p.block_h, p.block_p, p.num_warps) for p in plans] == [
+        (16, 16, 1024, 4), (16, 16, 1024, 8), (32, 16, 1024, 4), (32, 16, 1024, 8), (64, 16, 1024, 4),
+        (64, 16, 1024, 8)]
+    assert plans[0].grid(40, 1000, 2) == (63, 2, 3)
+    assert plans[-1].grid(40, 1000, 2) == (63, 2, 1)
+    # Never more rows per program than the batch needs.
+    assert {p.block_b for p in persistent_plans(1, 100)} == {16}
+    assert {p.block_b for p in persistent_plans(17, 100)} == {16, 32}
 
 
 @pytest.mark.gpu

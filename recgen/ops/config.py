@@ -13,8 +13,9 @@ Modes
 Rule: resident when the padded weights held by one program fit RESIDENT_BUDGET_BYTES (what one
 program can keep in registers and shared memory without spilling). Otherwise persistent where
 the launcher supports it and RECGEN_PERSISTENT=1 is set (opt-in until the mode has been run on
-a GPU; the launcher also checks, after compiling, that the compiled kernel's occupancy admits
-the whole grid at once, and streams if not); streamed otherwise. Under the interpreter the
+a GPU; the launcher then picks its tiles from the compiled candidates, checking that the device
+holds the whole grid at once, and streams if no candidate fits: recgen/ops/persistent_tiles.py);
+streamed otherwise. Under the interpreter the
 persistent mode runs only when forced (tests), one launch per step.
 """
 
@@ -44,7 +45,7 @@ class RecurrenceConfig:
     block_h: int   # hidden columns per tile (all of H when resident)
     block_p: int   # recurrent-width columns per tile (all of P when resident)
     num_warps: int
-    persistent: object = None  # a recgen.ops.persistent.PersistentPlan in the persistent mode
+    persistent: tuple = None  # the persistent mode's candidate tiles (persistent_tiles.persistent_plans)
 
 
 def _pow2(n: int) -> int:
@@ -71,9 +72,10 @@ def recurrence_config(gates: int, hidden: int, width: int, dtype: torch.dtype,
     else:
         mode = "persistent" if persistent_capable and persistent_enabled() else "streamed"
     if mode == "persistent" and persistent_capable:
-        from recgen.ops.persistent import persistent_plan
-        plan = persistent_plan(batch, hidden)
-        return RecurrenceConfig(False, plan.block_b, plan.block_h, plan.block_p, plan.num_warps, plan)
+        from recgen.ops.persistent_tiles import persistent_plans
+        plans = persistent_plans(batch, hidden)
+        first = plans[0]
+        return RecurrenceConfig(False, first.block_b, first.block_h, first.block_p, first.num_warps, plans)
     if mode == "resident":
         return RecurrenceConfig(True, MIN_DOT, h_pad, p_pad, num_warps=4)
     block = _forced["block"] or STREAM_BLOCK

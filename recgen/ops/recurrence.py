@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 
 
-def ping_pong_state(first: torch.Tensor) -> torch.Tensor:
-    """The kernels' float32 (D, 2, B, W) state scratch: slot 0 holds `first` (h0, or dh_n in a
-    backward), each step reads one slot and writes the other; slot T % 2 ends with the result."""
+def ping_pong_state(first: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The kernels' (D, 2, B, W) state scratch, float32 unless `dtype` says otherwise: slot 0
+    holds `first` (h0, or dh_n in a backward), each step reads one slot and writes the other;
+    slot T % 2 ends with the result."""
     D, B, W = first.shape
-    state = torch.empty((D, 2, B, W), device=first.device, dtype=torch.float32)
+    state = torch.empty((D, 2, B, W), device=first.device, dtype=dtype)
     state[:, 0].copy_(first)
     return state
 

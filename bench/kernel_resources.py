@@ -1,0 +1,107 @@
+"""Registers, spills, shared memory and occupancy of the persistent recurrence kernels on Hopper,
+measured without a GPU: each kernel is compiled for sm_90 by Triton's own compiler (ptxas
+included) and its cubin's resource usage is read with cuobjdump (recgen/aot.py).
+
+The persistent mode needs every program of a barrier group resident at once, so these numbers
+decide which tiles (BLOCK_B batch rows, warps) can run at all, and whether the W_hh slice a
+program holds spills to local memory. They are compile-time facts for the Triton version
+installed here (printed); the GPU machine's Triton may allocate differently, and the launcher
+re-checks the compiled kernel there.
+
+    python bench/kernel_resources.py [--kernel lstm_fwd] [--dtype bf16] [--hidden 512] --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import datetime
+import itertools
+import json
+import multiprocessing
+import os
+import sys
+
+KERNELS = {  # name: (module, function)
+    "lstm_fwd": ("lstm_persistent", "_lstm_fwd_persistent_kernel"),
+    "lstm_bwd": ("lstm_persistent", "_lstm_bwd_persistent_kernel"),
+    "gru_fwd": ("gru_persistent", "_gru_fwd_persistent_kernel"),
+    "gru_bwd": ("gru_persistent", "_gru_bwd_persistent_kernel"),
+    "rnn_fwd": ("rnn_persistent", "_rnn_fwd_persistent_kernel"),
+    "rnn_bwd": ("rnn_persistent", "_rnn_bwd_persistent_kernel"),
+}
+HIDDEN = (128, 256, 512, 1024)
+BLOCK_B = (16, 32, 64)
+WARPS = (4, 8)
+DTYPES = ("bf16", "fp32")
+GRID_BATCH = (1, 16, 64, 256)  # the benchmark grid's batch sizes (recgen.benchmark.RECURRENT_GRID)
+
+
+def _measure(job: tuple) -> dict:
+    """One compile in a worker process (never under the interpreter): the job's resource row."""
+    kernel, dtype, hidden, block_b, warps = job
+    import importlib
+
+    from recgen.aot import compile_kernel, resource_usage
+    from recgen.ops.persistent import STATE_POINTERS
+    from recgen.ops.persistent_tiles import COLUMNS_PER_PROGRAM
+
+    module, name = KERNELS[kernel]
+    fn = getattr(importlib.import_module(f"recgen.kernels.{module}"), name)
+    fp32 = dtype == "fp32"
+    values = dict(HAS_LENGTHS=False, SAVE=True, GRID_SYNC=True, PHASES=3, HAS_BIAS=True, RELU=False,
+                  DOT_FP32=fp32, INPUT_PRECISION="ieee", BLOCK_B=block_b, BLOCK_H=COLUMNS_PER_PROGRAM,
+                  BLOCK_P=hidden)
+    compiled = compile_kernel(fn, values, dtype, num_warps=warps, state_pointers=STATE_POINTERS)
+    return {"kernel": kernel, "dtype": dtype, "H": hidden, "block_b": block_b, **resource_usage(compiled)}
+
+
+def _with_occupancy(row: dict) -> dict:
+    from recgen.aot import SM90_LIMITS
+    from recgen.ops.persistent_tiles import COLUMNS_PER_PROGRAM, occupancy
+
+    per_sm = occupancy(row["registers"], row["num_warps"], row["shared_bytes"], SM90_LIMITS)
+    columns = -(-row["H"] // COLUMNS_PER_PROGRAM)
+    fits = {str(b): columns * -(-b // row["block_b"]) <= SM90_LIMITS["sms_h200"] * per_sm for b in GRID_BATCH}
+    return dict(row, programs_per_sm=per_sm, co_resident_h200_by_batch=fits)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kernel", action="append", choices=sorted(KERNELS))
+    parser.add_argument("--dtype", action="append", choices=DTYPES)
+    parser.add_argument("--hidden", action="append", type=int)
+    parser.add_argument("--block-b", action="append", type=int)
+    parser.add_argument("--warps", action="append", type=int)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--out", help="folder for kernel-resources-sm90.json")
+    args = parser.parse_args(argv)
+    os.environ.pop("TRITON_INTERPRET", None)  # workers compile for the GPU target
+    jobs = list(itertools.product(args.kernel or sorted(KERNELS), args.dtype or DTYPES, args.hidden or HIDDEN,
+                                  args.block_b or BLOCK_B, args.warps or WARPS))
+    import triton
+    rows = []
+    with concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for row in pool.map(_measure, jobs):
+            rows.append(_with_occupancy(row))
+            print(_line(rows[-1]), flush=True)
+    report = {"target": "sm_90 (Hopper), compiled without a GPU", "triton": triton.__version__,
+              "date": datetime.date.today().isoformat(), "rows": rows}
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        path = os.path.join(args.out, "kernel-resources-sm90.json")
+        with open(path, "w") as f:
+            json.dump(report, f, indent=1)
+        print(f"wrote {path}")
+    return 0
+
+
+def _line(row: dict) -> str:
+    fits = ",".join(b for b, ok in row["co_resident_h200_by_batch"].items() if ok) or "none"
+    return (f"{row['kernel']:9s} {row['dtype']:4s} H={row['H']:<5d} block_b={row['block_b']:<3d} "
+            f"warps={row['num_warps']} regs={row['registers']:<3d} stack={row['stack_bytes']:<5d} "
+            f"shared={row['shared_bytes']:<7d} per_sm={row['programs_per_sm']} co-resident at B={fits}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Tiles of the persistent multi-program mode (recgen/ops/persistent.py): the candidate plans,
+the co-residency check, the choice among the candidates, and the launch.
+
+The grid-wide barrier of a persistent kernel only completes if every program of a group runs at
+the same time, so before a launch the compiled kernel's occupancy (registers, shared memory and
+threads per program against the SM's limits, read from the device, never assumed) must admit the
+whole grid on the device's SMs.
+
+Tiles (batch rows per program, warps) are chosen per launch key from the compiled kernels, not
+timed: the candidates of persistent_plans() are compiled in their order of preference, and the
+first one that the device can hold at once (shared memory within the per-block limit, whole
+grid co-resident) and that spills no registers is taken; failing that, the co-resident one that
+spills least. The choice is cached per (kernel, shapes, dtypes, flags, device). If no candidate
+fits, the launcher runs the streamed single-program kernel instead. bench/kernel_resources.py
+shows what the candidates need on Hopper (compiled without a GPU).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+
+from recgen.backend import interpreting
+from recgen.ops._launch import launch
+
+COLUMNS_PER_PROGRAM = 16  # hidden units per program: tl.dot's minimum N
+BLOCK_B_CHOICES = (16, 32, 64)  # batch rows per program, smallest first (more, smaller groups)
+WARP_CHOICES = (4, 8)
+
+
+@dataclass(frozen=True)
+class PersistentPlan:
+    block_b: int      # batch rows per program
+    block_h: int      # hidden units (of every gate) per program
+    block_p: int      # the whole recurrent width, padded: h_{t-1} is read whole
+    num_warps: int
+
+    def grid(self, batch: int, hidden: int, directions: int) -> tuple:
+        return (triton.cdiv(hidden, self.block_h), directions, triton.cdiv(batch, self.block_b))
+
+    def launch_args(self) -> dict:
+        return {"BLOCK_B": self.block_b, "BLOCK_H": self.block_h, "BLOCK_P": self.block_p,
+                "num_warps": self.num_warps}
+
+
+def persistent_plans(batch: int, hidden: int) -> tuple:
+    """The candidate tiles for a persistent launch, in order of preference: fewest batch rows per
+    program first (a step's work spread over more programs; 16 is tl.dot's minimum), never more
+    rows than the batch needs, and for each 4 warps before 8 (8 halve each thread's share of the
+    W_hh slice and of h_{t-1}, which large H needs to avoid spilling)."""
+    block_p = max(16, triton.next_power_of_2(hidden))
+    most_rows = max(16, triton.next_power_of_2(batch))
+    return tuple(PersistentPlan(block_b, COLUMNS_PER_PROGRAM, block_p, warps)
+                 for block_b in BLOCK_B_CHOICES if block_b <= most_rows for warps in WARP_CHOICES)
+
+
+def occupancy(registers: int, num_warps: int, shared_bytes: int, limits: dict) -> int:
+    """Programs of a kernel one SM holds at once (0: it cannot launch at all), from its registers
+    per thread, warps and shared memory per program against the SM's limits: `registers`,
+    `threads`, `shared_bytes` per SM and `shared_per_block`. Registers are allocated per warp
+    in units of 256."""
+    if shared_bytes > limits["shared_per_block"]:
+        return 0
+    regs_per_warp = -(-registers * 32 // 256) * 256
+    counts = [limits["threads"] // (32 * num_warps), limits["registers"] // (regs_per_warp * num_warps)]
+    if shared_bytes:
+        counts.append(limits["shared_bytes"] // shared_bytes)
+    return max(0, min(counts))
+
+
+def programs_per_sm(compiled, device: torch.device) -> int:
+    """How many programs of a compiled kernel one SM of `device` holds at once (occupancy() on
+    the limits the device reports)."""
+    props = torch.cuda.get_device_properties(device)
+    needed = ("max_threads_per_multi_processor", "regs_per_multiprocessor", "shared_memory_per_multiprocessor")
+    if not all(hasattr(props, name) for name in needed) or not compiled.n_regs:
+        return 0  # a limit we cannot read: never assume residency (the caller streams)
+    limits = {"registers": props.regs_per_multiprocessor, "threads": props.max_threads_per_multi_processor,
+              "shared_bytes": props.shared_memory_per_multiprocessor,
+              "shared_per_block": getattr(props, "shared_memory_per_block_optin",
+                                          props.shared_memory_per_multiprocessor)}
+    return occupancy(compiled.n_regs, compiled.metadata.num_warps, compiled.metadata.shared, limits)
+
+
+def co_resident(compiled, programs: int, device: torch.device) -> bool:
+    """Whether `programs` programs of `compiled` can all be resident on the device at once."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return programs <= sms * programs_per_sm(compiled, device)
+
+
+# (kernel name, scalar arguments, tensor dtypes, device) -> the chosen PersistentPlan, or None
+# when no candidate fits: a choice costs compilations, so it is made once per key.
+_CHOSEN: dict = {}
+
+
+def _launch_key(name: str, args: dict, device: torch.device) -> tuple:
+    scalars = tuple(sorted((k, v) for k, v in args.items() if not isinstance(v, torch.Tensor)))
+    dtypes = tuple(sorted((k, str(v.dtype)) for k, v in args.items() if isinstance(v, torch.Tensor)))
+    return name, scalars, dtypes, str(device)
+
+
+def pick_plan(plans: tuple, fit):
+    """The first of `plans` that fits and spills nothing; else the fitting one that spills least
+    (the first of equals); else None. fit(plan): its spilled registers, or None when the device
+    cannot hold it."""
+    best = None
+    for plan in plans:
+        spills = fit(plan)
+        if spills is not None and (best is None or spills < best[0]):
+            best = (spills, plan)
+            if spills == 0:
+                break
+    return None if best is None else best[1]
+
+
+def _spills_if_resident(kernel, plan: PersistentPlan, grid: tuple, device: torch.device, args: dict):
+    """The registers `kernel` compiled with `plan`'s tiles spills, or None when the device cannot
+    hold it: too much shared memory per program (Triton raises OutOfResources when the kernel is
+    loaded), or a grid that cannot be resident all at once."""
+    from triton.runtime.errors import OutOfResources
+
+    compiled = kernel.warmup(grid=grid, **args, **plan.launch_args())
+    try:
+        compiled._init_handles()
+    except OutOfResources:
+        return None
+    if not co_resident(compiled, grid[0] * grid[1] * grid[2], device):
+        return None
+    return compiled.n_spills
+
+
+def choose_plan(name: str, kernel, plans: tuple, shape: tuple, device: torch.device, args: dict):
+    """The plan a persistent launch of `kernel` uses (pick_plan on the compiled candidates: the
+    rule in the module docstring), cached per launch key; None when no candidate fits the device.
+    shape: (batch, hidden, directions)."""
+    key = _launch_key(name, args, device)
+    if key not in _CHOSEN:
+        _CHOSEN[key] = pick_plan(plans, lambda plan: _spills_if_resident(kernel, plan, plan.grid(*shape), device,
+                                                                         args))
+    return _CHOSEN[key]
+
+
+def run_persistent(name: str, kernel, plans: tuple, shape: tuple, steps: int, device: torch.device, args: dict,
+                   phases: bool = False) -> bool:
+    """Launch a persistent kernel over `steps` steps with the tiles choose_plan() picks: one
+    launch with the grid barrier (PHASES=3 when `phases`). Under the interpreter, the first plan,
+    one launch per step (and per phase, 1 then 2, when `phases`): launches are ordered, so each
+    sees the previous one's writes. Returns False, having launched nothing, when no plan fits the
+    device, or while torch.compile traces with fake tensors (there is no compiled kernel to
+    measure; the caller then traces the streamed kernel). shape: (batch, hidden, directions);
+    the barrier counters are added to `args` here, one per group."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    if any(is_fake(v) for v in args.values()):
+        return False
+    if interpreting():
+        plan = plans[0]
+        grid = plan.grid(*shape)
+        args = dict(args, counter_ptr=torch.zeros(grid[1] * grid[2], dtype=torch.int32, device=device),
+                    **plan.launch_args())
+        for i in range(steps):
+            for extra in ({"PHASES": 1}, {"PHASES": 2}) if phases else ({},):
+                launch(name, kernel, grid, step_begin=i, step_end=i + 1, GRID_SYNC=False, **extra, **args)
+        return True
+    # The counters' size depends on the plan: a placeholder (same dtype) while choosing.
+    args = dict(args, step_begin=0, step_end=steps, GRID_SYNC=True, **({"PHASES": 3} if phases else {}))
+    plan = choose_plan(name, kernel, plans, shape, device,
+                       dict(args, counter_ptr=torch.zeros(1, dtype=torch.int32, device=device)))
+    if plan is None:
+        return False
+    grid = plan.grid(*shape)
+    launch(name, kernel, grid, counter_ptr=torch.zeros(grid[1] * grid[2], dtype=torch.int32, device=device),
+           **args, **plan.launch_args())
+    return True
