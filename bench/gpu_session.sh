@@ -7,9 +7,11 @@
 #   bash bench/gpu_session.sh integration  # torch.compile/opcheck, CUDA graphs, AMP, DDP, 2**31 offsets
 #   bash bench/gpu_session.sh bench      # recgen bench --quick: JSON, markdown, PNG
 #   bash bench/gpu_session.sh memory     # peak memory of forward+backward against cuDNN
-#   bash bench/gpu_session.sh persistent # the persistent LSTM forward: its gpu tests, then bench with it on
+#   bash bench/gpu_session.sh persistent # the persistent kernels: their gpu tests, then bench with them on
+#   bash bench/gpu_session.sh latency    # time per step: persistent (grid barrier) vs single-program vs cuDNN
+#   bash bench/gpu_session.sh resources  # registers/spills/shared memory of the persistent kernels (this Triton)
 set -uo pipefail
-stage=${1:?usage: gpu_session.sh check|tests|integration|bench|memory|persistent}
+stage=${1:?usage: gpu_session.sh check|tests|integration|bench|memory|persistent|latency|resources}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 out=${OUT:-$repo/bench/results/gpu-session}
 mkdir -p "$out" /tmp/recgen-site
@@ -35,6 +37,9 @@ case "$stage" in
            | tail -n 40 | tee "$out/pytest-persistent.txt"
          RECGEN_PERSISTENT=1 timeout 300 python3 -c "import recgen.cli as c; raise SystemExit(c.main(['bench', \
            '--quick', '--family', 'recurrent', '--out', '$out/persistent']))" 2>&1 | tee "$out/bench-persistent.txt" ;;
+  latency) timeout 560 python3 "$repo/bench/step_latency.py" --out "$out" 2>&1 | tee "$out/step-latency.txt" ;;
+  resources) timeout 560 python3 "$repo/bench/kernel_resources.py" --out "$out" 2>&1 | grep -v -i warn \
+           | tee "$out/kernel-resources.txt" ;;
   memory) timeout 560 python3 "$repo/bench/memory_usage.py" --out "$out" 2>&1 | tee "$out/memory.txt" ;;
   bench) timeout 560 python3 -c "import recgen.cli as c; raise SystemExit(c.main(['bench', '--quick', '--out', '$out']))" \
            2>&1 | tee "$out/bench.txt" ;;

@@ -66,6 +66,46 @@ def _with_occupancy(row: dict) -> dict:
     return dict(row, programs_per_sm=per_sm, co_resident_h200_by_batch=fits)
 
 
+def rule_choices(rows: list) -> list:
+    """What the launcher's rule (recgen.ops.persistent_tiles.pick_plan) would choose on an H200 from
+    these compile-time numbers, per (kernel, dtype, H, B) of the grid: the candidates in the
+    launcher's order, fitting when co-resident, ranked by spilled bytes (the stack)."""
+    from recgen.ops.persistent_tiles import persistent_plans, pick_plan
+
+    by_tiles = {(r["kernel"], r["dtype"], r["H"], r["block_b"], r["num_warps"]): r for r in rows}
+    choices = []
+    for kernel, dtype, hidden in sorted({(r["kernel"], r["dtype"], r["H"]) for r in rows}):
+        for batch in GRID_BATCH:
+            def fit(plan):
+                row = by_tiles.get((kernel, dtype, hidden, plan.block_b, plan.num_warps))
+                if row is None:
+                    raise LookupError(plan)
+                return row["stack_bytes"] if row["co_resident_h200_by_batch"][str(batch)] else None
+            try:
+                plan = pick_plan(persistent_plans(batch, hidden), fit)
+                choice = "streamed" if plan is None else f"{plan.block_b} rows, {plan.num_warps} warps"
+            except LookupError as missing:  # a probe run restricted to some tiles
+                plan, choice = None, f"not known: tiles {missing.args[0]} not compiled in this run"
+            row = None if plan is None else by_tiles[(kernel, dtype, hidden, plan.block_b, plan.num_warps)]
+            choices.append({"kernel": kernel, "dtype": dtype, "H": hidden, "B": batch, "choice": choice,
+                            "stack_bytes": None if row is None else row["stack_bytes"],
+                            "shared_bytes": None if row is None else row["shared_bytes"],
+                            "programs_per_sm": None if row is None else row["programs_per_sm"]})
+    return choices
+
+
+def to_markdown(report: dict) -> str:
+    lines = [f"Compiled for sm_90 without a GPU, Triton {report['triton']}, {report['date']}.", "",
+             "| kernel | dtype | H | B | rule's choice | spilled bytes/thread | shared bytes | programs/SM |",
+             "|---|---|---|---|---|---|---|---|"]
+    for c in report["choices"]:
+        lines.append(f"| {c['kernel']} | {c['dtype']} | {c['H']} | {c['B']} | {c['choice']} | "
+                     f"{'' if c['stack_bytes'] is None else c['stack_bytes']} | "
+                     f"{'' if c['shared_bytes'] is None else c['shared_bytes']} | "
+                     f"{'' if c['programs_per_sm'] is None else c['programs_per_sm']} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kernel", action="append", choices=sorted(KERNELS))
@@ -86,13 +126,15 @@ def main(argv=None) -> int:
             rows.append(_with_occupancy(row))
             print(_line(rows[-1]), flush=True)
     report = {"target": "sm_90 (Hopper), compiled without a GPU", "triton": triton.__version__,
-              "date": datetime.date.today().isoformat(), "rows": rows}
+              "date": datetime.date.today().isoformat(), "rows": rows, "choices": rule_choices(rows)}
+    print(to_markdown(report))
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        path = os.path.join(args.out, "kernel-resources-sm90.json")
-        with open(path, "w") as f:
-            json.dump(report, f, indent=1)
-        print(f"wrote {path}")
+        for name, text in (("kernel-resources-sm90.json", json.dumps(report, indent=1)),
+                           ("kernel-resources-sm90.md", to_markdown(report))):
+            with open(os.path.join(args.out, name), "w") as f:
+                f.write(text)
+            print(f"wrote {os.path.join(args.out, name)}")
     return 0
 
 
