@@ -58,18 +58,25 @@ def _measure(job: tuple) -> dict:
 
 def _with_occupancy(row: dict) -> dict:
     from recgen.aot import SM90_LIMITS
-    from recgen.ops.persistent_tiles import COLUMNS_PER_PROGRAM, occupancy
+    from recgen.ops.persistent_tiles import occupancy
 
-    per_sm = occupancy(row["registers"], row["num_warps"], row["shared_bytes"], SM90_LIMITS)
-    columns = -(-row["H"] // COLUMNS_PER_PROGRAM)
-    fits = {str(b): columns * -(-b // row["block_b"]) <= SM90_LIMITS["sms_h200"] * per_sm for b in GRID_BATCH}
-    return dict(row, programs_per_sm=per_sm, co_resident_h200_by_batch=fits)
+    return dict(row, programs_per_sm=occupancy(row["registers"], row["num_warps"], row["shared_bytes"], SM90_LIMITS))
+
+
+def _fit(row: dict, plan, batch: int):
+    """What the launcher's fit gives on an H200 from a probe row: (spilled bytes, plan with groups)."""
+    from recgen.aot import SM90_LIMITS
+    from recgen.ops.persistent_tiles import fitted
+
+    plan = fitted(plan, batch, row["H"], 1, row["programs_per_sm"], SM90_LIMITS["sms_h200"])
+    return None if plan is None else (row["stack_bytes"], plan)
 
 
 def rule_choices(rows: list) -> list:
     """What the launcher's rule (recgen.ops.persistent_tiles.pick_plan) would choose on an H200 from
-    these compile-time numbers, per (kernel, dtype, H, B) of the grid: the candidates in the
-    launcher's order, fitting when co-resident, ranked by spilled bytes (the stack)."""
+    these compile-time numbers, per (kernel, dtype, H, B) of the grid, one direction: the
+    candidates in the launcher's order, each with the groups that fit, ranked by spilled bytes
+    (the stack) and then rows per program and step."""
     from recgen.ops.persistent_tiles import persistent_plans, pick_plan
 
     by_tiles = {(r["kernel"], r["dtype"], r["H"], r["block_b"], r["num_warps"]): r for r in rows}
@@ -80,14 +87,17 @@ def rule_choices(rows: list) -> list:
                 row = by_tiles.get((kernel, dtype, hidden, plan.block_b, plan.num_warps))
                 if row is None:
                     raise LookupError(plan)
-                return row["stack_bytes"] if row["co_resident_h200_by_batch"][str(batch)] else None
+                return _fit(row, plan, batch)
             try:
-                plan = pick_plan(persistent_plans(batch, hidden), fit)
-                choice = "streamed" if plan is None else f"{plan.block_b} rows, {plan.num_warps} warps"
+                plan = pick_plan(persistent_plans(batch, hidden), fit, batch)
+                choice = "streamed" if plan is None else \
+                    f"{plan.block_b} rows x {plan.tiles(batch) // plan.groups} tiles, {plan.num_warps} warps"
             except LookupError as missing:  # a probe run restricted to some tiles
                 plan, choice = None, f"not known: tiles {missing.args[0]} not compiled in this run"
             row = None if plan is None else by_tiles[(kernel, dtype, hidden, plan.block_b, plan.num_warps)]
             choices.append({"kernel": kernel, "dtype": dtype, "H": hidden, "B": batch, "choice": choice,
+                            "groups": None if plan is None else plan.groups,
+                            "rows_per_step": None if plan is None else plan.rows_per_step(batch),
                             "stack_bytes": None if row is None else row["stack_bytes"],
                             "shared_bytes": None if row is None else row["shared_bytes"],
                             "programs_per_sm": None if row is None else row["programs_per_sm"]})
@@ -96,10 +106,11 @@ def rule_choices(rows: list) -> list:
 
 def to_markdown(report: dict) -> str:
     lines = [f"Compiled for sm_90 without a GPU, Triton {report['triton']}, {report['date']}.", "",
-             "| kernel | dtype | H | B | rule's choice | spilled bytes/thread | shared bytes | programs/SM |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| kernel | dtype | H | B | rule's choice | rows/program/step | spilled bytes/thread | shared bytes "
+             "| programs/SM |", "|---|---|---|---|---|---|---|---|---|"]
     for c in report["choices"]:
         lines.append(f"| {c['kernel']} | {c['dtype']} | {c['H']} | {c['B']} | {c['choice']} | "
+                     f"{'' if c['rows_per_step'] is None else c['rows_per_step']} | "
                      f"{'' if c['stack_bytes'] is None else c['stack_bytes']} | "
                      f"{'' if c['shared_bytes'] is None else c['shared_bytes']} | "
                      f"{'' if c['programs_per_sm'] is None else c['programs_per_sm']} |")
@@ -139,10 +150,9 @@ def main(argv=None) -> int:
 
 
 def _line(row: dict) -> str:
-    fits = ",".join(b for b, ok in row["co_resident_h200_by_batch"].items() if ok) or "none"
     return (f"{row['kernel']:9s} {row['dtype']:4s} H={row['H']:<5d} block_b={row['block_b']:<3d} "
             f"warps={row['num_warps']} regs={row['registers']:<3d} stack={row['stack_bytes']:<5d} "
-            f"shared={row['shared_bytes']:<7d} per_sm={row['programs_per_sm']} co-resident at B={fits}")
+            f"shared={row['shared_bytes']:<7d} per_sm={row['programs_per_sm']}")
 
 
 if __name__ == "__main__":

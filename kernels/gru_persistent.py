@@ -2,11 +2,12 @@
 across co-resident programs, each holding its slice of W_hh on chip for the whole sequence.
 
 The design of kernels/lstm_persistent.py (read its docstring first) with torch's GRU math of
-kernels/gru.py: grid (column blocks, directions, batch tiles); program j owns hidden units
-[j*BLOCK_H, (j+1)*BLOCK_H) of the three gates r, z, n: W_hh rows {g*H + those units}
-(3 * BLOCK_H x H), loaded once. Per step it reads the whole h_{t-1} from L2, computes its
-columns of gh = h_{t-1} W_hh^T + b_hh and of h_t, writes them, and waits at the grid barrier of
-its (direction, batch tile) group (`_group_barrier`, shared with the LSTM).
+kernels/gru.py: grid (column blocks, directions, groups of batch tiles); program j owns hidden
+units [j*BLOCK_H, (j+1)*BLOCK_H) of the three gates r, z, n: W_hh rows {g*H + those units}
+(3 * BLOCK_H x H), loaded once. Per step and batch tile of its group it reads the tile's whole
+h_{t-1} from L2, computes its columns of gh = h_{t-1} W_hh^T + b_hh and of h_t and writes them;
+then it waits at the grid barrier of its (direction, group) (`_group_barrier`, shared with the
+LSTM).
 
 GRID_SYNC=False runs steps [step_begin, step_end) without the barrier (one launch per step
 under the interpreter); the backward's PHASES selects one half of a step for the same purpose.
@@ -18,8 +19,8 @@ import triton
 import triton.language as tl
 
 from recgen.kernels.gru import gru_gate_grads
-from recgen.kernels.lstm_persistent import _group_barrier, group_tile
-from recgen.kernels.math import load_tile, mma, sigmoid, step_time_index, tanh
+from recgen.kernels.lstm_persistent import _group_barrier, persistent_group
+from recgen.kernels.math import load_tile, mma, sigmoid, step_time_index, tanh, tile_rows
 
 
 @triton.jit
@@ -32,7 +33,7 @@ def _gru_fwd_persistent_kernel(
     saved_ptr,    # (D, T, B, 4H) float32 out (SAVE): r, z, n and gh_n = h W_hn^T + b_hn, zero at padding
     h_state_ptr,  # (D, 2, B, H) in/out, the weights' dtype: h exchanged between programs, slot 0 holds h0
     h_carry_ptr,  # (D, B, H) float32 in/out: holds h0, ends with h_n
-    counter_ptr,  # (D * batch tiles,) int32 zeros: one barrier counter per program group
+    counter_ptr,  # (D * groups,) int32 zeros: one barrier counter per program group
     T, B, H,
     stride_xt, stride_xb, stride_yt, stride_yb,
     first_reverse, step_begin, step_end,
@@ -45,8 +46,7 @@ def _gru_fwd_persistent_kernel(
     r, z, n and h_t of its units (z * h_{t-1} from its own float32 columns of h, kept on chip);
     one barrier per step makes h_t whole before any program reads it. h_t is exchanged in the
     weights' dtype (as kernels/lstm_persistent.py explains)."""
-    col0, d, rev, n_cols, group, mask_b, rows, lengths = group_tile(lengths_ptr, B, T, first_reverse,
-                                                                    HAS_LENGTHS, BLOCK_B, BLOCK_H)
+    col0, d, rev, n_cols, group = persistent_group(first_reverse, BLOCK_H)
     counter_ptr += group
     xw_ptr += d * 3 * H
     y_ptr += d * H
@@ -60,59 +60,63 @@ def _gru_fwd_persistent_kernel(
     mask_h = offs_h < H
     ar_p = tl.arange(0, BLOCK_P)
     mask_p = ar_p < H
-    keep = mask_b[:, None] & mask_h[None, :]
-    own = rows[:, None] * H + offs_h[None, :]
     # This program's slice of W_g^T (H_in x BLOCK_H) per gate, held for the whole sequence.
     w_r = load_tile(w_hh_ptr + 0 * H * H, ar_p, offs_h, 1, H, H, H)
     w_z = load_tile(w_hh_ptr + 1 * H * H, ar_p, offs_h, 1, H, H, H)
     w_n = load_tile(w_hh_ptr + 2 * H * H, ar_p, offs_h, 1, H, H, H)
-    h_carry = tl.load(h_carry_ptr + own, mask=keep, other=0.0)
     if HAS_BIAS:
         b_r = tl.load(b_hh_ptr + 0 * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
         b_z = tl.load(b_hh_ptr + 1 * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
         b_n = tl.load(b_hh_ptr + 2 * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
 
     for s in range(step_begin, step_end):
-        t, active = step_time_index(s, lengths, rev)
-        live = mask_b & active
-        m2 = live[:, None] & mask_h[None, :]
         src = h_state_ptr + (s % 2) * B * H
         dst = h_state_ptr + ((s + 1) % 2) * B * H
-        x_row = xw_ptr + t * stride_xt + rows * stride_xb
-        # .cg: from L2, never a stale L1 line of another program's h (they change every step).
-        h_prev = tl.load(src + rows[:, None] * H + ar_p[None, :], mask=mask_b[:, None] & mask_p[None, :],
-                         other=0.0, cache_modifier=".cg")
-        # Hidden-side pre-activations gh_g = h_{t-1} W_hg^T + b_hg of this program's units.
-        acc_r = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
-        acc_z = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
-        acc_n = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
-        if HAS_BIAS:
-            acc_r += b_r[None, :]
-            acc_z += b_z[None, :]
-            acc_n += b_n[None, :]
-        acc_r += mma(h_prev, w_r, DOT_FP32, INPUT_PRECISION)
-        acc_z += mma(h_prev, w_z, DOT_FP32, INPUT_PRECISION)
-        acc_n += mma(h_prev, w_n, DOT_FP32, INPUT_PRECISION)
-        x_r = tl.load(x_row[:, None] + (0 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
-        x_z = tl.load(x_row[:, None] + (1 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
-        x_n = tl.load(x_row[:, None] + (2 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
-        gr = sigmoid(x_r + acc_r)
-        gz = sigmoid(x_z + acc_z)
-        gn = tanh(x_n + gr * acc_n)
-        h_new = (1.0 - gz) * gn + gz * h_carry
-        if SAVE:
-            s_row = saved_ptr + (t * B + rows)[:, None] * (4 * H) + offs_h[None, :]
-            tl.store(s_row + 0 * H, tl.where(m2, gr, 0.0), mask=keep)
-            tl.store(s_row + 1 * H, tl.where(m2, gz, 0.0), mask=keep)
-            tl.store(s_row + 2 * H, tl.where(m2, gn, 0.0), mask=keep)
-            tl.store(s_row + 3 * H, tl.where(m2, acc_n, 0.0), mask=keep)
-        h_carry = tl.where(m2, h_new, h_carry)
-        tl.store(dst + own, h_carry.to(h_state_ptr.dtype.element_ty), mask=keep)
-        tl.store(y_ptr + t[:, None] * stride_yt + rows[:, None] * stride_yb + offs_h[None, :],
-                 tl.where(m2, h_new, 0.0).to(y_ptr.dtype.element_ty), mask=keep)
+        for tile in range(tl.program_id(2), tl.cdiv(B, BLOCK_B), tl.num_programs(2)):
+            mask_b, rows, lengths = tile_rows(tile, lengths_ptr, B, T, HAS_LENGTHS, BLOCK_B)
+            keep = mask_b[:, None] & mask_h[None, :]
+            own = rows[:, None] * H + offs_h[None, :]
+            t, active = step_time_index(s, lengths, rev)
+            m2 = (mask_b & active)[:, None] & mask_h[None, :]
+            x_row = xw_ptr + t * stride_xt + rows * stride_xb
+            # .cg: from L2, never a stale L1 line of another program's h (they change every step).
+            h_prev = tl.load(src + rows[:, None] * H + ar_p[None, :], mask=mask_b[:, None] & mask_p[None, :],
+                             other=0.0, cache_modifier=".cg")
+            # Hidden-side pre-activations gh_g = h_{t-1} W_hg^T + b_hg of this program's units.
+            acc_r = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
+            acc_z = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
+            acc_n = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
+            if HAS_BIAS:
+                acc_r += b_r[None, :]
+                acc_z += b_z[None, :]
+                acc_n += b_n[None, :]
+            acc_r += mma(h_prev, w_r, DOT_FP32, INPUT_PRECISION)
+            acc_z += mma(h_prev, w_z, DOT_FP32, INPUT_PRECISION)
+            acc_n += mma(h_prev, w_n, DOT_FP32, INPUT_PRECISION)
+            x_r = tl.load(x_row[:, None] + (0 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
+            x_z = tl.load(x_row[:, None] + (1 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
+            x_n = tl.load(x_row[:, None] + (2 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
+            gr = sigmoid(x_r + acc_r)
+            gz = sigmoid(x_z + acc_z)
+            gn = tanh(x_n + gr * acc_n)
+            h_old = tl.load(h_carry_ptr + own, mask=keep, other=0.0)
+            h_new = (1.0 - gz) * gn + gz * h_old
+            if SAVE:
+                s_row = saved_ptr + (t * B + rows)[:, None] * (4 * H) + offs_h[None, :]
+                tl.store(s_row + 0 * H, tl.where(m2, gr, 0.0), mask=keep)
+                tl.store(s_row + 1 * H, tl.where(m2, gz, 0.0), mask=keep)
+                tl.store(s_row + 2 * H, tl.where(m2, gn, 0.0), mask=keep)
+                tl.store(s_row + 3 * H, tl.where(m2, acc_n, 0.0), mask=keep)
+            h_carry = tl.where(m2, h_new, h_old)
+            tl.store(h_carry_ptr + own, h_carry, mask=keep)
+            tl.store(dst + own, h_carry.to(h_state_ptr.dtype.element_ty), mask=keep)
+            tl.store(y_ptr + t[:, None] * stride_yt + rows[:, None] * stride_yb + offs_h[None, :],
+                     tl.where(m2, h_new, 0.0).to(y_ptr.dtype.element_ty), mask=keep)
         if GRID_SYNC:
             _group_barrier(counter_ptr, (s + 1) * n_cols)
-    tl.store(h_carry_ptr + own, h_carry, mask=keep)
+        else:
+            # The next step reads this program's h columns back in other threads.
+            tl.debug_barrier()
 
 
 @triton.jit
@@ -125,7 +129,7 @@ def _gru_bwd_persistent_kernel(
     dxw_ptr,      # (D, T, B, 3H) float32 out: gradient of xw (dr_pre, dz_pre, dn_pre), zero at padding
     dghn_ptr,     # (D, T, B, H) float32 out: gradient of gh_n (dn_pre * r), zero at padding
     dh_state_ptr, # (D, 2, B, H) float32 in/out: slot 0 holds dh_n; slot T % 2 ends with dh_0
-    counter_ptr,  # (D * batch tiles,) int32 zeros: one barrier counter per program group
+    counter_ptr,  # (D * groups,) int32 zeros: one barrier counter per program group
     T, B, H,
     first_reverse, step_begin, step_end,
     HAS_LENGTHS: tl.constexpr, PHASES: tl.constexpr, GRID_SYNC: tl.constexpr,
@@ -145,8 +149,7 @@ def _gru_bwd_persistent_kernel(
     dependency: one per step (plus a program-local debug_barrier after phase 2, see there).
     PHASES: 1 or 2 runs only that phase (one launch per phase and step, under the
     interpreter), 3 both with the barrier."""
-    col0, d, rev, n_cols, group, mask_b, rows, lengths = group_tile(lengths_ptr, B, T, first_reverse,
-                                                                    HAS_LENGTHS, BLOCK_B, BLOCK_H)
+    col0, d, rev, n_cols, group = persistent_group(first_reverse, BLOCK_H)
     counter_ptr += group
     dy_ptr += d * T * B * H
     saved_ptr += d * T * B * 4 * H
@@ -160,8 +163,6 @@ def _gru_bwd_persistent_kernel(
     mask_h = offs_h < H
     ar_k = tl.arange(0, BLOCK_P)
     mask_k = ar_k < H
-    keep = mask_b[:, None] & mask_h[None, :]
-    own = rows[:, None] * H + offs_h[None, :]
     if PHASES != 1:
         # W_g[:, own units] (H x BLOCK_H) per gate: dh_{t-1}[:, own] += sum_g dgh_g W_g[:, own].
         w_r = load_tile(w_hh_ptr + 0 * H * H, ar_k, offs_h, H, 1, H, H)
@@ -170,33 +171,42 @@ def _gru_bwd_persistent_kernel(
 
     for i in range(step_begin, step_end):
         s = T - 1 - i
-        t, active = step_time_index(s, lengths, rev)
-        live = mask_b & active
-        m2 = live[:, None] & mask_h[None, :]
         src = dh_state_ptr + (i % 2) * B * H
         dst = dh_state_ptr + ((i + 1) % 2) * B * H
         if PHASES != 2:
-            seq = (t * B + rows)[:, None] * H + offs_h[None, :]
-            # Total gradient of h_t = output gradient + gradient carried from step t+1.
-            carry = tl.load(src + own, mask=keep, other=0.0)
-            dh = tl.load(dy_ptr + seq, mask=m2, other=0.0).to(tl.float32) + tl.where(m2, carry, 0.0)
-            gz = gru_gate_grads(dh, saved_ptr, h_prev_ptr, dxw_ptr, dghn_ptr, t, rows, offs_h, B, H, m2, keep)
-            # The direct path h_{t-1} -> h_t through z * h_{t-1}; phase 2 adds the rest.
-            tl.store(dst + own, tl.where(m2, dh * gz, carry), mask=keep)
+            for tile in range(tl.program_id(2), tl.cdiv(B, BLOCK_B), tl.num_programs(2)):
+                mask_b, rows, lengths = tile_rows(tile, lengths_ptr, B, T, HAS_LENGTHS, BLOCK_B)
+                keep = mask_b[:, None] & mask_h[None, :]
+                own = rows[:, None] * H + offs_h[None, :]
+                t, active = step_time_index(s, lengths, rev)
+                m2 = (mask_b & active)[:, None] & mask_h[None, :]
+                seq = (t * B + rows)[:, None] * H + offs_h[None, :]
+                # Total gradient of h_t = output gradient + gradient carried from step t+1.
+                carry = tl.load(src + own, mask=keep, other=0.0)
+                dh = tl.load(dy_ptr + seq, mask=m2, other=0.0).to(tl.float32) + tl.where(m2, carry, 0.0)
+                gz = gru_gate_grads(dh, saved_ptr, h_prev_ptr, dxw_ptr, dghn_ptr, t, rows, offs_h, B, H, m2, keep)
+                # The direct path h_{t-1} -> h_t through z * h_{t-1}; phase 2 adds the rest.
+                tl.store(dst + own, tl.where(m2, dh * gz, carry), mask=keep)
         if GRID_SYNC:
             _group_barrier(counter_ptr, (i + 1) * n_cols)
         if PHASES != 1:
-            dmask = mask_b[:, None] & mask_k[None, :]
-            dx_row = dxw_ptr + (t * B + rows)[:, None] * (3 * H) + ar_k[None, :]
-            # .cg: the other programs' gradients of this step, from L2.
-            acc = mma(tl.load(dx_row + 0 * H, mask=dmask, other=0.0, cache_modifier=".cg"), w_r, DOT_FP32,
-                      INPUT_PRECISION)
-            acc += mma(tl.load(dx_row + 1 * H, mask=dmask, other=0.0, cache_modifier=".cg"), w_z, DOT_FP32,
-                       INPUT_PRECISION)
-            acc += mma(tl.load(dghn_ptr + (t * B + rows)[:, None] * H + ar_k[None, :], mask=dmask, other=0.0,
-                               cache_modifier=".cg"), w_n, DOT_FP32, INPUT_PRECISION)
-            direct = tl.load(dst + own, mask=keep, other=0.0)
-            tl.store(dst + own, tl.where(m2, direct + acc, direct), mask=keep)
+            for tile in range(tl.program_id(2), tl.cdiv(B, BLOCK_B), tl.num_programs(2)):
+                mask_b, rows, lengths = tile_rows(tile, lengths_ptr, B, T, HAS_LENGTHS, BLOCK_B)
+                keep = mask_b[:, None] & mask_h[None, :]
+                own = rows[:, None] * H + offs_h[None, :]
+                t, active = step_time_index(s, lengths, rev)
+                m2 = (mask_b & active)[:, None] & mask_h[None, :]
+                dmask = mask_b[:, None] & mask_k[None, :]
+                dx_row = dxw_ptr + (t * B + rows)[:, None] * (3 * H) + ar_k[None, :]
+                # .cg: the other programs' gradients of this step, from L2.
+                acc = mma(tl.load(dx_row + 0 * H, mask=dmask, other=0.0, cache_modifier=".cg"), w_r, DOT_FP32,
+                          INPUT_PRECISION)
+                acc += mma(tl.load(dx_row + 1 * H, mask=dmask, other=0.0, cache_modifier=".cg"), w_z, DOT_FP32,
+                           INPUT_PRECISION)
+                acc += mma(tl.load(dghn_ptr + (t * B + rows)[:, None] * H + ar_k[None, :], mask=dmask, other=0.0,
+                                   cache_modifier=".cg"), w_n, DOT_FP32, INPUT_PRECISION)
+                direct = tl.load(dst + own, mask=keep, other=0.0)
+                tl.store(dst + own, tl.where(m2, direct + acc, direct), mask=keep)
             # The next step's phase 1 reads these columns back, possibly in other threads of
             # this program (the dot's layout is not the loads'): order the stores before it.
             tl.debug_barrier()

@@ -1,19 +1,22 @@
 """Persistent multi-program LSTM forward: the gate columns of one layer are split across
 co-resident programs, each holding its slice of W_hh on chip for the whole sequence.
 
-Grid: (column blocks, directions, batch tiles). Program j owns hidden units
-[j*BLOCK_H, (j+1)*BLOCK_H) of all four gates: W_hh rows {g*H + those units} (4 * BLOCK_H x P),
-loaded once, and the matching cell-state columns, kept in registers. Per step it reads the whole
-h_{t-1} (B x P, float32, from L2), computes its gate columns, writes its columns of h_t, and
-then waits at a grid-wide barrier of its (direction, batch tile) group: an atomic counter
-incremented with release semantics and polled with acquire semantics, so every program's h_t
-columns are visible before any program reads h_t. The launcher guarantees the group is
-co-resident (recgen/ops/persistent.py); otherwise the barrier could never complete.
+Grid: (column blocks, directions, groups). Program j owns hidden units [j*BLOCK_H, (j+1)*BLOCK_H)
+of all four gates: W_hh rows {g*H + those units} (4 * BLOCK_H x P), loaded once. Group g takes
+batch tiles g, g + groups, g + 2*groups, ... (one tile each when the device holds a program per
+tile; fewer groups, each looping over several tiles per step, when it does not). Per step and
+tile a program reads the tile's whole h_{t-1} (BLOCK_B x P, from L2), computes its gate
+columns, and writes its columns of h_t; then it waits at a grid-wide barrier of its
+(direction, group): an atomic counter incremented with release semantics and polled with
+acquire semantics, so every program's h_t columns are visible before any program reads h_t.
+The launcher guarantees the grid is co-resident (recgen/ops/persistent_tiles.py); otherwise the
+barrier could never complete.
 
 h_t is exchanged in the weights' dtype, the operand dtype of the next step's dot (so the same
 values as a float32 exchange, at half the bytes and with no conversion buffer: the compiled
 kernel needs less shared memory and fewer registers, bench/kernel_resources.py). Each program
-keeps its own columns of h in float32 (h_carry) for the padding rows and h_n, as it does c.
+keeps its own columns of h in float32 (h_carry, for the padding rows and h_n) and of c in
+global memory (L2), read and written by that program only, once per tile and step.
 
 GRID_SYNC=False runs steps [step_begin, step_end) without the barrier: the launcher then starts
 one launch per step, which is how the Triton interpreter (one program at a time) checks the
@@ -28,7 +31,7 @@ import triton
 import triton.language as tl
 
 from recgen.kernels.lstm import lstm_gate_grads
-from recgen.kernels.math import load_tile, mma, sigmoid, step_time_index, tanh
+from recgen.kernels.math import load_tile, mma, sigmoid, step_time_index, tanh, tile_rows
 
 
 @triton.jit
@@ -43,24 +46,14 @@ def _group_barrier(counter_ptr, target):
 
 
 @triton.jit
-def group_tile(lengths_ptr, B, T, first_reverse, HAS_LENGTHS: tl.constexpr, BLOCK_B: tl.constexpr,
-               BLOCK_H: tl.constexpr):
-    """This program's place in a persistent grid (column block, direction, batch tile): its first
+def persistent_group(first_reverse, BLOCK_H: tl.constexpr):
+    """This program's place in a persistent grid (column block, direction, group): its first
     hidden unit, direction d (int64) and whether it runs reversed, the number of column blocks
-    (programs per barrier group), its group's counter index, and its batch rows (mask, int64
-    indices, valid steps per row)."""
-    col0 = tl.program_id(0) * BLOCK_H
+    (programs per barrier group) and its group's counter index."""
     d = tl.program_id(1).to(tl.int64)
-    tile = tl.program_id(2)
-    rows32 = tile * BLOCK_B + tl.arange(0, BLOCK_B)
-    mask_b = rows32 < B
-    if HAS_LENGTHS:
-        lengths = tl.load(lengths_ptr + rows32, mask=mask_b, other=0)
-    else:
-        lengths = tl.zeros([BLOCK_B], dtype=tl.int32) + T
     rev = ((first_reverse + d) % 2) == 1
-    group = d * tl.num_programs(2) + tile
-    return col0, d, rev, tl.num_programs(0), group, mask_b, rows32.to(tl.int64), lengths
+    group = d * tl.num_programs(2) + tl.program_id(2)
+    return tl.program_id(0) * BLOCK_H, d, rev, tl.num_programs(0), group
 
 
 @triton.jit
@@ -74,7 +67,7 @@ def _lstm_fwd_persistent_kernel(
     h_state_ptr,  # (D, 2, B, H) in/out, the weights' dtype: h exchanged between programs, slot 0 holds h0
     h_carry_ptr,  # (D, B, H) float32 in/out: holds h0, ends with h_n
     c_state_ptr,  # (D, B, H) float32 in/out: holds c0, ends with c_n
-    counter_ptr,  # (D * batch tiles,) int32 zeros: one barrier counter per program group
+    counter_ptr,  # (D * groups,) int32 zeros: one barrier counter per program group
     T, B, H,
     stride_xt, stride_xb, stride_yt, stride_yb,
     first_reverse, step_begin, step_end,
@@ -82,8 +75,7 @@ def _lstm_fwd_persistent_kernel(
     DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    col0, d, rev, n_cols, group, mask_b, rows, lengths = group_tile(lengths_ptr, B, T, first_reverse,
-                                                                    HAS_LENGTHS, BLOCK_B, BLOCK_H)
+    col0, d, rev, n_cols, group = persistent_group(first_reverse, BLOCK_H)
     counter_ptr += group
     xw_ptr += d * 4 * H
     y_ptr += d * H
@@ -98,57 +90,58 @@ def _lstm_fwd_persistent_kernel(
     mask_h = offs_h < H
     ar_p = tl.arange(0, BLOCK_P)
     mask_p = ar_p < H
-    keep = mask_b[:, None] & mask_h[None, :]
     # This program's slice of W_g^T (H_in x BLOCK_H) per gate, held for the whole sequence.
     w_i = load_tile(w_hh_ptr + 0 * H * H, ar_p, offs_h, 1, H, H, H)
     w_f = load_tile(w_hh_ptr + 1 * H * H, ar_p, offs_h, 1, H, H, H)
     w_g = load_tile(w_hh_ptr + 2 * H * H, ar_p, offs_h, 1, H, H, H)
     w_o = load_tile(w_hh_ptr + 3 * H * H, ar_p, offs_h, 1, H, H, H)
-    cs_off = rows[:, None] * H + offs_h[None, :]
-    c_state = tl.load(c_state_ptr + cs_off, mask=keep, other=0.0)
-    h_carry = tl.load(h_carry_ptr + cs_off, mask=keep, other=0.0)
 
     for s in range(step_begin, step_end):
-        t, active = step_time_index(s, lengths, rev)
-        live = mask_b & active
-        m2 = live[:, None] & mask_h[None, :]
         src = h_state_ptr + (s % 2) * B * H
         dst = h_state_ptr + ((s + 1) % 2) * B * H
-        x_row = xw_ptr + t * stride_xt + rows * stride_xb
-        # .cg: from L2, never a stale L1 line of another program's h (they change every step).
-        h_prev = tl.load(src + rows[:, None] * H + ar_p[None, :], mask=mask_b[:, None] & mask_p[None, :],
-                         other=0.0, cache_modifier=".cg")
-        acc_i = tl.load(x_row[:, None] + (0 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
-        acc_f = tl.load(x_row[:, None] + (1 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
-        acc_g = tl.load(x_row[:, None] + (2 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
-        acc_o = tl.load(x_row[:, None] + (3 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
-        acc_i += mma(h_prev, w_i, DOT_FP32, INPUT_PRECISION)
-        acc_f += mma(h_prev, w_f, DOT_FP32, INPUT_PRECISION)
-        acc_g += mma(h_prev, w_g, DOT_FP32, INPUT_PRECISION)
-        acc_o += mma(h_prev, w_o, DOT_FP32, INPUT_PRECISION)
-        gi = sigmoid(acc_i)
-        gf = sigmoid(acc_f)
-        gg = tanh(acc_g)
-        go = sigmoid(acc_o)
-        c_new = gf * c_state + gi * gg
-        h_new = go * tanh(c_new)
-        c_state = tl.where(m2, c_new, c_state)
-        if SAVE:
-            seq_off = (t * B + rows)[:, None] * H + offs_h[None, :]
-            g_row = gates_ptr + (t * B + rows)[:, None] * (4 * H) + offs_h[None, :]
-            tl.store(g_row + 0 * H, tl.where(m2, gi, 0.0), mask=keep)
-            tl.store(g_row + 1 * H, tl.where(m2, gf, 0.0), mask=keep)
-            tl.store(g_row + 2 * H, tl.where(m2, gg, 0.0), mask=keep)
-            tl.store(g_row + 3 * H, tl.where(m2, go, 0.0), mask=keep)
-            tl.store(c_ptr + seq_off, tl.where(m2, c_new, 0.0), mask=keep)
-        h_carry = tl.where(m2, h_new, h_carry)
-        tl.store(dst + cs_off, h_carry.to(h_state_ptr.dtype.element_ty), mask=keep)
-        tl.store(y_ptr + t[:, None] * stride_yt + rows[:, None] * stride_yb + offs_h[None, :],
-                 tl.where(m2, h_new, 0.0).to(y_ptr.dtype.element_ty), mask=keep)
+        for tile in range(tl.program_id(2), tl.cdiv(B, BLOCK_B), tl.num_programs(2)):
+            mask_b, rows, lengths = tile_rows(tile, lengths_ptr, B, T, HAS_LENGTHS, BLOCK_B)
+            keep = mask_b[:, None] & mask_h[None, :]
+            own = rows[:, None] * H + offs_h[None, :]
+            t, active = step_time_index(s, lengths, rev)
+            m2 = (mask_b & active)[:, None] & mask_h[None, :]
+            x_row = xw_ptr + t * stride_xt + rows * stride_xb
+            # .cg: from L2, never a stale L1 line of another program's h (they change every step).
+            h_prev = tl.load(src + rows[:, None] * H + ar_p[None, :], mask=mask_b[:, None] & mask_p[None, :],
+                             other=0.0, cache_modifier=".cg")
+            acc_i = tl.load(x_row[:, None] + (0 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
+            acc_f = tl.load(x_row[:, None] + (1 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
+            acc_g = tl.load(x_row[:, None] + (2 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
+            acc_o = tl.load(x_row[:, None] + (3 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
+            acc_i += mma(h_prev, w_i, DOT_FP32, INPUT_PRECISION)
+            acc_f += mma(h_prev, w_f, DOT_FP32, INPUT_PRECISION)
+            acc_g += mma(h_prev, w_g, DOT_FP32, INPUT_PRECISION)
+            acc_o += mma(h_prev, w_o, DOT_FP32, INPUT_PRECISION)
+            gi = sigmoid(acc_i)
+            gf = sigmoid(acc_f)
+            gg = tanh(acc_g)
+            go = sigmoid(acc_o)
+            c_old = tl.load(c_state_ptr + own, mask=keep, other=0.0)
+            c_new = gf * c_old + gi * gg
+            h_new = go * tanh(c_new)
+            tl.store(c_state_ptr + own, tl.where(m2, c_new, c_old), mask=keep)
+            if SAVE:
+                g_row = gates_ptr + (t * B + rows)[:, None] * (4 * H) + offs_h[None, :]
+                tl.store(g_row + 0 * H, tl.where(m2, gi, 0.0), mask=keep)
+                tl.store(g_row + 1 * H, tl.where(m2, gf, 0.0), mask=keep)
+                tl.store(g_row + 2 * H, tl.where(m2, gg, 0.0), mask=keep)
+                tl.store(g_row + 3 * H, tl.where(m2, go, 0.0), mask=keep)
+                tl.store(c_ptr + (t * B + rows)[:, None] * H + offs_h[None, :], tl.where(m2, c_new, 0.0), mask=keep)
+            h_carry = tl.where(m2, h_new, tl.load(h_carry_ptr + own, mask=keep, other=0.0))
+            tl.store(h_carry_ptr + own, h_carry, mask=keep)
+            tl.store(dst + own, h_carry.to(h_state_ptr.dtype.element_ty), mask=keep)
+            tl.store(y_ptr + t[:, None] * stride_yt + rows[:, None] * stride_yb + offs_h[None, :],
+                     tl.where(m2, h_new, 0.0).to(y_ptr.dtype.element_ty), mask=keep)
         if GRID_SYNC:
             _group_barrier(counter_ptr, (s + 1) * n_cols)
-    tl.store(c_state_ptr + cs_off, c_state, mask=keep)
-    tl.store(h_carry_ptr + cs_off, h_carry, mask=keep)
+        else:
+            # The next step reads this program's c and h columns back in other threads.
+            tl.debug_barrier()
 
 
 @triton.jit
@@ -162,7 +155,7 @@ def _lstm_bwd_persistent_kernel(
     dgates_ptr,   # (D, T, B, 4H) float32 out: gradient of the gate pre-activations, zero at padding
     dh_state_ptr, # (D, 2, B, H) float32 in/out: slot 0 holds dh_n; slot T % 2 ends with dh_0
     dc_state_ptr, # (D, B, H) float32 in/out: holds dc_n, ends with dc_0
-    counter_ptr,  # (D * batch tiles,) int32 zeros: one barrier counter per program group
+    counter_ptr,  # (D * groups,) int32 zeros: one barrier counter per program group
     T, B, H,
     first_reverse, step_begin, step_end,
     HAS_LENGTHS: tl.constexpr, PHASES: tl.constexpr, GRID_SYNC: tl.constexpr,
@@ -176,8 +169,7 @@ def _lstm_bwd_persistent_kernel(
     its units of dh_{t-1}. Phase 1 of the next step reads only this program's own carries, and
     each step writes its own dgates_t, so one barrier per step suffices. PHASES: 1 or 2 runs only
     that phase (one launch per phase and step, under the interpreter), 3 both with the barrier."""
-    col0, d, rev, n_cols, group, mask_b, rows, lengths = group_tile(lengths_ptr, B, T, first_reverse,
-                                                                    HAS_LENGTHS, BLOCK_B, BLOCK_H)
+    col0, d, rev, n_cols, group = persistent_group(first_reverse, BLOCK_H)
     counter_ptr += group
     dy_ptr += d * T * B * H
     gates_ptr += d * T * B * 4 * H
@@ -192,8 +184,6 @@ def _lstm_bwd_persistent_kernel(
     mask_h = offs_h < H
     ar_k = tl.arange(0, BLOCK_P)
     mask_k = ar_k < H
-    keep = mask_b[:, None] & mask_h[None, :]
-    own = rows[:, None] * H + offs_h[None, :]
     if PHASES != 1:
         # W_g[:, own units] (H x BLOCK_H) per gate: dh_{t-1}[:, own] = sum_g dgates_g W_g[:, own].
         w_i = load_tile(w_hh_ptr + 0 * H * H, ar_k, offs_h, H, 1, H, H)
@@ -203,33 +193,42 @@ def _lstm_bwd_persistent_kernel(
 
     for i in range(step_begin, step_end):
         s = T - 1 - i
-        t, active = step_time_index(s, lengths, rev)
-        live = mask_b & active
-        m2 = live[:, None] & mask_h[None, :]
         src = dh_state_ptr + (i % 2) * B * H
         dst = dh_state_ptr + ((i + 1) % 2) * B * H
         if PHASES != 2:
-            t_prev = tl.where(rev, t + 1, t - 1)
-            has_prev = (lengths * 0 + s) > 0  # per row, so it broadcasts into the load masks
-            dm = tl.load(dy_ptr + (t * B + rows)[:, None] * H + offs_h[None, :], mask=m2, other=0.0).to(tl.float32) \
-                + tl.load(src + own, mask=m2, other=0.0)
-            lstm_gate_grads(dm, gates_ptr, c_ptr, c0_ptr, dgates_ptr, dc_state_ptr, t, t_prev, has_prev, rows,
-                            offs_h, B, H, m2, keep)
+            for tile in range(tl.program_id(2), tl.cdiv(B, BLOCK_B), tl.num_programs(2)):
+                mask_b, rows, lengths = tile_rows(tile, lengths_ptr, B, T, HAS_LENGTHS, BLOCK_B)
+                keep = mask_b[:, None] & mask_h[None, :]
+                t, active = step_time_index(s, lengths, rev)
+                m2 = (mask_b & active)[:, None] & mask_h[None, :]
+                t_prev = tl.where(rev, t + 1, t - 1)
+                has_prev = (lengths * 0 + s) > 0  # per row, so it broadcasts into the load masks
+                dm = tl.load(dy_ptr + (t * B + rows)[:, None] * H + offs_h[None, :], mask=m2,
+                             other=0.0).to(tl.float32) + tl.load(src + rows[:, None] * H + offs_h[None, :], mask=m2,
+                                                                 other=0.0)
+                lstm_gate_grads(dm, gates_ptr, c_ptr, c0_ptr, dgates_ptr, dc_state_ptr, t, t_prev, has_prev, rows,
+                                offs_h, B, H, m2, keep)
         if GRID_SYNC:
             _group_barrier(counter_ptr, (i + 1) * n_cols)
         if PHASES != 1:
-            dg_row = dgates_ptr + (t * B + rows)[:, None] * (4 * H) + ar_k[None, :]
-            dmask = mask_b[:, None] & mask_k[None, :]
-            # .cg: the other programs' gate gradients of this step, from L2.
-            acc = mma(tl.load(dg_row + 0 * H, mask=dmask, other=0.0, cache_modifier=".cg"), w_i, DOT_FP32,
-                      INPUT_PRECISION)
-            acc += mma(tl.load(dg_row + 1 * H, mask=dmask, other=0.0, cache_modifier=".cg"), w_f, DOT_FP32,
-                       INPUT_PRECISION)
-            acc += mma(tl.load(dg_row + 2 * H, mask=dmask, other=0.0, cache_modifier=".cg"), w_g, DOT_FP32,
-                       INPUT_PRECISION)
-            acc += mma(tl.load(dg_row + 3 * H, mask=dmask, other=0.0, cache_modifier=".cg"), w_o, DOT_FP32,
-                       INPUT_PRECISION)
-            carry = tl.load(src + own, mask=keep, other=0.0)
-            tl.store(dst + own, tl.where(m2, acc, carry), mask=keep)
+            for tile in range(tl.program_id(2), tl.cdiv(B, BLOCK_B), tl.num_programs(2)):
+                mask_b, rows, lengths = tile_rows(tile, lengths_ptr, B, T, HAS_LENGTHS, BLOCK_B)
+                keep = mask_b[:, None] & mask_h[None, :]
+                own = rows[:, None] * H + offs_h[None, :]
+                t, active = step_time_index(s, lengths, rev)
+                m2 = (mask_b & active)[:, None] & mask_h[None, :]
+                dg_row = dgates_ptr + (t * B + rows)[:, None] * (4 * H) + ar_k[None, :]
+                dmask = mask_b[:, None] & mask_k[None, :]
+                # .cg: the other programs' gate gradients of this step, from L2.
+                acc = mma(tl.load(dg_row + 0 * H, mask=dmask, other=0.0, cache_modifier=".cg"), w_i, DOT_FP32,
+                          INPUT_PRECISION)
+                acc += mma(tl.load(dg_row + 1 * H, mask=dmask, other=0.0, cache_modifier=".cg"), w_f, DOT_FP32,
+                           INPUT_PRECISION)
+                acc += mma(tl.load(dg_row + 2 * H, mask=dmask, other=0.0, cache_modifier=".cg"), w_g, DOT_FP32,
+                           INPUT_PRECISION)
+                acc += mma(tl.load(dg_row + 3 * H, mask=dmask, other=0.0, cache_modifier=".cg"), w_o, DOT_FP32,
+                           INPUT_PRECISION)
+                carry = tl.load(src + own, mask=keep, other=0.0)
+                tl.store(dst + own, tl.where(m2, acc, carry), mask=keep)
             # Phase 1 of the next step reads these columns back in another thread layout.
             tl.debug_barrier()

@@ -49,8 +49,14 @@ def direction(first_reverse):
 
 @triton.jit
 def batch_tile(lengths_ptr, B, T, HAS_LENGTHS: tl.constexpr, BLOCK_B: tl.constexpr):
-    """The batch rows this program owns: (row mask, int64 row indices, valid steps per row)."""
-    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    """The batch rows this program owns (tile program_id(0)): see tile_rows."""
+    return tile_rows(tl.program_id(0), lengths_ptr, B, T, HAS_LENGTHS, BLOCK_B)
+
+
+@triton.jit
+def tile_rows(tile, lengths_ptr, B, T, HAS_LENGTHS: tl.constexpr, BLOCK_B: tl.constexpr):
+    """The rows of batch tile `tile`: (row mask, int64 row indices, valid steps per row)."""
+    offs_b = tile * BLOCK_B + tl.arange(0, BLOCK_B)
     mask_b = offs_b < B
     if HAS_LENGTHS:
         lengths = tl.load(lengths_ptr + offs_b, mask=mask_b, other=0)

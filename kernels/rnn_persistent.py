@@ -3,11 +3,11 @@ layer are split across co-resident programs, each holding its slice of W_hh on c
 whole sequence.
 
 The design of kernels/lstm_persistent.py (read its docstring first) with the one-gate math of
-kernels/rnn.py, h_t = act(xw_t + h_{t-1} W_hh^T): grid (column blocks, directions, batch
-tiles); program j owns hidden units [j*BLOCK_H, (j+1)*BLOCK_H), i.e. W_hh rows of those units
-(BLOCK_H x H), loaded once. Per step it reads the whole h_{t-1} from L2, computes and writes
-its columns of h_t, and waits at the grid barrier of its (direction, batch tile) group
-(`_group_barrier`, shared with the LSTM).
+kernels/rnn.py, h_t = act(xw_t + h_{t-1} W_hh^T): grid (column blocks, directions, groups of
+batch tiles); program j owns hidden units [j*BLOCK_H, (j+1)*BLOCK_H), i.e. W_hh rows of those
+units (BLOCK_H x H), loaded once. Per step and batch tile of its group it reads the tile's whole
+h_{t-1} from L2 and computes and writes its columns of h_t; then it waits at the grid barrier of
+its (direction, group) (`_group_barrier`, shared with the LSTM).
 
 GRID_SYNC=False runs steps [step_begin, step_end) without the barrier (one launch per step
 under the interpreter); the backward's PHASES selects one half of a step for the same purpose.
@@ -18,8 +18,8 @@ kernels/rnn.py, so the two modes' tensors are interchangeable.
 import triton
 import triton.language as tl
 
-from recgen.kernels.lstm_persistent import _group_barrier, group_tile
-from recgen.kernels.math import load_tile, mma, step_time_index, tanh
+from recgen.kernels.lstm_persistent import _group_barrier, persistent_group
+from recgen.kernels.math import load_tile, mma, step_time_index, tanh, tile_rows
 
 
 @triton.jit
@@ -31,7 +31,7 @@ def _rnn_fwd_persistent_kernel(
     act_ptr,      # (D, T, B, H) float32 out (SAVE): activations h_t, zero at padding
     h_state_ptr,  # (D, 2, B, H) in/out, the weights' dtype: h exchanged between programs, slot 0 holds h0
     h_carry_ptr,  # (D, B, H) float32 in/out: holds h0, ends with h_n
-    counter_ptr,  # (D * batch tiles,) int32 zeros: one barrier counter per program group
+    counter_ptr,  # (D * groups,) int32 zeros: one barrier counter per program group
     T, B, H,
     stride_xt, stride_xb, stride_yt, stride_yb,
     first_reverse, step_begin, step_end,
@@ -43,8 +43,7 @@ def _rnn_fwd_persistent_kernel(
     from the whole h_{t-1} (read from L2) and its W_hh^T slice held on chip; one barrier per
     step makes h_t whole before any program reads it. h_t is exchanged in the weights' dtype and
     each program keeps its own columns in float32 (as kernels/lstm_persistent.py explains)."""
-    col0, d, rev, n_cols, group, mask_b, rows, lengths = group_tile(lengths_ptr, B, T, first_reverse,
-                                                                    HAS_LENGTHS, BLOCK_B, BLOCK_H)
+    col0, d, rev, n_cols, group = persistent_group(first_reverse, BLOCK_H)
     counter_ptr += group
     xw_ptr += d * H
     y_ptr += d * H
@@ -57,37 +56,41 @@ def _rnn_fwd_persistent_kernel(
     mask_h = offs_h < H
     ar_p = tl.arange(0, BLOCK_P)
     mask_p = ar_p < H
-    keep = mask_b[:, None] & mask_h[None, :]
-    own = rows[:, None] * H + offs_h[None, :]
     # This program's slice of W_hh^T (H_in x BLOCK_H), held for the whole sequence.
     w = load_tile(w_hh_ptr, ar_p, offs_h, 1, H, H, H)
-    h_carry = tl.load(h_carry_ptr + own, mask=keep, other=0.0)
 
     for s in range(step_begin, step_end):
-        t, active = step_time_index(s, lengths, rev)
-        live = mask_b & active
-        m2 = live[:, None] & mask_h[None, :]
         src = h_state_ptr + (s % 2) * B * H
         dst = h_state_ptr + ((s + 1) % 2) * B * H
-        x_row = xw_ptr + t * stride_xt + rows * stride_xb
-        # .cg: from L2, never a stale L1 line of another program's h (they change every step).
-        h_prev = tl.load(src + rows[:, None] * H + ar_p[None, :], mask=mask_b[:, None] & mask_p[None, :],
-                         other=0.0, cache_modifier=".cg")
-        acc = tl.load(x_row[:, None] + offs_h[None, :], mask=m2, other=0.0).to(tl.float32)
-        acc += mma(h_prev, w, DOT_FP32, INPUT_PRECISION)
-        if RELU:
-            h_new = tl.where(acc < 0.0, 0.0, acc)  # as torch: relu(NaN) = NaN (tl.maximum drops NaN)
-        else:
-            h_new = tanh(acc)
-        if SAVE:
-            tl.store(act_ptr + (t * B + rows)[:, None] * H + offs_h[None, :], tl.where(m2, h_new, 0.0), mask=keep)
-        h_carry = tl.where(m2, h_new, h_carry)
-        tl.store(dst + own, h_carry.to(h_state_ptr.dtype.element_ty), mask=keep)
-        tl.store(y_ptr + t[:, None] * stride_yt + rows[:, None] * stride_yb + offs_h[None, :],
-                 tl.where(m2, h_new, 0.0).to(y_ptr.dtype.element_ty), mask=keep)
+        for tile in range(tl.program_id(2), tl.cdiv(B, BLOCK_B), tl.num_programs(2)):
+            mask_b, rows, lengths = tile_rows(tile, lengths_ptr, B, T, HAS_LENGTHS, BLOCK_B)
+            keep = mask_b[:, None] & mask_h[None, :]
+            own = rows[:, None] * H + offs_h[None, :]
+            t, active = step_time_index(s, lengths, rev)
+            m2 = (mask_b & active)[:, None] & mask_h[None, :]
+            x_row = xw_ptr + t * stride_xt + rows * stride_xb
+            # .cg: from L2, never a stale L1 line of another program's h (they change every step).
+            h_prev = tl.load(src + rows[:, None] * H + ar_p[None, :], mask=mask_b[:, None] & mask_p[None, :],
+                             other=0.0, cache_modifier=".cg")
+            acc = tl.load(x_row[:, None] + offs_h[None, :], mask=m2, other=0.0).to(tl.float32)
+            acc += mma(h_prev, w, DOT_FP32, INPUT_PRECISION)
+            if RELU:
+                h_new = tl.where(acc < 0.0, 0.0, acc)  # as torch: relu(NaN) = NaN (tl.maximum drops NaN)
+            else:
+                h_new = tanh(acc)
+            if SAVE:
+                tl.store(act_ptr + (t * B + rows)[:, None] * H + offs_h[None, :], tl.where(m2, h_new, 0.0),
+                         mask=keep)
+            h_carry = tl.where(m2, h_new, tl.load(h_carry_ptr + own, mask=keep, other=0.0))
+            tl.store(h_carry_ptr + own, h_carry, mask=keep)
+            tl.store(dst + own, h_carry.to(h_state_ptr.dtype.element_ty), mask=keep)
+            tl.store(y_ptr + t[:, None] * stride_yt + rows[:, None] * stride_yb + offs_h[None, :],
+                     tl.where(m2, h_new, 0.0).to(y_ptr.dtype.element_ty), mask=keep)
         if GRID_SYNC:
             _group_barrier(counter_ptr, (s + 1) * n_cols)
-    tl.store(h_carry_ptr + own, h_carry, mask=keep)
+        else:
+            # The next step reads this program's h columns back in other threads.
+            tl.debug_barrier()
 
 
 @triton.jit
@@ -98,7 +101,7 @@ def _rnn_bwd_persistent_kernel(
     lengths_ptr,  # (B,) int32 valid steps per row (HAS_LENGTHS)
     dpre_ptr,     # (D, T, B, H) float32 out: gradient of the pre-activation (= of xw), zero at padding
     dh_state_ptr, # (D, 2, B, H) float32 in/out: slot 0 holds dh_n; slot T % 2 ends with dh_0
-    counter_ptr,  # (D * batch tiles,) int32 zeros: one barrier counter per program group
+    counter_ptr,  # (D * groups,) int32 zeros: one barrier counter per program group
     T, B, H,
     first_reverse, step_begin, step_end,
     HAS_LENGTHS: tl.constexpr, RELU: tl.constexpr, PHASES: tl.constexpr, GRID_SYNC: tl.constexpr,
@@ -115,8 +118,7 @@ def _rnn_bwd_persistent_kernel(
     phase 2 is the only cross-program dependency: one per step (plus a program-local
     debug_barrier after phase 2, see there). PHASES: 1 or 2 runs only that phase (one launch
     per phase and step, under the interpreter), 3 both with the barrier."""
-    col0, d, rev, n_cols, group, mask_b, rows, lengths = group_tile(lengths_ptr, B, T, first_reverse,
-                                                                    HAS_LENGTHS, BLOCK_B, BLOCK_H)
+    col0, d, rev, n_cols, group = persistent_group(first_reverse, BLOCK_H)
     counter_ptr += group
     dy_ptr += d * T * B * H
     act_ptr += d * T * B * H
@@ -128,39 +130,46 @@ def _rnn_bwd_persistent_kernel(
     mask_h = offs_h < H
     ar_k = tl.arange(0, BLOCK_P)
     mask_k = ar_k < H
-    keep = mask_b[:, None] & mask_h[None, :]
-    own = rows[:, None] * H + offs_h[None, :]
     if PHASES != 1:
         # W_hh[:, own units] (H x BLOCK_H): dh_{t-1}[:, own] = dpre_t W_hh[:, own].
         w = load_tile(w_hh_ptr, ar_k, offs_h, H, 1, H, H)
 
     for i in range(step_begin, step_end):
         s = T - 1 - i
-        t, active = step_time_index(s, lengths, rev)
-        live = mask_b & active
-        m2 = live[:, None] & mask_h[None, :]
         src = dh_state_ptr + (i % 2) * B * H
         dst = dh_state_ptr + ((i + 1) % 2) * B * H
         if PHASES != 2:
-            seq = (t * B + rows)[:, None] * H + offs_h[None, :]
-            # Total gradient of h_t = output gradient + gradient carried from the next step.
-            dh = tl.load(dy_ptr + seq, mask=m2, other=0.0).to(tl.float32) + tl.load(src + own, mask=m2, other=0.0)
-            a = tl.load(act_ptr + seq, mask=m2, other=0.0)
-            if RELU:
-                # torch's threshold_backward on the output: zero where a <= 0, so a NaN passes dh on
-                dpre = tl.where(a <= 0.0, 0.0, dh)
-            else:
-                dpre = dh * (1.0 - a * a)
-            tl.store(dpre_ptr + seq, tl.where(m2, dpre, 0.0), mask=keep)
+            for tile in range(tl.program_id(2), tl.cdiv(B, BLOCK_B), tl.num_programs(2)):
+                mask_b, rows, lengths = tile_rows(tile, lengths_ptr, B, T, HAS_LENGTHS, BLOCK_B)
+                keep = mask_b[:, None] & mask_h[None, :]
+                own = rows[:, None] * H + offs_h[None, :]
+                t, active = step_time_index(s, lengths, rev)
+                m2 = (mask_b & active)[:, None] & mask_h[None, :]
+                seq = (t * B + rows)[:, None] * H + offs_h[None, :]
+                # Total gradient of h_t = output gradient + gradient carried from the next step.
+                dh = tl.load(dy_ptr + seq, mask=m2, other=0.0).to(tl.float32) + tl.load(src + own, mask=m2, other=0.0)
+                a = tl.load(act_ptr + seq, mask=m2, other=0.0)
+                if RELU:
+                    # torch's threshold_backward on the output: zero where a <= 0, so a NaN passes dh on
+                    dpre = tl.where(a <= 0.0, 0.0, dh)
+                else:
+                    dpre = dh * (1.0 - a * a)
+                tl.store(dpre_ptr + seq, tl.where(m2, dpre, 0.0), mask=keep)
         if GRID_SYNC:
             _group_barrier(counter_ptr, (i + 1) * n_cols)
         if PHASES != 1:
-            # .cg: the other programs' dpre columns of this step, from L2.
-            dp = tl.load(dpre_ptr + (t * B + rows)[:, None] * H + ar_k[None, :],
-                         mask=mask_b[:, None] & mask_k[None, :], other=0.0, cache_modifier=".cg")
-            acc = mma(dp, w, DOT_FP32, INPUT_PRECISION)
-            carry = tl.load(src + own, mask=keep, other=0.0)
-            tl.store(dst + own, tl.where(m2, acc, carry), mask=keep)
+            for tile in range(tl.program_id(2), tl.cdiv(B, BLOCK_B), tl.num_programs(2)):
+                mask_b, rows, lengths = tile_rows(tile, lengths_ptr, B, T, HAS_LENGTHS, BLOCK_B)
+                keep = mask_b[:, None] & mask_h[None, :]
+                own = rows[:, None] * H + offs_h[None, :]
+                t, active = step_time_index(s, lengths, rev)
+                m2 = (mask_b & active)[:, None] & mask_h[None, :]
+                # .cg: the other programs' dpre columns of this step, from L2.
+                dp = tl.load(dpre_ptr + (t * B + rows)[:, None] * H + ar_k[None, :],
+                             mask=mask_b[:, None] & mask_k[None, :], other=0.0, cache_modifier=".cg")
+                acc = mma(dp, w, DOT_FP32, INPUT_PRECISION)
+                carry = tl.load(src + own, mask=keep, other=0.0)
+                tl.store(dst + own, tl.where(m2, acc, carry), mask=keep)
             # The next step's phase 1 reads these columns back, possibly in other threads of
             # this program (the dot's layout is not the loads'): order the stores before it.
             tl.debug_barrier()

@@ -63,6 +63,27 @@ def test_persistent_gru_rnn_match_reference(device, cell, bias, T, B, I, H, leng
     assert not bad, bad
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("lengths,reverse", [(None, False), ([3, 1, 2] * 12 + [3], True)], ids=["full", "lengths-rev"])
+def test_persistent_groups_loop_over_batch_tiles(device, cell, lengths, reverse):
+    """One program group per direction working through all three 16-row batch tiles of B=37 per
+    step (what the launcher does when the device cannot hold a group per tile), forward and
+    backward, against the reference."""
+    gen = torch.Generator().manual_seed(37)
+    inputs = random_direction_inputs(cell, 3, 37, 4, 20, device=device, generator=gen)
+    lengths = None if lengths is None else torch.tensor(lengths)
+    base = cell.split("_")[0]
+    before = dict(LAUNCH_COUNTS)
+    with forced_mode("persistent", groups=1):
+        assert recurrence_config(1, 20, 20, torch.float32, batch=37, persistent_capable=True).persistent[0] \
+            .grid(37, 20, 1) == (2, 1, 1)
+        errors = compare_direction(cell, inputs, lengths=lengths, reverse=reverse)
+    for name in (f"{base}_fwd_persistent", f"{base}_bwd_persistent"):
+        assert LAUNCH_COUNTS[name] > before.get(name, 0), f"{name} did not run"
+    bad = {k: v for k, v in errors.items() if not v <= TOLERANCES[torch.float32]}
+    assert not bad, bad
+
+
 def test_persistent_module_bidirectional_and_no_grad(device):
     """A bidirectional 2-layer LSTM in the persistent mode equals torch.nn.LSTM, with and without
     gradients (save=False skips the saved tensors)."""
@@ -138,12 +159,14 @@ def test_mode_rule():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("H,B,dtype", [(256, 16, torch.bfloat16), (512, 64, torch.bfloat16),
-                                       (1024, 16, torch.bfloat16), (512, 100, torch.float32)])
-def test_persistent_single_launch_on_gpu(H, B, dtype):
+@pytest.mark.parametrize("H,B,dtype,groups", [(256, 16, torch.bfloat16, 0), (512, 64, torch.bfloat16, 0),
+                                              (1024, 16, torch.bfloat16, 0), (512, 100, torch.float32, 0),
+                                              (512, 64, torch.bfloat16, 1), (1024, 256, torch.bfloat16, 0)])
+def test_persistent_single_launch_on_gpu(H, B, dtype, groups):
     """The real thing: one launch each way, the grid barrier every step, against torch.nn.LSTM
     (cuDNN), every output and gradient; co-residency is checked by the launcher (a fallback to
-    streamed would fail the counts)."""
+    streamed would fail the counts). groups=1: each program steps through all batch tiles (as
+    at B=256, H=1024, where the device cannot hold a group per tile)."""
     torch.manual_seed(1)
     ref = torch.nn.LSTM(H, H, bidirectional=True).cuda().to(dtype)
     rec = recgen.nn.LSTM(H, H, bidirectional=True).cuda().to(dtype)
@@ -151,7 +174,7 @@ def test_persistent_single_launch_on_gpu(H, B, dtype):
     x = torch.randn(64, B, H, device="cuda", dtype=dtype)
     before = dict(LAUNCH_COUNTS)
     x_rec, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
-    with forced_mode("persistent"):
+    with forced_mode("persistent", groups=groups):
         y, (h, c) = rec(x_rec)
         y.float().square().sum().backward()
     torch.cuda.synchronize()

@@ -3,6 +3,7 @@ occupancy arithmetic on Hopper's limits, the preference rule, and the choice amo
 candidates with a stand-in for Triton's compiled kernels and the device's properties (the real
 ones run in the gpu tests of tests/test_persistent.py)."""
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -11,7 +12,7 @@ from triton.runtime.errors import OutOfResources
 
 from recgen.aot import SM90_LIMITS
 from recgen.ops import persistent_tiles
-from recgen.ops.persistent_tiles import PersistentPlan, choose_plan, occupancy, persistent_plans, pick_plan
+from recgen.ops.persistent_tiles import PersistentPlan, choose_plan, fitted, occupancy, persistent_plans, pick_plan
 
 # What torch reports for an H100/H200 (cudaDeviceProp), as the launcher reads it.
 HOPPER = SimpleNamespace(multi_processor_count=132, max_threads_per_multi_processor=2048,
@@ -32,11 +33,36 @@ def test_occupancy_on_hopper_limits(regs, warps, shared, expected):
     assert occupancy(regs, warps, shared, SM90_LIMITS) == expected
 
 
-def test_pick_plan_prefers_the_first_spill_free_fit():
-    plans = ("a", "b", "c", "d")
-    assert pick_plan(plans, {"a": None, "b": 64, "c": 0, "d": 0}.get) == "c"
-    assert pick_plan(plans, {"a": 96, "b": 64, "c": None, "d": 64}.get) == "b"
-    assert pick_plan(plans, lambda plan: None) is None
+def test_fitted_gives_each_plan_the_groups_that_fit():
+    plan = PersistentPlan(16, 16, 1024, 8)
+    # B=256: 16 tiles; H=1024: 64 column blocks. One program per SM: 132 // 64 = 2 groups.
+    assert fitted(plan, 256, 1024, 1, 1, 132).grid(256, 1024, 1) == (64, 1, 2)
+    assert fitted(plan, 256, 1024, 2, 1, 132).groups == 1          # two directions: 128 programs
+    assert fitted(plan, 256, 2048, 2, 1, 132) is None             # 256 programs for one group each
+    assert fitted(plan, 256, 1024, 1, 3, 132).groups == 6          # 396 // 64
+    assert fitted(plan, 16, 1024, 1, 3, 132).groups == 1           # never more groups than tiles
+    assert fitted(dataclasses.replace(plan, groups=1), 256, 1024, 1, 3, 132).groups == 1  # a forced bound
+    assert plan.rows_per_step(256) == 16 and fitted(plan, 256, 1024, 1, 1, 132).rows_per_step(256) == 128
+
+
+def test_pick_plan_prefers_spill_free_then_fewest_rows_per_program():
+    a, b, c, d = (PersistentPlan(bb, 16, 512, 4, groups) for bb, groups in ((16, 2), (16, 16), (32, 8), (64, 4)))
+    # B=256: a steps through 8 tiles (128 rows) per program, b one (16 rows): b wins, and ends
+    # the search (nothing later has fewer rows); c would have come next.
+    seen = []
+    fits = {a: (0, a), b: (0, b), c: (0, c), d: (0, d)}
+    assert pick_plan((a, b, c, d), lambda p: seen.append(p) or fits[p], 256) == b and seen == [a, b]
+    # Spilling loses to any spill-free plan, whatever its rows; among spilling ones, least spill.
+    assert pick_plan((b, a), {b: (64, b), a: (0, a)}.get, 256) == a
+    assert pick_plan((b, c), {b: (96, b), c: (64, c)}.get, 256) == c
+    # c: one 32-row tile per program, d: one 64-row tile: c (the search stops there: the
+    # candidates come smallest tiles first, persistent_plans' order).
+    assert pick_plan((c, d), {c: (0, c), d: (0, d)}.get, 256) == c
+    # e: 4 groups over 16 tiles = 4 tiles of 16 rows = 64 rows, as d: the first of equals.
+    e = PersistentPlan(16, 16, 512, 8, 4)
+    assert pick_plan((e, d), {e: (0, e), d: (0, d)}.get, 256) == e
+    assert pick_plan((d, e), {e: (0, e), d: (0, d)}.get, 256) == d
+    assert pick_plan((a, b), lambda p: None, 256) is None
 
 
 class StandInKernel:
@@ -80,16 +106,28 @@ def test_choose_plan_skips_what_the_device_cannot_hold_and_caches(monkeypatch):
     assert len(kernel.compiled) == 6
 
 
-def test_choose_plan_none_when_the_grid_cannot_be_co_resident(monkeypatch):
-    """B=256, H=1024 at 16 rows per program is 64 x 16 = 1024 programs: more than 132 SMs hold at
-    one program each; 64 rows per program (256 programs) would need two per SM."""
+def test_choose_plan_loops_over_tiles_when_a_group_per_tile_does_not_fit(monkeypatch):
+    """B=256, H=1024 at 16 rows per tile is 64 x 16 = 1024 programs, but an SM holds one: 132
+    programs, two groups of 64, each stepping through 8 tiles. Every candidate ends up at 128
+    rows per program and step, so the first is taken."""
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: HOPPER)
     monkeypatch.setattr(persistent_tiles, "_CHOSEN", {})
     kernel = StandInKernel({(b, w): (255, 165376, 0) for b in (16, 32, 64) for w in (4, 8)})
     plans = persistent_plans(256, 1024)
-    assert choose_plan("k", kernel, plans, (256, 1024, 1), torch.device("cpu"), {"B": 256}) is None
+    chosen = choose_plan("k", kernel, plans, (256, 1024, 1), torch.device("cpu"), {"B": 256})
+    assert chosen == PersistentPlan(16, 16, 1024, 4, groups=2) and chosen.rows_per_step(256) == 128
     assert len(kernel.compiled) == len(plans) == 6
-    # Bidirectional at B=16: 64 columns x 2 directions = 128 programs, one per SM: fits.
+    # Bidirectional at B=16: 64 columns x 2 directions = 128 programs, one per SM: one group each.
     small = persistent_plans(16, 1024)
     chosen = choose_plan("k", kernel, small, (16, 1024, 2), torch.device("cpu"), {"B": 16})
-    assert chosen == PersistentPlan(16, 16, 1024, 4)
+    assert chosen == PersistentPlan(16, 16, 1024, 4, groups=1)
+
+
+def test_choose_plan_none_when_nothing_fits(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: HOPPER)
+    monkeypatch.setattr(persistent_tiles, "_CHOSEN", {})
+    too_big = StandInKernel({(b, w): (255, 263168, 0) for b in (16, 32, 64) for w in (4, 8)})
+    assert choose_plan("k", too_big, persistent_plans(64, 1024), (64, 1024, 1), torch.device("cpu"), {}) is None
+    # 2048 hidden units are 128 column blocks: two directions (256 programs) exceed 132 SMs at one each.
+    one_per_sm = StandInKernel({(b, w): (255, 165376, 0) for b in (16, 32, 64) for w in (4, 8)})
+    assert choose_plan("k", one_per_sm, persistent_plans(16, 2048), (16, 2048, 2), torch.device("cpu"), {}) is None

@@ -6,17 +6,25 @@ the same time, so before a launch the compiled kernel's occupancy (registers, sh
 threads per program against the SM's limits, read from the device, never assumed) must admit the
 whole grid on the device's SMs.
 
-Tiles (batch rows per program, warps) are chosen per launch key from the compiled kernels, not
-timed: the candidates of persistent_plans() are compiled in their order of preference, and the
-first one that the device can hold at once (shared memory within the per-block limit, whole
-grid co-resident) and that spills no registers is taken; failing that, the co-resident one that
-spills least. The choice is cached per (kernel, shapes, dtypes, flags, device). If no candidate
-fits, the launcher runs the streamed single-program kernel instead. bench/kernel_resources.py
-shows what the candidates need on Hopper (compiled without a GPU).
+Grid: (column blocks of 16 hidden units, directions, groups). A group of programs (one per
+column block) works through batch tiles of BLOCK_B rows; with as many groups as tiles each
+program has one tile, and when the device cannot hold that many programs at once, fewer groups
+each loop over several tiles per step (the W_hh slices stay on chip either way).
+
+Tiles are chosen per launch key from the compiled kernels, not timed. Each candidate of
+persistent_plans() (BLOCK_B rows per tile, warps) is compiled and given as many groups as the
+device holds at once (its occupancy on the device's SMs, at most one group per tile); a
+candidate whose shared memory exceeds the per-block limit, or of which not even one group per
+direction fits, is out. Of the rest the rule takes the one that spills no registers and steps
+through the fewest batch rows per program and step, the first of equals (failing a spill-free
+one, the one that spills least). The choice is cached per (kernel, shapes, dtypes, flags,
+device). If no candidate fits, the launcher runs the streamed single-program kernel instead.
+bench/kernel_resources.py shows what the candidates need on Hopper (compiled without a GPU).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -36,23 +44,34 @@ class PersistentPlan:
     block_h: int      # hidden units (of every gate) per program
     block_p: int      # the whole recurrent width, padded: h_{t-1} is read whole
     num_warps: int
+    groups: int = 0   # program groups per direction, each looping over its share of the batch
+                      # tiles; 0: one group per tile
+
+    def tiles(self, batch: int) -> int:
+        return triton.cdiv(batch, self.block_b)
 
     def grid(self, batch: int, hidden: int, directions: int) -> tuple:
-        return (triton.cdiv(hidden, self.block_h), directions, triton.cdiv(batch, self.block_b))
+        groups = min(self.groups or self.tiles(batch), self.tiles(batch))
+        return (triton.cdiv(hidden, self.block_h), directions, groups)
+
+    def rows_per_step(self, batch: int) -> int:
+        """Batch rows one program works through per step (its tiles, one after another)."""
+        return triton.cdiv(self.tiles(batch), self.grid(batch, 1, 1)[2]) * self.block_b
 
     def launch_args(self) -> dict:
         return {"BLOCK_B": self.block_b, "BLOCK_H": self.block_h, "BLOCK_P": self.block_p,
                 "num_warps": self.num_warps}
 
 
-def persistent_plans(batch: int, hidden: int) -> tuple:
+def persistent_plans(batch: int, hidden: int, groups: int = 0) -> tuple:
     """The candidate tiles for a persistent launch, in order of preference: fewest batch rows per
-    program first (a step's work spread over more programs; 16 is tl.dot's minimum), never more
+    tile first (a step's work spread over more programs; 16 is tl.dot's minimum), never more
     rows than the batch needs, and for each 4 warps before 8 (8 halve each thread's share of the
-    W_hh slice and of h_{t-1}, which large H needs to avoid spilling)."""
+    W_hh slice and of h_{t-1}, which large H needs to avoid spilling). groups: at most this many
+    groups per direction (0: one per tile, or as many as fit; tests force fewer)."""
     block_p = max(16, triton.next_power_of_2(hidden))
     most_rows = max(16, triton.next_power_of_2(batch))
-    return tuple(PersistentPlan(block_b, COLUMNS_PER_PROGRAM, block_p, warps)
+    return tuple(PersistentPlan(block_b, COLUMNS_PER_PROGRAM, block_p, warps, groups)
                  for block_b in BLOCK_B_CHOICES if block_b <= most_rows for warps in WARP_CHOICES)
 
 
@@ -84,10 +103,13 @@ def programs_per_sm(compiled, device: torch.device) -> int:
     return occupancy(compiled.n_regs, compiled.metadata.num_warps, compiled.metadata.shared, limits)
 
 
-def co_resident(compiled, programs: int, device: torch.device) -> bool:
-    """Whether `programs` programs of `compiled` can all be resident on the device at once."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return programs <= sms * programs_per_sm(compiled, device)
+def fitted(plan: PersistentPlan, batch: int, hidden: int, directions: int, per_sm: int, sms: int):
+    """`plan` with as many groups as the device holds at once (at most one per batch tile, and at
+    most plan.groups if set), given `per_sm` programs of its compiled kernel per SM on `sms` SMs;
+    None if not even one group of every direction fits."""
+    columns = triton.cdiv(hidden, plan.block_h)
+    groups = min(plan.grid(batch, hidden, directions)[2], sms * per_sm // (columns * directions))
+    return dataclasses.replace(plan, groups=groups) if groups >= 1 else None
 
 
 # (kernel name, scalar arguments, tensor dtypes, device) -> the chosen PersistentPlan, or None
@@ -95,50 +117,56 @@ def co_resident(compiled, programs: int, device: torch.device) -> bool:
 _CHOSEN: dict = {}
 
 
-def _launch_key(name: str, args: dict, device: torch.device) -> tuple:
+def _launch_key(name: str, plans: tuple, args: dict, device: torch.device) -> tuple:
     scalars = tuple(sorted((k, v) for k, v in args.items() if not isinstance(v, torch.Tensor)))
     dtypes = tuple(sorted((k, str(v.dtype)) for k, v in args.items() if isinstance(v, torch.Tensor)))
-    return name, scalars, dtypes, str(device)
+    return name, scalars, dtypes, str(device), plans
 
 
-def pick_plan(plans: tuple, fit):
-    """The first of `plans` that fits and spills nothing; else the fitting one that spills least
-    (the first of equals); else None. fit(plan): its spilled registers, or None when the device
-    cannot hold it."""
-    best = None
-    for plan in plans:
-        spills = fit(plan)
-        if spills is not None and (best is None or spills < best[0]):
-            best = (spills, plan)
-            if spills == 0:
-                break
-    return None if best is None else best[1]
+def pick_plan(plans: tuple, fit, batch: int):
+    """Of `plans`, the fitting one that spills nothing and steps through the fewest batch rows per
+    program (its tiles times BLOCK_B); failing a spill-free one, the one that spills least; the
+    first of equals; None if none fits. fit(plan): (spilled registers, the plan with its groups),
+    or None when the device cannot hold it. Stops at the first spill-free plan with one tile per
+    program: the later candidates have at least as many rows per tile."""
+    best, best_rank = None, None
+    for order, plan in enumerate(plans):
+        found = fit(plan)
+        if found is None:
+            continue
+        spills, plan = found
+        rank = (spills, plan.rows_per_step(batch), order)
+        if best is None or rank < best_rank:
+            best, best_rank = plan, rank
+        if spills == 0 and plan.rows_per_step(batch) == plan.block_b:
+            break
+    return best
 
 
-def _spills_if_resident(kernel, plan: PersistentPlan, grid: tuple, device: torch.device, args: dict):
-    """The registers `kernel` compiled with `plan`'s tiles spills, or None when the device cannot
-    hold it: too much shared memory per program (Triton raises OutOfResources when the kernel is
-    loaded), or a grid that cannot be resident all at once."""
+def _fit_on_device(kernel, plan: PersistentPlan, shape: tuple, device: torch.device, args: dict):
+    """(registers spilled, `plan` with as many groups as fit) for `kernel` compiled with `plan`'s
+    tiles on `device`, or None when the device cannot hold it: too much shared memory per program
+    (Triton raises OutOfResources when the kernel is loaded), or not even one group per direction
+    resident at once."""
     from triton.runtime.errors import OutOfResources
 
-    compiled = kernel.warmup(grid=grid, **args, **plan.launch_args())
+    compiled = kernel.warmup(grid=plan.grid(*shape), **args, **plan.launch_args())
     try:
         compiled._init_handles()
     except OutOfResources:
         return None
-    if not co_resident(compiled, grid[0] * grid[1] * grid[2], device):
-        return None
-    return compiled.n_spills
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    plan = fitted(plan, *shape, programs_per_sm(compiled, device), sms)
+    return None if plan is None else (compiled.n_spills, plan)
 
 
 def choose_plan(name: str, kernel, plans: tuple, shape: tuple, device: torch.device, args: dict):
     """The plan a persistent launch of `kernel` uses (pick_plan on the compiled candidates: the
     rule in the module docstring), cached per launch key; None when no candidate fits the device.
     shape: (batch, hidden, directions)."""
-    key = _launch_key(name, args, device)
+    key = _launch_key(name, plans, args, device)
     if key not in _CHOSEN:
-        _CHOSEN[key] = pick_plan(plans, lambda plan: _spills_if_resident(kernel, plan, plan.grid(*shape), device,
-                                                                         args))
+        _CHOSEN[key] = pick_plan(plans, lambda plan: _fit_on_device(kernel, plan, shape, device, args), shape[0])
     return _CHOSEN[key]
 
 
@@ -156,7 +184,7 @@ def run_persistent(name: str, kernel, plans: tuple, shape: tuple, steps: int, de
     if any(is_fake(v) for v in args.values()):
         return False
     if interpreting():
-        plan = plans[0]
+        plan = plans[0]  # the interpreter has no occupancy: the first candidate as it is
         grid = plan.grid(*shape)
         args = dict(args, counter_ptr=torch.zeros(grid[1] * grid[2], dtype=torch.int32, device=device),
                     **plan.launch_args())
