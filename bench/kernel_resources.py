@@ -44,7 +44,7 @@ def _measure(job: tuple) -> dict:
 
     from recgen.aot import compile_kernel, resource_usage
     from recgen.ops.persistent import STATE_POINTERS
-    from recgen.ops.persistent_tiles import COLUMNS_PER_PROGRAM
+    from recgen.ops.persistent_tiles import COLUMNS_PER_PROGRAM, PIPELINE_STAGES
 
     module, name = KERNELS[kernel]
     fn = getattr(importlib.import_module(f"recgen.kernels.{module}"), name)
@@ -52,7 +52,8 @@ def _measure(job: tuple) -> dict:
     values = dict(HAS_LENGTHS=False, SAVE=True, GRID_SYNC=True, PHASES=3, HAS_BIAS=True, RELU=False,
                   DOT_FP32=fp32, INPUT_PRECISION="ieee", BLOCK_B=block_b, BLOCK_H=COLUMNS_PER_PROGRAM,
                   BLOCK_P=hidden)
-    compiled = compile_kernel(fn, values, dtype, num_warps=warps, state_pointers=STATE_POINTERS)
+    compiled = compile_kernel(fn, values, dtype, num_warps=warps, num_stages=PIPELINE_STAGES,
+                              state_pointers=STATE_POINTERS)
     return {"kernel": kernel, "dtype": dtype, "H": hidden, "block_b": block_b, **resource_usage(compiled)}
 
 
@@ -91,7 +92,7 @@ def rule_choices(rows: list) -> list:
             try:
                 plan = pick_plan(persistent_plans(batch, hidden), fit, batch)
                 choice = "streamed" if plan is None else \
-                    f"{plan.block_b} rows x {plan.tiles(batch) // plan.groups} tiles, {plan.num_warps} warps"
+                    f"{plan.block_b} rows x {plan.rows_per_step(batch) // plan.block_b} tiles, {plan.num_warps} warps"
             except LookupError as missing:  # a probe run restricted to some tiles
                 plan, choice = None, f"not known: tiles {missing.args[0]} not compiled in this run"
             row = None if plan is None else by_tiles[(kernel, dtype, hidden, plan.block_b, plan.num_warps)]

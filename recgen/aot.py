@@ -46,15 +46,17 @@ def signature(fn, values: dict, io: str, io_pointers=IO_POINTERS, state_pointers
     return sig, constexprs
 
 
-def compile_kernel(fn, values: dict, io: str, num_warps: int = 4, arch: int = 90, **signature_kwargs):
-    """Compile `fn` for sm_`arch` with the constexprs in `values`; returns the CompiledKernel."""
+def compile_kernel(fn, values: dict, io: str, num_warps: int = 4, arch: int = 90, num_stages: int | None = None,
+                   **signature_kwargs):
+    """Compile `fn` for sm_`arch` with the constexprs in `values` (and Triton's default
+    software-pipelining depth unless num_stages is given); returns the CompiledKernel."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     sig, constexprs = signature(fn, values, io, **signature_kwargs)
     return triton.compile(ASTSource(fn, sig, constexprs=constexprs), target=GPUTarget("cuda", arch, 32),
-                          options={"num_warps": num_warps})
+                          options={"num_warps": num_warps, **({"num_stages": num_stages} if num_stages else {})})
 
 
 def resource_usage(compiled) -> dict:

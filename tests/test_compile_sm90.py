@@ -20,12 +20,14 @@ import importlib, sys
 import triton
 from recgen.aot import compile_kernel
 from recgen.ops.persistent import STATE_POINTERS
+from recgen.ops.persistent_tiles import PIPELINE_STAGES
 
 module, name = sys.argv[1], sys.argv[2]
 fn = getattr(importlib.import_module(f"recgen.kernels.{module}"), name)
 assert isinstance(fn, triton.runtime.JITFunction), type(fn)
 io_pointers = None  # recgen.aot.IO_POINTERS: the I/O dtype; the rest float32 state or int32
 state_pointers = ()
+stages = None  # Triton's default software pipelining
 flags = dict(REVERSE=True, HAS_LENGTHS=True, HAS_PROJ=True, HAS_BIAS=True, RELU=False, SAVE=True, BLOCK_B=16)
 variants = [
     ("resident-fp32", "fp32", dict(RESIDENT=True, BLOCK_H=32, BLOCK_P=32, DOT_FP32=True, INPUT_PRECISION="tf32")),
@@ -75,6 +77,7 @@ if module in ("lstm_persistent", "gru_persistent", "rnn_persistent"):
     ]
     flags = dict(flags, PHASES=3)
     state_pointers = STATE_POINTERS  # the forwards exchange h_t in the weights' dtype
+    stages = PIPELINE_STAGES  # as the launcher runs them
 if module == "conv_bwd":
     io_pointers = {"dacc_ptr", "w_ptr", "x_ptr", "dx_ptr"}
     flags = dict(K=3, STRIDE=2, UPSAMPLE=True, REFLECT=True, HAS_IN_SCALE=True, HAS_IN_SHIFT=True, IN_ACT=2,
@@ -90,7 +93,8 @@ if module == "conv_bwd":
     ]
 for variant, io, overrides in variants:
     extra = {"io_pointers": io_pointers} if io_pointers else {}
-    compiled = compile_kernel(fn, {**flags, **overrides}, io, state_pointers=state_pointers, **extra)
+    compiled = compile_kernel(fn, {**flags, **overrides}, io, num_stages=stages, state_pointers=state_pointers,
+                              **extra)
     print(f"compiled {name} {variant} cubin {len(compiled.asm['cubin'])} bytes")
 '''
 

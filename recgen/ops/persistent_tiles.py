@@ -36,6 +36,10 @@ from recgen.ops._launch import launch
 COLUMNS_PER_PROGRAM = 16  # hidden units per program: tl.dot's minimum N
 BLOCK_B_CHOICES = (16, 32, 64)  # batch rows per program, smallest first (more, smaller groups)
 WARP_CHOICES = (4, 8)
+# No software pipelining: Triton would multi-buffer the batch-tile loop's loads in shared memory
+# (3 stages: the LSTM backward at H=512 needs 330 KB instead of 99 KB, more than an SM has), and
+# nothing is gained: each step's loads wait on the grid barrier anyway (bench/kernel_resources.py).
+PIPELINE_STAGES = 1
 
 
 @dataclass(frozen=True)
@@ -60,7 +64,7 @@ class PersistentPlan:
 
     def launch_args(self) -> dict:
         return {"BLOCK_B": self.block_b, "BLOCK_H": self.block_h, "BLOCK_P": self.block_p,
-                "num_warps": self.num_warps}
+                "num_warps": self.num_warps, "num_stages": PIPELINE_STAGES}
 
 
 def persistent_plans(batch: int, hidden: int, groups: int = 0) -> tuple:
