@@ -19,8 +19,8 @@ import triton
 import triton.language as tl
 
 from recgen.kernels.gru import gru_gate_grads
-from recgen.kernels.lstm_persistent import _group_barrier, persistent_group
-from recgen.kernels.math import load_tile, mma, sigmoid, step_time_index, tanh, tile_rows
+from recgen.kernels.lstm_persistent import _group_barrier, persistent_group, tile_at_step
+from recgen.kernels.math import load_tile, mma, sigmoid, tanh
 
 
 @triton.jit
@@ -73,11 +73,8 @@ def _gru_fwd_persistent_kernel(
         src = h_state_ptr + (s % 2) * B * H
         dst = h_state_ptr + ((s + 1) % 2) * B * H
         for tile in range(tl.program_id(2), tl.cdiv(B, BLOCK_B), tl.num_programs(2)):
-            mask_b, rows, lengths = tile_rows(tile, lengths_ptr, B, T, HAS_LENGTHS, BLOCK_B)
-            keep = mask_b[:, None] & mask_h[None, :]
-            own = rows[:, None] * H + offs_h[None, :]
-            t, active = step_time_index(s, lengths, rev)
-            m2 = (mask_b & active)[:, None] & mask_h[None, :]
+            mask_b, rows, lengths, keep, m2, own, t = tile_at_step(
+                tile, s, rev, lengths_ptr, B, T, H, offs_h, mask_h, HAS_LENGTHS, BLOCK_B)
             x_row = xw_ptr + t * stride_xt + rows * stride_xb
             # .cg: from L2, never a stale L1 line of another program's h (they change every step).
             h_prev = tl.load(src + rows[:, None] * H + ar_p[None, :], mask=mask_b[:, None] & mask_p[None, :],
@@ -175,11 +172,8 @@ def _gru_bwd_persistent_kernel(
         dst = dh_state_ptr + ((i + 1) % 2) * B * H
         if PHASES != 2:
             for tile in range(tl.program_id(2), tl.cdiv(B, BLOCK_B), tl.num_programs(2)):
-                mask_b, rows, lengths = tile_rows(tile, lengths_ptr, B, T, HAS_LENGTHS, BLOCK_B)
-                keep = mask_b[:, None] & mask_h[None, :]
-                own = rows[:, None] * H + offs_h[None, :]
-                t, active = step_time_index(s, lengths, rev)
-                m2 = (mask_b & active)[:, None] & mask_h[None, :]
+                mask_b, rows, lengths, keep, m2, own, t = tile_at_step(
+                    tile, s, rev, lengths_ptr, B, T, H, offs_h, mask_h, HAS_LENGTHS, BLOCK_B)
                 seq = (t * B + rows)[:, None] * H + offs_h[None, :]
                 # Total gradient of h_t = output gradient + gradient carried from step t+1.
                 carry = tl.load(src + own, mask=keep, other=0.0)
@@ -191,11 +185,8 @@ def _gru_bwd_persistent_kernel(
             _group_barrier(counter_ptr, (i + 1) * n_cols)
         if PHASES != 1:
             for tile in range(tl.program_id(2), tl.cdiv(B, BLOCK_B), tl.num_programs(2)):
-                mask_b, rows, lengths = tile_rows(tile, lengths_ptr, B, T, HAS_LENGTHS, BLOCK_B)
-                keep = mask_b[:, None] & mask_h[None, :]
-                own = rows[:, None] * H + offs_h[None, :]
-                t, active = step_time_index(s, lengths, rev)
-                m2 = (mask_b & active)[:, None] & mask_h[None, :]
+                mask_b, rows, lengths, keep, m2, own, t = tile_at_step(
+                    tile, s, rev, lengths_ptr, B, T, H, offs_h, mask_h, HAS_LENGTHS, BLOCK_B)
                 dmask = mask_b[:, None] & mask_k[None, :]
                 dx_row = dxw_ptr + (t * B + rows)[:, None] * (3 * H) + ar_k[None, :]
                 # .cg: the other programs' gradients of this step, from L2.

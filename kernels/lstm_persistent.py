@@ -57,6 +57,19 @@ def persistent_group(first_reverse, BLOCK_H: tl.constexpr):
 
 
 @triton.jit
+def tile_at_step(tile, s, rev, lengths_ptr, B, T, H, offs_h, mask_h, HAS_LENGTHS: tl.constexpr,
+                 BLOCK_B: tl.constexpr):
+    """Batch tile `tile` at loop step `s` of a persistent program: its row mask, int64 rows and
+    valid steps, the masks of its rows x this program's columns (`keep`: in bounds, `m2`: also
+    active at this step), their offsets in a (B, H) array, and each row's time index t."""
+    mask_b, rows, lengths = tile_rows(tile, lengths_ptr, B, T, HAS_LENGTHS, BLOCK_B)
+    keep = mask_b[:, None] & mask_h[None, :]
+    t, active = step_time_index(s, lengths, rev)
+    m2 = (mask_b & active)[:, None] & mask_h[None, :]
+    return mask_b, rows, lengths, keep, m2, rows[:, None] * H + offs_h[None, :], t
+
+
+@triton.jit
 def _lstm_fwd_persistent_kernel(
     xw_ptr,       # (T, B, D*4H) input projection with both biases, last dim contiguous
     w_hh_ptr,     # (D, 4H, H) recurrent weights, contiguous
@@ -100,11 +113,8 @@ def _lstm_fwd_persistent_kernel(
         src = h_state_ptr + (s % 2) * B * H
         dst = h_state_ptr + ((s + 1) % 2) * B * H
         for tile in range(tl.program_id(2), tl.cdiv(B, BLOCK_B), tl.num_programs(2)):
-            mask_b, rows, lengths = tile_rows(tile, lengths_ptr, B, T, HAS_LENGTHS, BLOCK_B)
-            keep = mask_b[:, None] & mask_h[None, :]
-            own = rows[:, None] * H + offs_h[None, :]
-            t, active = step_time_index(s, lengths, rev)
-            m2 = (mask_b & active)[:, None] & mask_h[None, :]
+            mask_b, rows, lengths, keep, m2, own, t = tile_at_step(
+                tile, s, rev, lengths_ptr, B, T, H, offs_h, mask_h, HAS_LENGTHS, BLOCK_B)
             x_row = xw_ptr + t * stride_xt + rows * stride_xb
             # .cg: from L2, never a stale L1 line of another program's h (they change every step).
             h_prev = tl.load(src + rows[:, None] * H + ar_p[None, :], mask=mask_b[:, None] & mask_p[None, :],
@@ -197,10 +207,8 @@ def _lstm_bwd_persistent_kernel(
         dst = dh_state_ptr + ((i + 1) % 2) * B * H
         if PHASES != 2:
             for tile in range(tl.program_id(2), tl.cdiv(B, BLOCK_B), tl.num_programs(2)):
-                mask_b, rows, lengths = tile_rows(tile, lengths_ptr, B, T, HAS_LENGTHS, BLOCK_B)
-                keep = mask_b[:, None] & mask_h[None, :]
-                t, active = step_time_index(s, lengths, rev)
-                m2 = (mask_b & active)[:, None] & mask_h[None, :]
+                mask_b, rows, lengths, keep, m2, own, t = tile_at_step(
+                    tile, s, rev, lengths_ptr, B, T, H, offs_h, mask_h, HAS_LENGTHS, BLOCK_B)
                 t_prev = tl.where(rev, t + 1, t - 1)
                 has_prev = (lengths * 0 + s) > 0  # per row, so it broadcasts into the load masks
                 dm = tl.load(dy_ptr + (t * B + rows)[:, None] * H + offs_h[None, :], mask=m2,
@@ -212,11 +220,8 @@ def _lstm_bwd_persistent_kernel(
             _group_barrier(counter_ptr, (i + 1) * n_cols)
         if PHASES != 1:
             for tile in range(tl.program_id(2), tl.cdiv(B, BLOCK_B), tl.num_programs(2)):
-                mask_b, rows, lengths = tile_rows(tile, lengths_ptr, B, T, HAS_LENGTHS, BLOCK_B)
-                keep = mask_b[:, None] & mask_h[None, :]
-                own = rows[:, None] * H + offs_h[None, :]
-                t, active = step_time_index(s, lengths, rev)
-                m2 = (mask_b & active)[:, None] & mask_h[None, :]
+                mask_b, rows, lengths, keep, m2, own, t = tile_at_step(
+                    tile, s, rev, lengths_ptr, B, T, H, offs_h, mask_h, HAS_LENGTHS, BLOCK_B)
                 dg_row = dgates_ptr + (t * B + rows)[:, None] * (4 * H) + ar_k[None, :]
                 dmask = mask_b[:, None] & mask_k[None, :]
                 # .cg: the other programs' gate gradients of this step, from L2.

@@ -18,8 +18,8 @@ kernels/rnn.py, so the two modes' tensors are interchangeable.
 import triton
 import triton.language as tl
 
-from recgen.kernels.lstm_persistent import _group_barrier, persistent_group
-from recgen.kernels.math import load_tile, mma, step_time_index, tanh, tile_rows
+from recgen.kernels.lstm_persistent import _group_barrier, persistent_group, tile_at_step
+from recgen.kernels.math import load_tile, mma, tanh
 
 
 @triton.jit
@@ -63,11 +63,8 @@ def _rnn_fwd_persistent_kernel(
         src = h_state_ptr + (s % 2) * B * H
         dst = h_state_ptr + ((s + 1) % 2) * B * H
         for tile in range(tl.program_id(2), tl.cdiv(B, BLOCK_B), tl.num_programs(2)):
-            mask_b, rows, lengths = tile_rows(tile, lengths_ptr, B, T, HAS_LENGTHS, BLOCK_B)
-            keep = mask_b[:, None] & mask_h[None, :]
-            own = rows[:, None] * H + offs_h[None, :]
-            t, active = step_time_index(s, lengths, rev)
-            m2 = (mask_b & active)[:, None] & mask_h[None, :]
+            mask_b, rows, lengths, keep, m2, own, t = tile_at_step(
+                tile, s, rev, lengths_ptr, B, T, H, offs_h, mask_h, HAS_LENGTHS, BLOCK_B)
             x_row = xw_ptr + t * stride_xt + rows * stride_xb
             # .cg: from L2, never a stale L1 line of another program's h (they change every step).
             h_prev = tl.load(src + rows[:, None] * H + ar_p[None, :], mask=mask_b[:, None] & mask_p[None, :],
@@ -140,11 +137,8 @@ def _rnn_bwd_persistent_kernel(
         dst = dh_state_ptr + ((i + 1) % 2) * B * H
         if PHASES != 2:
             for tile in range(tl.program_id(2), tl.cdiv(B, BLOCK_B), tl.num_programs(2)):
-                mask_b, rows, lengths = tile_rows(tile, lengths_ptr, B, T, HAS_LENGTHS, BLOCK_B)
-                keep = mask_b[:, None] & mask_h[None, :]
-                own = rows[:, None] * H + offs_h[None, :]
-                t, active = step_time_index(s, lengths, rev)
-                m2 = (mask_b & active)[:, None] & mask_h[None, :]
+                mask_b, rows, lengths, keep, m2, own, t = tile_at_step(
+                    tile, s, rev, lengths_ptr, B, T, H, offs_h, mask_h, HAS_LENGTHS, BLOCK_B)
                 seq = (t * B + rows)[:, None] * H + offs_h[None, :]
                 # Total gradient of h_t = output gradient + gradient carried from the next step.
                 dh = tl.load(dy_ptr + seq, mask=m2, other=0.0).to(tl.float32) + tl.load(src + own, mask=m2, other=0.0)
@@ -159,11 +153,8 @@ def _rnn_bwd_persistent_kernel(
             _group_barrier(counter_ptr, (i + 1) * n_cols)
         if PHASES != 1:
             for tile in range(tl.program_id(2), tl.cdiv(B, BLOCK_B), tl.num_programs(2)):
-                mask_b, rows, lengths = tile_rows(tile, lengths_ptr, B, T, HAS_LENGTHS, BLOCK_B)
-                keep = mask_b[:, None] & mask_h[None, :]
-                own = rows[:, None] * H + offs_h[None, :]
-                t, active = step_time_index(s, lengths, rev)
-                m2 = (mask_b & active)[:, None] & mask_h[None, :]
+                mask_b, rows, lengths, keep, m2, own, t = tile_at_step(
+                    tile, s, rev, lengths_ptr, B, T, H, offs_h, mask_h, HAS_LENGTHS, BLOCK_B)
                 # .cg: the other programs' dpre columns of this step, from L2.
                 dp = tl.load(dpre_ptr + (t * B + rows)[:, None] * H + ar_k[None, :],
                              mask=mask_b[:, None] & mask_k[None, :], other=0.0, cache_modifier=".cg")
