@@ -89,24 +89,32 @@ def _gru_fwd_kernel(
                 acc_r += mma(h_k, w_r, DOT_FP32, INPUT_PRECISION)
                 acc_z += mma(h_k, w_z, DOT_FP32, INPUT_PRECISION)
                 acc_n += mma(h_k, w_n, DOT_FP32, INPUT_PRECISION)
-            x_r = tl.load(x_row[:, None] + (0 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
-            x_z = tl.load(x_row[:, None] + (1 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
-            x_n = tl.load(x_row[:, None] + (2 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
-            gr = sigmoid(x_r + acc_r)
-            gz = sigmoid(x_z + acc_z)
-            gn = tanh(x_n + gr * acc_n)
             h_old = tl.load(src + rows[:, None] * H + offs_h[None, :], mask=keep, other=0.0)
-            h_new = (1.0 - gz) * gn + gz * h_old
-            if SAVE:
-                s_row = saved_ptr + (t * B + rows)[:, None] * (4 * H) + offs_h[None, :]
-                tl.store(s_row + 0 * H, tl.where(m2, gr, 0.0), mask=keep)
-                tl.store(s_row + 1 * H, tl.where(m2, gz, 0.0), mask=keep)
-                tl.store(s_row + 2 * H, tl.where(m2, gn, 0.0), mask=keep)
-                tl.store(s_row + 3 * H, tl.where(m2, acc_n, 0.0), mask=keep)
+            h_new = gru_cell(x_row, acc_r, acc_z, acc_n, h_old, saved_ptr, t, rows, offs_h, B, H, m2, keep, SAVE)
             tl.store(dst + rows[:, None] * H + offs_h[None, :], tl.where(m2, h_new, h_old), mask=keep)
             tl.store(y_ptr + t[:, None] * stride_yt + rows[:, None] * stride_yb + offs_h[None, :],
                      tl.where(m2, h_new, 0.0).to(y_ptr.dtype.element_ty), mask=keep)
         tl.debug_barrier()  # h_t is complete before step s + 1 reads it
+
+
+@triton.jit
+def gru_cell(x_row, acc_r, acc_z, acc_n, h_old, saved_ptr, t, rows, offs_h, B, H, m2, keep, SAVE: tl.constexpr):
+    """One GRU step on a tile, from the hidden-side pre-activations gh_g = h_{t-1} W_hg^T + b_hg:
+    reads the input side (x_row: this step's xw rows), returns h_t = (1 - z) n + z h_{t-1} and,
+    with SAVE, writes r, z, n and gh_n for the backward (zero at padding)."""
+    x_r = tl.load(x_row[:, None] + (0 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
+    x_z = tl.load(x_row[:, None] + (1 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
+    x_n = tl.load(x_row[:, None] + (2 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
+    gr = sigmoid(x_r + acc_r)
+    gz = sigmoid(x_z + acc_z)
+    gn = tanh(x_n + gr * acc_n)
+    if SAVE:
+        s_row = saved_ptr + (t * B + rows)[:, None] * (4 * H) + offs_h[None, :]
+        tl.store(s_row + 0 * H, tl.where(m2, gr, 0.0), mask=keep)
+        tl.store(s_row + 1 * H, tl.where(m2, gz, 0.0), mask=keep)
+        tl.store(s_row + 2 * H, tl.where(m2, gn, 0.0), mask=keep)
+        tl.store(s_row + 3 * H, tl.where(m2, acc_n, 0.0), mask=keep)
+    return (1.0 - gz) * gn + gz * h_old
 
 
 @triton.jit

@@ -18,9 +18,9 @@ of kernels/gru.py, so the two modes' tensors are interchangeable.
 import triton
 import triton.language as tl
 
-from recgen.kernels.gru import gru_gate_grads
+from recgen.kernels.gru import gru_cell, gru_gate_grads
 from recgen.kernels.lstm_persistent import _group_barrier, persistent_group, tile_at_step
-from recgen.kernels.math import load_tile, mma, sigmoid, tanh
+from recgen.kernels.math import load_tile, mma
 
 
 @triton.jit
@@ -90,20 +90,8 @@ def _gru_fwd_persistent_kernel(
             acc_r += mma(h_prev, w_r, DOT_FP32, INPUT_PRECISION)
             acc_z += mma(h_prev, w_z, DOT_FP32, INPUT_PRECISION)
             acc_n += mma(h_prev, w_n, DOT_FP32, INPUT_PRECISION)
-            x_r = tl.load(x_row[:, None] + (0 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
-            x_z = tl.load(x_row[:, None] + (1 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
-            x_n = tl.load(x_row[:, None] + (2 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
-            gr = sigmoid(x_r + acc_r)
-            gz = sigmoid(x_z + acc_z)
-            gn = tanh(x_n + gr * acc_n)
             h_old = tl.load(h_carry_ptr + own, mask=keep, other=0.0)
-            h_new = (1.0 - gz) * gn + gz * h_old
-            if SAVE:
-                s_row = saved_ptr + (t * B + rows)[:, None] * (4 * H) + offs_h[None, :]
-                tl.store(s_row + 0 * H, tl.where(m2, gr, 0.0), mask=keep)
-                tl.store(s_row + 1 * H, tl.where(m2, gz, 0.0), mask=keep)
-                tl.store(s_row + 2 * H, tl.where(m2, gn, 0.0), mask=keep)
-                tl.store(s_row + 3 * H, tl.where(m2, acc_n, 0.0), mask=keep)
+            h_new = gru_cell(x_row, acc_r, acc_z, acc_n, h_old, saved_ptr, t, rows, offs_h, B, H, m2, keep, SAVE)
             h_carry = tl.where(m2, h_new, h_old)
             tl.store(h_carry_ptr + own, h_carry, mask=keep)
             tl.store(dst + own, h_carry.to(h_state_ptr.dtype.element_ty), mask=keep)

@@ -90,24 +90,10 @@ def _lstm_fwd_kernel(
                 acc_f += mma(h_prev, w_f, DOT_FP32, INPUT_PRECISION)
                 acc_g += mma(h_prev, w_g, DOT_FP32, INPUT_PRECISION)
                 acc_o += mma(h_prev, w_o, DOT_FP32, INPUT_PRECISION)
-            gi = sigmoid(acc_i)
-            gf = sigmoid(acc_f)
-            gg = tanh(acc_g)
-            go = sigmoid(acc_o)
-            cs_off = rows[:, None] * H + offs_h[None, :]
             keep = mask_b[:, None] & mask_h[None, :]
-            c_prev = tl.load(c_state_ptr + cs_off, mask=keep, other=0.0)
-            c_new = gf * c_prev + gi * gg
-            m_new = go * tanh(c_new)
+            m_new = lstm_cell(acc_i, acc_f, acc_g, acc_o, c_state_ptr, gates_ptr, c_ptr, t, rows, offs_h, B, H,
+                              m2, keep, SAVE)
             seq_off = (t * B + rows)[:, None] * H + offs_h[None, :]
-            if SAVE:
-                g_row = gates_ptr + (t * B + rows)[:, None] * (4 * H) + offs_h[None, :]
-                tl.store(g_row + 0 * H, tl.where(m2, gi, 0.0), mask=keep)
-                tl.store(g_row + 1 * H, tl.where(m2, gf, 0.0), mask=keep)
-                tl.store(g_row + 2 * H, tl.where(m2, gg, 0.0), mask=keep)
-                tl.store(g_row + 3 * H, tl.where(m2, go, 0.0), mask=keep)
-                tl.store(c_ptr + seq_off, tl.where(m2, c_new, 0.0), mask=keep)
-            tl.store(c_state_ptr + cs_off, tl.where(m2, c_new, c_prev), mask=keep)
             if HAS_PROJ:
                 tl.store(m_ptr + seq_off, tl.where(m2, m_new, 0.0), mask=keep)
             else:
@@ -136,6 +122,30 @@ def _lstm_fwd_kernel(
                 tl.store(y_ptr + t[:, None] * stride_yt + rows[:, None] * stride_yb + offs_p[None, :],
                          tl.where(m2, acc, 0.0).to(y_ptr.dtype.element_ty), mask=keep)
         tl.debug_barrier()  # h_t is complete before step s + 1 reads it
+
+
+@triton.jit
+def lstm_cell(acc_i, acc_f, acc_g, acc_o, c_state_ptr, gates_ptr, c_ptr, t, rows, offs_h, B, H, m2, keep,
+              SAVE: tl.constexpr):
+    """One LSTM step on a tile, from the gate pre-activations: the gates, the new cell state
+    (written to c_state where the row is active, `m2`) and, with SAVE, the gates and c_t saved
+    for the backward (zero at padding). Returns h_t (before a projection)."""
+    gi = sigmoid(acc_i)
+    gf = sigmoid(acc_f)
+    gg = tanh(acc_g)
+    go = sigmoid(acc_o)
+    own = rows[:, None] * H + offs_h[None, :]
+    c_old = tl.load(c_state_ptr + own, mask=keep, other=0.0)
+    c_new = gf * c_old + gi * gg
+    tl.store(c_state_ptr + own, tl.where(m2, c_new, c_old), mask=keep)
+    if SAVE:
+        g_row = gates_ptr + (t * B + rows)[:, None] * (4 * H) + offs_h[None, :]
+        tl.store(g_row + 0 * H, tl.where(m2, gi, 0.0), mask=keep)
+        tl.store(g_row + 1 * H, tl.where(m2, gf, 0.0), mask=keep)
+        tl.store(g_row + 2 * H, tl.where(m2, gg, 0.0), mask=keep)
+        tl.store(g_row + 3 * H, tl.where(m2, go, 0.0), mask=keep)
+        tl.store(c_ptr + (t * B + rows)[:, None] * H + offs_h[None, :], tl.where(m2, c_new, 0.0), mask=keep)
+    return go * tanh(c_new)
 
 
 @triton.jit

@@ -30,8 +30,8 @@ backward is the single-program kernel's.
 import triton
 import triton.language as tl
 
-from recgen.kernels.lstm import lstm_gate_grads
-from recgen.kernels.math import load_tile, mma, sigmoid, step_time_index, tanh, tile_rows
+from recgen.kernels.lstm import lstm_cell, lstm_gate_grads
+from recgen.kernels.math import load_tile, mma, step_time_index, tile_rows
 
 
 @triton.jit
@@ -127,21 +127,8 @@ def _lstm_fwd_persistent_kernel(
             acc_f += mma(h_prev, w_f, DOT_FP32, INPUT_PRECISION)
             acc_g += mma(h_prev, w_g, DOT_FP32, INPUT_PRECISION)
             acc_o += mma(h_prev, w_o, DOT_FP32, INPUT_PRECISION)
-            gi = sigmoid(acc_i)
-            gf = sigmoid(acc_f)
-            gg = tanh(acc_g)
-            go = sigmoid(acc_o)
-            c_old = tl.load(c_state_ptr + own, mask=keep, other=0.0)
-            c_new = gf * c_old + gi * gg
-            h_new = go * tanh(c_new)
-            tl.store(c_state_ptr + own, tl.where(m2, c_new, c_old), mask=keep)
-            if SAVE:
-                g_row = gates_ptr + (t * B + rows)[:, None] * (4 * H) + offs_h[None, :]
-                tl.store(g_row + 0 * H, tl.where(m2, gi, 0.0), mask=keep)
-                tl.store(g_row + 1 * H, tl.where(m2, gf, 0.0), mask=keep)
-                tl.store(g_row + 2 * H, tl.where(m2, gg, 0.0), mask=keep)
-                tl.store(g_row + 3 * H, tl.where(m2, go, 0.0), mask=keep)
-                tl.store(c_ptr + (t * B + rows)[:, None] * H + offs_h[None, :], tl.where(m2, c_new, 0.0), mask=keep)
+            h_new = lstm_cell(acc_i, acc_f, acc_g, acc_o, c_state_ptr, gates_ptr, c_ptr, t, rows, offs_h, B, H,
+                              m2, keep, SAVE)
             h_carry = tl.where(m2, h_new, tl.load(h_carry_ptr + own, mask=keep, other=0.0))
             tl.store(h_carry_ptr + own, h_carry, mask=keep)
             tl.store(dst + own, h_carry.to(h_state_ptr.dtype.element_ty), mask=keep)
@@ -212,8 +199,7 @@ def _lstm_bwd_persistent_kernel(
                 t_prev = tl.where(rev, t + 1, t - 1)
                 has_prev = (lengths * 0 + s) > 0  # per row, so it broadcasts into the load masks
                 dm = tl.load(dy_ptr + (t * B + rows)[:, None] * H + offs_h[None, :], mask=m2,
-                             other=0.0).to(tl.float32) + tl.load(src + rows[:, None] * H + offs_h[None, :], mask=m2,
-                                                                 other=0.0)
+                             other=0.0).to(tl.float32) + tl.load(src + own, mask=m2, other=0.0)
                 lstm_gate_grads(dm, gates_ptr, c_ptr, c0_ptr, dgates_ptr, dc_state_ptr, t, t_prev, has_prev, rows,
                                 offs_h, B, H, m2, keep)
         if GRID_SYNC:

@@ -154,7 +154,9 @@ def _fit_on_device(kernel, plan: PersistentPlan, shape: tuple, device: torch.dev
     resident at once."""
     from triton.runtime.errors import OutOfResources
 
-    compiled = kernel.warmup(grid=plan.grid(*shape), **args, **plan.launch_args())
+    # The counters' size depends on the plan: a one-element stand-in (same dtype) to compile with.
+    counters = torch.zeros(1, dtype=torch.int32, device=device)
+    compiled = kernel.warmup(grid=plan.grid(*shape), counter_ptr=counters, **args, **plan.launch_args())
     try:
         compiled._init_handles()
     except OutOfResources:
@@ -182,7 +184,7 @@ def run_persistent(name: str, kernel, plans: tuple, shape: tuple, steps: int, de
     sees the previous one's writes. Returns False, having launched nothing, when no plan fits the
     device, or while torch.compile traces with fake tensors (there is no compiled kernel to
     measure; the caller then traces the streamed kernel). shape: (batch, hidden, directions);
-    the barrier counters are added to `args` here, one per group."""
+    `args` has every kernel argument but the barrier counters, added here, one per group."""
     from torch._subclasses.fake_tensor import is_fake
 
     if any(is_fake(v) for v in args.values()):
@@ -196,10 +198,8 @@ def run_persistent(name: str, kernel, plans: tuple, shape: tuple, steps: int, de
             for extra in ({"PHASES": 1}, {"PHASES": 2}) if phases else ({},):
                 launch(name, kernel, grid, step_begin=i, step_end=i + 1, GRID_SYNC=False, **extra, **args)
         return True
-    # The counters' size depends on the plan: a placeholder (same dtype) while choosing.
     args = dict(args, step_begin=0, step_end=steps, GRID_SYNC=True, **({"PHASES": 3} if phases else {}))
-    plan = choose_plan(name, kernel, plans, shape, device,
-                       dict(args, counter_ptr=torch.zeros(1, dtype=torch.int32, device=device)))
+    plan = choose_plan(name, kernel, plans, shape, device, args)
     if plan is None:
         return False
     grid = plan.grid(*shape)
