@@ -10,6 +10,9 @@
 #   bash bench/gpu_session.sh persistent # the persistent kernels: their gpu tests, then bench with them on
 #   bash bench/gpu_session.sh latency    # time per step: persistent (grid barrier) vs single-program vs cuDNN
 #   bash bench/gpu_session.sh resources  # registers/spills/shared memory of the persistent kernels (this Triton)
+# FlashRNN (the bench's `flashrnn` provider) travels as wheels: here, once, `echo /.whl/ >>
+# .git/info/exclude; pip download --no-deps -d .whl flashrnn einops ninja` (ninja with the
+# manylinux/cp312 options of the device README), then name `.whl` in the run's carry.
 set -uo pipefail
 stage=${1:?usage: gpu_session.sh check|tests|integration|bench|memory|persistent|latency|resources}
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -18,6 +21,10 @@ mkdir -p "$out" /tmp/recgen-site
 rm -rf /tmp/recgen-site/recgen
 cp -r "$repo/recgen" /tmp/recgen-site/recgen
 cp -r "$repo/kernels" /tmp/recgen-site/recgen/kernels
+if compgen -G "$repo/.whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/recgen-site \
+    "$repo"/.whl/*.whl
+fi
 export PYTHONPATH=/tmp/recgen-site PYTHONUNBUFFERED=1
 cd /tmp  # not the repo root, so ./recgen (without kernels/) does not shadow the copy
 {
@@ -38,7 +45,8 @@ case "$stage" in
          RECGEN_PERSISTENT=1 timeout 300 python3 -c "import recgen.cli as c; raise SystemExit(c.main(['bench', \
            '--quick', '--family', 'recurrent', '--out', '$out/persistent']))" 2>&1 | tee "$out/bench-persistent.txt" ;;
   latency) timeout 560 python3 "$repo/bench/step_latency.py" --out "$out" 2>&1 | tee "$out/step-latency.txt" ;;
-  resources) timeout 560 python3 "$repo/bench/kernel_resources.py" --out "$out" 2>&1 | grep -v -i warn \
+  resources) timeout 560 python3 "$repo/bench/kernel_resources.py" --dtype bf16 --dtype tf32 --out "$out" 2>&1 \
+           | grep -v -i warn \
            | tee "$out/kernel-resources.txt" ;;
   memory) timeout 560 python3 "$repo/bench/memory_usage.py" --out "$out" 2>&1 | tee "$out/memory.txt" ;;
   bench) timeout 560 python3 -c "import recgen.cli as c; raise SystemExit(c.main(['bench', '--quick', '--out', '$out']))" \

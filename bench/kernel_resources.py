@@ -8,7 +8,11 @@ program holds spills to local memory. They are compile-time facts for the Triton
 installed here (printed); the GPU machine's Triton may allocate differently, and the launcher
 re-checks the compiled kernel there.
 
-    python bench/kernel_resources.py [--kernel lstm_fwd] [--dtype bf16] [--hidden 512] --out DIR
+    python bench/kernel_resources.py [--kernel lstm_fwd] [--dtype bf16] [--hidden 512] [--columns 8]
+        [--previous DIR/kernel-resources-sm90.json ...] --out DIR
+
+--previous reuses the rows of an earlier run (compiling only the tiles it lacks), so the rule's
+choices can be recomputed over all candidates after probing a few new ones.
 """
 
 from __future__ import annotations
@@ -33,28 +37,37 @@ KERNELS = {  # name: (module, function)
 HIDDEN = (128, 256, 512, 1024)
 BLOCK_B = (16, 32, 64)
 WARPS = (4, 8)
-DTYPES = ("bf16", "fp32")
+COLUMNS = (16, 8)  # hidden units per program (recgen.ops.persistent_tiles.COLUMN_CHOICES)
+# tf32: float32 tensors with TF32 dots, what float32 layers run under torch's default flags
+# (recgen.ops._launch.torch_allows_tf32); fp32: full float32 dots (TF32 off).
+DTYPES = ("bf16", "fp32", "tf32")
 GRID_BATCH = (1, 16, 64, 256)  # the benchmark grid's batch sizes (recgen.benchmark.RECURRENT_GRID)
 
 
 def _measure(job: tuple) -> dict:
     """One compile in a worker process (never under the interpreter): the job's resource row."""
-    kernel, dtype, hidden, block_b, warps = job
+    kernel, dtype, hidden, block_b, warps, columns = job
     import importlib
 
     from recgen.aot import compile_kernel, resource_usage
     from recgen.ops.persistent import STATE_POINTERS
-    from recgen.ops.persistent_tiles import COLUMNS_PER_PROGRAM, PIPELINE_STAGES
+    from recgen.ops.persistent_tiles import PIPELINE_STAGES
 
     module, name = KERNELS[kernel]
     fn = getattr(importlib.import_module(f"recgen.kernels.{module}"), name)
-    fp32 = dtype == "fp32"
+    fp32 = dtype in ("fp32", "tf32")
     values = dict(HAS_LENGTHS=False, SAVE=True, GRID_SYNC=True, PHASES=3, HAS_BIAS=True, RELU=False,
-                  DOT_FP32=fp32, INPUT_PRECISION="ieee", BLOCK_B=block_b, BLOCK_H=COLUMNS_PER_PROGRAM,
-                  BLOCK_P=hidden)
-    compiled = compile_kernel(fn, values, dtype, num_warps=warps, num_stages=PIPELINE_STAGES,
+                  DOT_FP32=fp32, INPUT_PRECISION="tf32" if dtype == "tf32" else "ieee",
+                  BLOCK_B=block_b, BLOCK_H=columns, BLOCK_P=hidden)
+    compiled = compile_kernel(fn, values, "fp32" if fp32 else dtype, num_warps=warps, num_stages=PIPELINE_STAGES,
                               state_pointers=STATE_POINTERS)
-    return {"kernel": kernel, "dtype": dtype, "H": hidden, "block_b": block_b, **resource_usage(compiled)}
+    return {"kernel": kernel, "dtype": dtype, "H": hidden, "block_b": block_b, "block_h": columns,
+            **resource_usage(compiled)}
+
+
+def _tiles_key(row: dict) -> tuple:
+    """A row's compile key; rows of runs before the column choice had 16 columns."""
+    return row["kernel"], row["dtype"], row["H"], row["block_b"], row["num_warps"], row.get("block_h", 16)
 
 
 def _with_occupancy(row: dict) -> dict:
@@ -80,22 +93,24 @@ def rule_choices(rows: list) -> list:
     (the stack) and then rows per program and step."""
     from recgen.ops.persistent_tiles import persistent_plans, pick_plan
 
-    by_tiles = {(r["kernel"], r["dtype"], r["H"], r["block_b"], r["num_warps"]): r for r in rows}
+    by_tiles = {_tiles_key(r): r for r in rows}
     choices = []
     for kernel, dtype, hidden in sorted({(r["kernel"], r["dtype"], r["H"]) for r in rows}):
         for batch in GRID_BATCH:
             def fit(plan):
-                row = by_tiles.get((kernel, dtype, hidden, plan.block_b, plan.num_warps))
+                row = by_tiles.get((kernel, dtype, hidden, plan.block_b, plan.num_warps, plan.block_h))
                 if row is None:
                     raise LookupError(plan)
                 return _fit(row, plan, batch)
             try:
                 plan = pick_plan(persistent_plans(batch, hidden), fit, batch)
                 choice = "streamed" if plan is None else \
-                    f"{plan.block_b} rows x {plan.rows_per_step(batch) // plan.block_b} tiles, {plan.num_warps} warps"
+                    (f"{plan.block_b} rows x {plan.rows_per_step(batch) // plan.block_b} tiles, "
+                     f"{plan.block_h} columns, {plan.num_warps} warps")
             except LookupError as missing:  # a probe run restricted to some tiles
                 plan, choice = None, f"not known: tiles {missing.args[0]} not compiled in this run"
-            row = None if plan is None else by_tiles[(kernel, dtype, hidden, plan.block_b, plan.num_warps)]
+            row = None if plan is None else \
+                by_tiles[(kernel, dtype, hidden, plan.block_b, plan.num_warps, plan.block_h)]
             choices.append({"kernel": kernel, "dtype": dtype, "H": hidden, "B": batch, "choice": choice,
                             "groups": None if plan is None else plan.groups,
                             "rows_per_step": None if plan is None else plan.rows_per_step(batch),
@@ -125,14 +140,23 @@ def main(argv=None) -> int:
     parser.add_argument("--hidden", action="append", type=int)
     parser.add_argument("--block-b", action="append", type=int)
     parser.add_argument("--warps", action="append", type=int)
+    parser.add_argument("--columns", action="append", type=int, help="hidden units per program")
+    parser.add_argument("--previous", action="append",
+                        help="an earlier run's JSON (repeatable): its rows are reused, not compiled again")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", help="folder for kernel-resources-sm90.json")
     args = parser.parse_args(argv)
     os.environ.pop("TRITON_INTERPRET", None)  # workers compile for the GPU target
-    jobs = list(itertools.product(args.kernel or sorted(KERNELS), args.dtype or DTYPES, args.hidden or HIDDEN,
-                                  args.block_b or BLOCK_B, args.warps or WARPS))
-    import triton
     rows = []
+    for previous in args.previous or ():
+        with open(previous) as f:
+            rows += [dict(r, block_h=r.get("block_h", 16)) for r in json.load(f)["rows"]]
+    known = {_tiles_key(r) for r in rows}
+    jobs = [job for job in itertools.product(args.kernel or sorted(KERNELS), args.dtype or DTYPES,
+                                             args.hidden or HIDDEN, args.block_b or BLOCK_B, args.warps or WARPS,
+                                             args.columns or COLUMNS)
+            if job not in known]
+    import triton
     with concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         for row in pool.map(_measure, jobs):
             rows.append(_with_occupancy(row))
@@ -152,6 +176,7 @@ def main(argv=None) -> int:
 
 def _line(row: dict) -> str:
     return (f"{row['kernel']:9s} {row['dtype']:4s} H={row['H']:<5d} block_b={row['block_b']:<3d} "
+            f"columns={row['block_h']:<2d} "
             f"warps={row['num_warps']} regs={row['registers']:<3d} stack={row['stack_bytes']:<5d} "
             f"shared={row['shared_bytes']:<7d} per_sm={row['programs_per_sm']}")
 

@@ -148,6 +148,8 @@ def provider_module(provider: str, case: Case, torch_module: nn.Module):
     if provider == "flashrnn":
         if case.family != "recurrent":
             return "FlashRNN has no residual blocks"
+        if not torch_module.weight_ih_l0.is_cuda:
+            return "FlashRNN's kernels (CUDA, compiled at first use) need a GPU"
         try:
             from flashrnn.flashrnn import flashrnn
         except ImportError as error:
@@ -157,30 +159,55 @@ def provider_module(provider: str, case: Case, torch_module: nn.Module):
 
 
 FLASHRNN_FUNCTIONS = {"lstm": "lstm", "gru": "gru", "rnn_tanh": "elman"}
-FLASHRNN_BACKEND = "cuda_fused"  # FlashRNN's fastest backend for hidden sizes it fuses
+# FlashRNN's fastest backend for hidden sizes it fuses (for the GRU FlashRNN itself runs its
+# "cuda" backend instead: its fused kernel needs recurrent gate counts divisible by 8).
+FLASHRNN_BACKEND = "cuda_fused"
 
 
 class _FlashRNNLayer:
-    """FlashRNN's entry point behind the torch module's call contract (input (T, B, I)). The
-    input projection x W_ih^T + b is part of the timed step, as it is in recgen and cuDNN.
-    FlashRNN's gate order differs from torch's; for timing only the shapes matter."""
+    """FlashRNN's entry point behind the torch module's call contract: input (T, B, I), output
+    (y (T, B, H), h_n (1, B, H)) or, for the LSTM, (y, (h_n, c_n)); the same function as the
+    torch module, its weights mapped into FlashRNN's layout (tests/test_flashrnn_adapter.py
+    checks it against torch.nn with FlashRNN's pure-PyTorch backend). The input projection
+    x W_ih^T is part of the timed step, as it is in recgen and cuDNN.
 
-    def __init__(self, flashrnn, op, torch_module):
-        self.flashrnn, self.function = flashrnn, FLASHRNN_FUNCTIONS[op]
-        self.w_ih = torch_module.weight_ih_l0.detach().requires_grad_()
-        gates, hidden = torch_module.weight_hh_l0.shape[0] // torch_module.hidden_size, torch_module.hidden_size
-        w_hh = torch_module.weight_hh_l0.detach().view(gates, hidden, hidden)
-        self.R = w_hh.unsqueeze(1).contiguous().requires_grad_()            # (G, NH=1, D, D)
-        b = torch_module.bias_hh_l0.detach().view(gates, hidden)
-        self.b = b.unsqueeze(1).contiguous().requires_grad_()               # (G, NH=1, D)
+    Layouts (FlashRNN 1.0): Wx (B, T, gates, heads, H), R (gates, heads, H_out, H_in) with
+    R[g, 0] = W_hh's block g, b (gates, heads, H). The LSTM (i, f, g, o) and Elman gates are
+    torch's, with b = b_ih + b_hh. The GRU's recurrent gates are (n, r, z): W_hn first, whose
+    product is gated by r as torch's; its four biases are (b_hn, b_ir + b_hr, b_iz + b_hz, b_in)."""
+
+    def __init__(self, flashrnn, op, torch_module, backend: str = FLASHRNN_BACKEND):
+        self.flashrnn, self.function, self.backend, self.op = flashrnn, FLASHRNN_FUNCTIONS[op], backend, op
+        hidden = torch_module.hidden_size
+        w_ih, w_hh = torch_module.weight_ih_l0.detach(), torch_module.weight_hh_l0.detach()
+        gates = w_hh.shape[0] // hidden
+        zeros = w_hh.new_zeros(gates * hidden)
+        b_ih = torch_module.bias_ih_l0.detach() if torch_module.bias else zeros
+        b_hh = torch_module.bias_hh_l0.detach() if torch_module.bias else zeros
+        w_hh = w_hh.view(gates, hidden, hidden)
+        if op == "gru":
+            w_hr, w_hz, w_hn = w_hh.unbind(0)
+            b_ir, b_iz, b_in = b_ih.view(3, hidden).unbind(0)
+            b_hr, b_hz, b_hn = b_hh.view(3, hidden).unbind(0)
+            recurrent = torch.stack((w_hn, w_hr, w_hz))
+            bias = torch.stack((b_hn, b_ir + b_hr, b_iz + b_hz, b_in))
+        else:
+            recurrent, bias = w_hh, (b_ih + b_hh).view(gates, hidden)
+        self.w_ih = w_ih.requires_grad_()
+        self.R = recurrent.unsqueeze(1).contiguous().requires_grad_()       # (G, heads=1, H, H)
+        self.b = bias.unsqueeze(1).contiguous().requires_grad_()            # (G or 4, heads=1, H)
         self.gates, self.hidden = gates, hidden
 
     def __call__(self, x):
         T, B, _ = x.shape
-        wx = torch.nn.functional.linear(x.transpose(0, 1), self.w_ih)       # (B, T, G*D)
+        wx = torch.nn.functional.linear(x.transpose(0, 1), self.w_ih)       # (B, T, G*H)
         wx = wx.view(B, T, self.gates, 1, self.hidden)
         dtype = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}[x.dtype]
-        return self.flashrnn(wx, self.R, self.b, function=self.function, backend=FLASHRNN_BACKEND, dtype=dtype)
+        states, last = self.flashrnn(wx, self.R, self.b, function=self.function, backend=self.backend, dtype=dtype)
+        # states (S, B, T, heads, H) and last (S, B, 1, heads, H), S = 2 for the LSTM (h, c)
+        y = states[0, :, :, 0].transpose(0, 1)
+        h_n = last[0, :, 0, 0].unsqueeze(0)
+        return (y, (h_n, last[1, :, 0, 0].unsqueeze(0))) if self.op == "lstm" else (y, h_n)
 
 
 # ---- timing -------------------------------------------------------------------------------
@@ -246,11 +273,27 @@ def measure(case: Case, provider: str, pass_: str, device: str, rounds: int, war
                 return row
         else:
             row["ms"], row["peak_mb"] = time_step(step, rounds, warmup, cuda)
+    notes = []
     if not cuda:
-        row["note"] = "CPU timing (Triton interpreter for recgen): not kernel speed"
+        notes.append("CPU timing (Triton interpreter for recgen): not kernel speed")
     elif provider == "recgen" and case.family == "recurrent" and persistent_enabled():
-        row["note"] = "RECGEN_PERSISTENT=1: persistent multi-program mode where weights do not fit one program"
+        notes.append("RECGEN_PERSISTENT=1: persistent multi-program mode where weights do not fit one program")
+    if cuda and case.dtype == "fp32":
+        notes.append(tf32_note(case.family))
+    row["note"] = "; ".join(notes)
     return row
+
+
+def tf32_note(family: str) -> str:
+    """Which float32 products may use TF32 under torch's flags as the case ran: cuDNN's (torch.nn's
+    RNNs or convolutions, and recgen's kernels standing in for them) and torch's matmuls (recgen's
+    input projection). Timings of float32 rows depend on them."""
+    from recgen.ops._launch import torch_allows_tf32
+
+    op = "rnn" if family == "recurrent" else "conv"
+    state = {True: "on", False: "off"}
+    return (f"TF32 {state[torch_allows_tf32(op)]} for cuDNN {op} and recgen's kernels, "
+            f"{state[torch_allows_tf32('matmul')]} for matmuls (torch's flags)")
 
 
 def environment(cuda: bool) -> dict:

@@ -85,7 +85,7 @@ def run_check(dtypes=None, out=None) -> bool:
     if not cuda:
         os.environ["TRITON_INTERPRET"] = "1"  # read when the kernel modules are first imported
     from recgen.backend import triton_available
-    from recgen.testing import DTYPE_NAMES, TOLERANCES
+    from recgen.testing import full_float32
 
     if not triton_available():
         print("recgen check: triton is not installed; only the reference path is available", file=out)
@@ -95,6 +95,17 @@ def run_check(dtypes=None, out=None) -> bool:
     name = torch.cuda.get_device_name() if cuda else "CPU (Triton interpreter)"
     import triton
     print(f"recgen check on {name}: torch {torch.__version__}, triton {triton.__version__}", file=out)
+    print("float32 at full precision: TF32 off for torch and recgen alike (recgen.testing.full_float32)", file=out)
+    with full_float32():
+        ok = _run_checks(dtypes, device, out)
+    print("all ops passed" if ok else "FAILURES above", file=out)
+    return ok
+
+
+def _run_checks(dtypes, device, out) -> bool:
+    """One line per op and dtype (the worst error of any output or gradient); True if all pass."""
+    from recgen.testing import DTYPE_NAMES, TOLERANCES
+
     ok = True
     for label, errors_of in checks():
         for dtype in dtypes:
@@ -108,5 +119,4 @@ def run_check(dtypes=None, out=None) -> bool:
             print(f"{label:10s} {DTYPE_NAMES[dtype]:5s} max rel err {worst:.2e} ({worst_name or '-':14s}) "
                   f"tol {TOLERANCES[dtype]:.0e}  {'PASS' if passed else 'FAIL'}  "
                   f"{time.perf_counter() - start:.1f}s", file=out)
-    print("all ops passed" if ok else "FAILURES above", file=out)
     return ok

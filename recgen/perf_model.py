@@ -23,6 +23,9 @@ What is counted, and where each count comes from:
   tile, each on its own SM: compute at 1/132 of the chip), the floor with the whole chip, and a
   prediction of today's kernels;
 - case(): the whole sequence, serial steps plus the parallel GEMMs and glue passes.
+Float32 recurrence dots are counted on TF32 tensor cores (tf32=True, torch's default for its
+RNNs, which recgen's kernels follow); torch's GEMMs around them at full float32 (its matmul
+default).
 
 >>> row = case("lstm", T=512, B=16, I=512, H=512, dtype_bytes=2, pass_="fwd")
 >>> round(row["floor_step_us"], 1), row["mode"]
@@ -47,6 +50,7 @@ class Hardware:
     clock_hz: float          # SM clock under load
     tensor_flops: float      # dense 16-bit matrix products, whole chip, FLOP/s
     fp32_flops: float        # plain float32 FMA on the CUDA cores, whole chip, FLOP/s
+    tf32_flops: float        # dense TF32 matrix products (float32 operands), whole chip, FLOP/s
     mufu_per_clock_sm: int   # special-function results (ex2, rcp) per clock per SM
     hbm_bw: float            # device memory, bytes/s counting reads plus writes
     sm_l2_bw: float          # bytes/s one SM pulls from L2 (an assumption, see the notes)
@@ -63,6 +67,8 @@ H200 = Hardware(
     clock_hz=1.98e9,                  # KINDS.md: SM 1980 MHz just after the matrix products
     tensor_flops=790e12,              # KINDS.md: 8192^3 bf16 matmul, 769-798 TFLOP/s measured
     fp32_flops=67e12,                 # H200.md: datasheet lead, not measured here
+    tf32_flops=395e12,                # assumption: half the measured bf16 rate (the datasheet's
+                                      # dense TF32:BF16 ratio, 494.7:989.4 TFLOP/s), not measured
     mufu_per_clock_sm=16,             # CUDA C++ Programming Guide throughput table, cc 9.0
     hbm_bw=4.3e12,                    # KINDS.md: device-to-device copy, read + write
     sm_l2_bw=64 * 1.98e9,             # assumption: 64 B/clock/SM L2->SM, not measured
@@ -256,17 +262,22 @@ def kernel_step_bytes(cell: str, H: int, dtype_bytes: int, direction: str, rows:
 # ---- one time step ------------------------------------------------------------------------------
 
 
-def _matrix_rate(dtype_bytes: int, hw: Hardware) -> float:
-    """Chip FLOP/s of the recurrence's tl.dot: tensor cores for 16-bit operands; for float32 the
-    launchers ask for 'ieee' unless torch allows TF32 (off by default), i.e. CUDA-core FMA."""
-    return hw.tensor_flops if dtype_bytes == 2 else hw.fp32_flops
+def _matrix_rate(dtype_bytes: int, hw: Hardware, tf32: bool = False) -> float:
+    """Chip FLOP/s of a matrix product: tensor cores for 16-bit operands; for float32, TF32
+    tensor cores when allowed, else CUDA-core FMA. recgen's recurrence follows torch's flag for
+    its RNNs (TF32 by default: recgen.ops._launch.torch_allows_tf32); torch's matmuls (the input
+    projection, the weight gradients) are full float32 by default."""
+    if dtype_bytes == 2:
+        return hw.tensor_flops
+    return hw.tf32_flops if tf32 else hw.fp32_flops
 
 
 def step(cell: str, B: int, H: int, dtype_bytes: int, direction: str = "fwd",
-         hw: Hardware = H200, save: bool = False) -> dict:
+         hw: Hardware = H200, save: bool = False, tf32: bool = True) -> dict:
     """Seconds per time step: the floor with today's parallelism, the whole-chip floor, and
     the prediction for today's kernel (see docs/performance.md for the formulas). save: the
-    forward writes the saved tensors (the forward of 'fwdbwd'; not under no_grad).
+    forward writes the saved tensors (the forward of 'fwdbwd'; not under no_grad). tf32: float32
+    recurrence dots on TF32 tensor cores (torch's default for its RNNs, which recgen follows).
 
     floor_s = max(compute of one program on one SM, its must-move bytes at one SM's L2
     bandwidth, round trips * step latency). Today's kernels run one program per 16-row batch
@@ -282,7 +293,7 @@ def step(cell: str, B: int, H: int, dtype_bytes: int, direction: str = "fwd",
     h_eff = math.ceil(H / mode.block_h) * mode.block_h   # tiles are computed whole, masked or not
     p_eff = math.ceil(H / mode.block_p) * mode.block_p
     tile = mode.block_b
-    sm_matrix = _matrix_rate(e, hw) / hw.sms
+    sm_matrix = _matrix_rate(e, hw, tf32) / hw.sms
     sm_fp32 = hw.fp32_flops / hw.sms
     sm_mufu = hw.mufu_per_clock_sm * hw.clock_hz
     mma_s = 2 * tile * G * h_eff * p_eff / sm_matrix
@@ -295,7 +306,7 @@ def step(cell: str, B: int, H: int, dtype_bytes: int, direction: str = "fwd",
     # Whole chip: the step's GEMM on rows padded to 16 spread over every SM, weights held on
     # chip across SMs (they fit: 132 SMs hold ~60 MB), must-move bytes at HBM bandwidth.
     b_pad = math.ceil(B / MIN_DOT) * MIN_DOT
-    chip_s = max(2 * b_pad * G * H * H / _matrix_rate(e, hw)
+    chip_s = max(2 * b_pad * G * H * H / _matrix_rate(e, hw, tf32)
                  + max(b_pad * H * c.ew_flops[k] / hw.fp32_flops,
                        b_pad * H * c.mufu[k] / (sm_mufu * hw.sms)),
                  programs * b["io"] / hw.hbm_bw, latency_s)
@@ -323,7 +334,7 @@ def parallel_parts(cell: str, T: int, B: int, I: int, H: int, dtype_bytes: int, 
     """(floor seconds, today seconds) of each kernel outside the recurrence launches."""
     c = _check(cell, pass_)
     e, G, TB = dtype_bytes, c.gates, T * B
-    rate = _matrix_rate(e, hw)   # torch's GEMMs: tensor cores for 16-bit, no TF32 by default
+    rate = _matrix_rate(e, hw)   # torch's GEMMs: tensor cores for 16-bit, no TF32 by default (matmul flag)
     proj = _kernel(2 * TB * I * G * H, (TB * I + G * H * I + G * H + TB * G * H) * e, rate, hw)
     parts = {"projection": (proj, proj)}
     if pass_ == "fwdbwd":
@@ -348,11 +359,12 @@ def parallel_parts(cell: str, T: int, B: int, I: int, H: int, dtype_bytes: int, 
 
 
 def case(cell: str, T: int, B: int, I: int, H: int, dtype_bytes: int, pass_: str,
-         hw: Hardware = H200) -> dict:
-    """One row: counts, per-step floors and prediction, whole-sequence floor and prediction."""
+         hw: Hardware = H200, tf32: bool = True) -> dict:
+    """One row: counts, per-step floors and prediction, whole-sequence floor and prediction
+    (tf32: as in step())."""
     c = _check(cell, pass_)
-    fwd = step(cell, B, H, dtype_bytes, "fwd", hw, save=pass_ == "fwdbwd")
-    steps = [fwd] + ([step(cell, B, H, dtype_bytes, "bwd", hw)] if pass_ == "fwdbwd" else [])
+    fwd = step(cell, B, H, dtype_bytes, "fwd", hw, save=pass_ == "fwdbwd", tf32=tf32)
+    steps = [fwd] + ([step(cell, B, H, dtype_bytes, "bwd", hw, tf32=tf32)] if pass_ == "fwdbwd" else [])
     parts = parallel_parts(cell, T, B, I, H, dtype_bytes, pass_, hw)
     mode = recurrence_mode(c.gates, H, H, dtype_bytes)
     # A resident program loads its weights once per launch; a streamed one re-reads them (L2).

@@ -7,6 +7,8 @@ The reference runs in float64 on the same (dtype-rounded) inputs.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from recgen.backend import backend
@@ -18,7 +20,32 @@ TOLERANCES = {
     torch.float16: 5e-3,
     torch.bfloat16: 4e-2,
 }
+# float32 layers with TF32 dots (torch's default for its RNNs and convolutions on CUDA, which
+# recgen follows): 10 mantissa bits in the products, as float16.
+TF32_TOLERANCE = 5e-3
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+@contextlib.contextmanager
+def full_float32():
+    """No TF32 anywhere inside (torch's RNNs, convolutions and matmuls, and so recgen's kernels,
+    which follow torch's flags: recgen.ops._launch.torch_allows_tf32): float32 comparisons are
+    against full float32, and TOLERANCES[torch.float32] assumes it. Restores the flags after."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    # The ops' own settings override their backend's and the global one. (With these set, torch
+    # refuses to read the legacy cudnn.allow_tf32, so it is not touched where they exist.)
+    settings = [(obj, "fp32_precision") for obj in (getattr(cudnn, "rnn", None), getattr(cudnn, "conv", None), matmul)
+                if hasattr(obj, "fp32_precision")]
+    if len(settings) < 3:  # a torch without fp32_precision: the legacy flags
+        settings = [(cudnn, "allow_tf32"), (matmul, "allow_tf32")]
+    saved = [getattr(obj, name) for obj, name in settings]
+    for obj, name in settings:
+        setattr(obj, name, "ieee" if name == "fp32_precision" else False)
+    try:
+        yield
+    finally:
+        for (obj, name), value in zip(settings, saved):
+            setattr(obj, name, value)
 
 
 def max_rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

@@ -15,6 +15,7 @@ if not CUDA:
 
 import recgen  # noqa: E402
 from recgen.ops import _launch  # noqa: E402
+from recgen.testing import full_float32  # noqa: E402
 
 DEVICE = "cuda" if CUDA else "cpu"
 
@@ -40,13 +41,10 @@ def _fresh_state():
 
 @pytest.fixture(autouse=True)
 def _full_fp32_everywhere():
-    """Comparisons are against full float32: on the GPU torch's cuDNN RNNs and matmuls may
-    otherwise use TF32 (and recgen follows torch's matmul flag)."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    """Comparisons are against full float32: on the GPU torch's cuDNN RNNs and convolutions use
+    TF32 by default, and recgen's kernels follow the same flags."""
+    with full_float32():
+        yield
 
 
 @pytest.fixture

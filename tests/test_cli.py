@@ -57,3 +57,7 @@ def test_recgen_bench_writes_report(tmp_path, capsys):
     assert providers == {"recgen", "cudnn", "compile", "flashrnn", "reference"}
     assert all((r["ms"] is not None) or r["note"] for r in results["results"])
     assert all(r["ms"] is not None for r in results["results"] if r["provider"] == "recgen")
+    # FlashRNN's kernels need CUDA (and it may not be installed): a reason, no time.
+    flash = [r for r in results["results"] if r["provider"] == "flashrnn"]
+    assert flash and all(r["ms"] is None and ("need a GPU" in r["note"] or "not importable" in r["note"])
+                         for r in flash), flash

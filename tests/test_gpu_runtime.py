@@ -101,9 +101,7 @@ def test_fp16_autocast_with_grad_scaler_trains_like_torch(name):
 
 def test_offsets_past_2_31_elements():
     """A bidirectional LSTM whose saved gates hold 2**32 elements (direction 1 starts at 2**31):
-    int64 offsets. Compared with cuDNN in float32 (TF32 off) at the first and last steps."""
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    int64 offsets. Compared with cuDNN in float32 (TF32 off: conftest) at the first and last steps."""
     torch.manual_seed(3)
     T, B, H = 4096, 512, 256            # gates: 2 * T * B * 4H = 2**32 float32 elements
     ref = torch.nn.LSTM(H, H, bidirectional=True).cuda()

@@ -146,9 +146,14 @@ def test_step_latency_and_padding():
     assert pm.step("rnn_tanh", 1, 128, 2, "bwd")["latency_s"] == 2 * HW.step_latency_s
     assert pm.step("gru", 1, 512, 2)["mma_s"] == pm.step("gru", 16, 512, 2)["mma_s"]
     assert pm.step("gru", 256, 512, 2)["programs"] == 16
-    # float32 dots run on the CUDA cores ('ieee' unless TF32 is allowed): 790/67 times slower.
-    ratio = pm.step("lstm", 16, 512, 4)["mma_s"] / pm.step("lstm", 16, 512, 2)["mma_s"]
-    assert ratio == pytest.approx(HW.tensor_flops / HW.fp32_flops)
+    # float32 recurrence dots follow torch's RNN flag: TF32 tensor cores by default (half the bf16
+    # rate), CUDA-core FMA with TF32 off (790/67 times slower than bf16).
+    bf16 = pm.step("lstm", 16, 512, 2)["mma_s"]
+    assert pm.step("lstm", 16, 512, 4)["mma_s"] / bf16 == pytest.approx(HW.tensor_flops / HW.tf32_flops)
+    assert pm.step("lstm", 16, 512, 4, tf32=False)["mma_s"] / bf16 == pytest.approx(HW.tensor_flops / HW.fp32_flops)
+    assert pm.step("lstm", 16, 512, 2, tf32=False)["mma_s"] == bf16  # 16-bit dots: no TF32 question
+    full, tf32 = (pm.case("gru", 8, 16, 1024, 1024, 4, "fwd", tf32=flag)["floor_ms"] for flag in (False, True))
+    assert full > 3 * tf32  # compute-bound on one SM: the dot rate decides
 
 
 def test_whole_sequence_adds_up():

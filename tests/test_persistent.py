@@ -63,20 +63,30 @@ def test_persistent_gru_rnn_match_reference(device, cell, bias, T, B, I, H, leng
     assert not bad, bad
 
 
+# The launcher's other plan shapes: (forced plan, B, expected grid at H=20, lengths when packed).
+# groups=1: one program group per direction steps through all three 16-row batch tiles of B=37
+# per step (what the launcher does when the device cannot hold a group per tile). columns=8: the
+# narrow fallback (8 hidden units per program, where 16 spill or do not fit: float32 LSTM/GRU at
+# H=1024), H=20 as three column blocks, the last one masked.
+PLAN_SHAPES = [
+    pytest.param({"groups": 1}, 37, (2, 1, 1), [3, 1, 2] * 12 + [3], id="one-group-loops-over-tiles"),
+    pytest.param({"columns": 8}, 5, (3, 1, 1), [3, 1, 2, 3, 2], id="eight-columns-per-program"),
+]
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
-@pytest.mark.parametrize("lengths,reverse", [(None, False), ([3, 1, 2] * 12 + [3], True)], ids=["full", "lengths-rev"])
-def test_persistent_groups_loop_over_batch_tiles(device, cell, lengths, reverse):
-    """One program group per direction working through all three 16-row batch tiles of B=37 per
-    step (what the launcher does when the device cannot hold a group per tile), forward and
-    backward, against the reference."""
-    gen = torch.Generator().manual_seed(37)
-    inputs = random_direction_inputs(cell, 3, 37, 4, 20, device=device, generator=gen)
-    lengths = None if lengths is None else torch.tensor(lengths)
+@pytest.mark.parametrize("packed,reverse", [(False, False), (True, True)], ids=["full", "lengths-rev"])
+@pytest.mark.parametrize("forced,B,grid,lengths", PLAN_SHAPES)
+def test_persistent_plan_shapes(device, cell, packed, reverse, forced, B, grid, lengths):
+    """Forward and backward of each cell with the plan forced, against the reference."""
+    gen = torch.Generator().manual_seed(B)
+    inputs = random_direction_inputs(cell, 3, B, 4, 20, device=device, generator=gen)
+    lengths = torch.tensor(lengths) if packed else None
     base = cell.split("_")[0]
     before = dict(LAUNCH_COUNTS)
-    with forced_mode("persistent", groups=1):
-        assert recurrence_config(1, 20, 20, torch.float32, batch=37, persistent_capable=True).persistent[0] \
-            .grid(37, 20, 1) == (2, 1, 1)
+    with forced_mode("persistent", **forced):
+        assert recurrence_config(1, 20, 20, torch.float32, batch=B, persistent_capable=True).persistent[0] \
+            .grid(B, 20, 1) == grid
         errors = compare_direction(cell, inputs, lengths=lengths, reverse=reverse)
     for name in (f"{base}_fwd_persistent", f"{base}_bwd_persistent"):
         assert LAUNCH_COUNTS[name] > before.get(name, 0), f"{name} did not run"
@@ -140,7 +150,8 @@ def test_persistent_gru_rnn_module_bidirectional_and_no_grad(device, cls, kwargs
 
 def test_mode_rule():
     """Persistent only for a launcher that has it (the LSTM without projection, GRU, RNN), only
-    when forced or opted in on a GPU; its candidate tiles cover H in blocks of 16 columns."""
+    when forced or opted in on a GPU; its candidate tiles cover H in blocks of 16 columns, then
+    of 8 (the fallback)."""
     with forced_mode("persistent"):
         assert recurrence_config(4, 1024, 1024, torch.bfloat16, batch=40, persistent_capable=True).persistent \
             == persistent_plans(40, 1024)
@@ -150,9 +161,15 @@ def test_mode_rule():
     plans = persistent_plans(40, 1000)
     assert [(p.block_b, p.block_h, p.block_p, p.num_warps) for p in plans] == [
         (16, 16, 1024, 4), (16, 16, 1024, 8), (32, 16, 1024, 4), (32, 16, 1024, 8), (64, 16, 1024, 4),
-        (64, 16, 1024, 8)]
+        (64, 16, 1024, 8),
+        (16, 8, 1024, 4), (16, 8, 1024, 8), (32, 8, 1024, 4), (32, 8, 1024, 8), (64, 8, 1024, 4),
+        (64, 8, 1024, 8)]
     assert plans[0].grid(40, 1000, 2) == (63, 2, 3)
-    assert plans[-1].grid(40, 1000, 2) == (63, 2, 1)
+    assert plans[5].grid(40, 1000, 2) == (63, 2, 1)
+    assert plans[-1].grid(40, 1000, 2) == (125, 2, 1)
+    assert {p.block_h for p in persistent_plans(40, 1000, columns=8)} == {8}
+    with pytest.raises(ValueError, match="columns must be 0 .* got 4"):
+        forced_mode("persistent", columns=4)
     # Never more rows per program than the batch needs.
     assert {p.block_b for p in persistent_plans(1, 100)} == {16}
     assert {p.block_b for p in persistent_plans(17, 100)} == {16, 32}
@@ -217,3 +234,31 @@ def test_persistent_gru_rnn_single_launch_on_gpu(cls, kwargs, H, B, dtype):
         assert max_rel_error(a, b) <= TOLERANCES[dtype]
     for (name, p), q in zip(rec.named_parameters(), ref.parameters()):
         assert max_rel_error(p.grad, q.grad) <= TOLERANCES[dtype], name
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cls", [torch.nn.LSTM, torch.nn.GRU])
+def test_persistent_float32_h1024_on_gpu(cls):
+    """Float32 H=1024: a 16-unit slice of W_hh (256 KiB for the LSTM, 192 for the GRU) fits no
+    SM, so the rule falls back to 8 units per program (128 programs, one per SM). One launch
+    each way with the grid barrier, against torch.nn (cuDNN), every output and gradient."""
+    torch.manual_seed(2)
+    ref = cls(1024, 1024).cuda()
+    rec = getattr(recgen.nn, cls.__name__)(1024, 1024).cuda()
+    rec.load_state_dict(ref.state_dict())
+    base = cls.__name__.lower()
+    x = torch.randn(32, 16, 1024, device="cuda")
+    before = dict(LAUNCH_COUNTS)
+    x_rec, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with forced_mode("persistent"):
+        out = rec(x_rec)
+        out[0].square().sum().backward()
+    torch.cuda.synchronize()
+    for name in (f"{base}_fwd_persistent", f"{base}_bwd_persistent"):
+        assert LAUNCH_COUNTS[name] == before.get(name, 0) + 1, name
+    out_ref = ref(x_ref)
+    out_ref[0].square().sum().backward()
+    assert max_rel_error(out[0], out_ref[0]) <= TOLERANCES[torch.float32]
+    assert max_rel_error(x_rec.grad, x_ref.grad) <= TOLERANCES[torch.float32]
+    for (name, p), q in zip(rec.named_parameters(), ref.parameters()):
+        assert max_rel_error(p.grad, q.grad) <= TOLERANCES[torch.float32], name

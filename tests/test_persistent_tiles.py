@@ -67,13 +67,14 @@ def test_pick_plan_prefers_spill_free_then_fewest_rows_per_program():
 
 class StandInKernel:
     """Answers warmup() like a JITFunction with compiled kernels whose resources are given per
-    (BLOCK_B, num_warps); records each compilation."""
+    (BLOCK_B, num_warps) for 16 hidden units per program and per (BLOCK_B, num_warps, 8) for 8;
+    records each compilation."""
 
     def __init__(self, resources: dict):
         self.resources, self.compiled = resources, []
 
     def warmup(self, grid, **kwargs):
-        key = (kwargs["BLOCK_B"], kwargs["num_warps"])
+        key = (kwargs["BLOCK_B"], kwargs["num_warps"]) + (() if kwargs["BLOCK_H"] == 16 else (kwargs["BLOCK_H"],))
         self.compiled.append(key)
         regs, shared, spills = self.resources[key]
 
@@ -90,20 +91,34 @@ def test_choose_plan_skips_what_the_device_cannot_hold_and_caches(monkeypatch):
     kernel = StandInKernel({
         (16, 4): (255, 99328, 64),    # fits, but spills
         (16, 8): (255, 263168, 0),    # too much shared memory: OutOfResources when loaded
-        (32, 4): (255, 99328, 0),     # fits, no spills: taken
-        (32, 8): (190, 83456, 0),     # never compiled: an earlier candidate was taken
-        (64, 4): (255, 99328, 0), (64, 8): (255, 99328, 0),
+        (32, 4): (255, 99328, 0),     # fits, no spills, two 32-row tiles: one each, 32 rows: taken
+        (32, 8): (190, 83456, 0),     # as good, but later
+        (64, 4): (255, 99328, 0), (64, 8): (255, 99328, 0),   # 64 rows per program
+        (16, 4, 8): (255, 60000, 8),  # 16 rows, but spills
+        (16, 8, 8): (255, 263168, 0),
+        (32, 4, 8): (255, 60000, 0), (32, 8, 8): (255, 60000, 0),  # 32 rows as well: later
+        (64, 4, 8): (255, 60000, 0), (64, 8, 8): (255, 60000, 0),
     })
     plans = persistent_plans(64, 512)
     args = {"T": 512, "B": 64, "H": 512, "SAVE": True, "y_ptr": torch.empty(1, dtype=torch.bfloat16)}
     chosen = choose_plan("k", kernel, plans, (64, 512, 1), torch.device("cpu"), args)
-    assert (chosen.block_b, chosen.num_warps) == (32, 4)
-    assert kernel.compiled == [(16, 4), (16, 8), (32, 4)]
+    assert (chosen.block_b, chosen.block_h, chosen.num_warps) == (32, 16, 4)
+    # No spill-free plan with one 16-row tile: every candidate was compiled, in order.
+    assert kernel.compiled == [(p.block_b, p.num_warps) + (() if p.block_h == 16 else (8,)) for p in plans]
     again = choose_plan("k", kernel, plans, (64, 512, 1), torch.device("cpu"), dict(args))
-    assert again == chosen and len(kernel.compiled) == 3  # cached: nothing compiled again
+    assert again == chosen and len(kernel.compiled) == 12  # cached: nothing compiled again
     # A different launch key (another batch size) chooses afresh.
     choose_plan("k", kernel, plans, (64, 512, 1), torch.device("cpu"), dict(args, B=48))
-    assert len(kernel.compiled) == 6
+    assert len(kernel.compiled) == 24
+
+
+def test_choose_plan_stops_at_one_spill_free_16_row_tile(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: HOPPER)
+    monkeypatch.setattr(persistent_tiles, "_CHOSEN", {})
+    kernel = StandInKernel({(16, 4): (255, 99328, 64), (16, 8): (190, 83456, 0)})
+    chosen = choose_plan("k", kernel, persistent_plans(64, 512), (64, 512, 1), torch.device("cpu"), {})
+    assert (chosen.block_b, chosen.block_h, chosen.num_warps, chosen.groups) == (16, 16, 8, 4)
+    assert kernel.compiled == [(16, 4), (16, 8)]
 
 
 def test_choose_plan_loops_over_tiles_when_a_group_per_tile_does_not_fit(monkeypatch):
@@ -112,11 +127,13 @@ def test_choose_plan_loops_over_tiles_when_a_group_per_tile_does_not_fit(monkeyp
     rows per program and step, so the first is taken."""
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: HOPPER)
     monkeypatch.setattr(persistent_tiles, "_CHOSEN", {})
-    kernel = StandInKernel({(b, w): (255, 165376, 0) for b in (16, 32, 64) for w in (4, 8)})
+    kernel = StandInKernel({key: (255, 165376, 0) for b in (16, 32, 64) for w in (4, 8)
+                            for key in ((b, w), (b, w, 8))})
     plans = persistent_plans(256, 1024)
     chosen = choose_plan("k", kernel, plans, (256, 1024, 1), torch.device("cpu"), {"B": 256})
     assert chosen == PersistentPlan(16, 16, 1024, 4, groups=2) and chosen.rows_per_step(256) == 128
-    assert len(kernel.compiled) == len(plans) == 6
+    # 8 units per program: 128 programs per group, one group, 16 tiles (256 rows) each: worse.
+    assert len(kernel.compiled) == len(plans) == 12
     # Bidirectional at B=16: 64 columns x 2 directions = 128 programs, one per SM: one group each.
     small = persistent_plans(16, 1024)
     chosen = choose_plan("k", kernel, small, (16, 1024, 2), torch.device("cpu"), {"B": 16})
@@ -126,8 +143,46 @@ def test_choose_plan_loops_over_tiles_when_a_group_per_tile_does_not_fit(monkeyp
 def test_choose_plan_none_when_nothing_fits(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: HOPPER)
     monkeypatch.setattr(persistent_tiles, "_CHOSEN", {})
-    too_big = StandInKernel({(b, w): (255, 263168, 0) for b in (16, 32, 64) for w in (4, 8)})
+    too_big = StandInKernel({key: (255, 263168, 0) for b in (16, 32, 64) for w in (4, 8)
+                             for key in ((b, w), (b, w, 8))})
     assert choose_plan("k", too_big, persistent_plans(64, 1024), (64, 1024, 1), torch.device("cpu"), {}) is None
     # 2048 hidden units are 128 column blocks: two directions (256 programs) exceed 132 SMs at one each.
-    one_per_sm = StandInKernel({(b, w): (255, 165376, 0) for b in (16, 32, 64) for w in (4, 8)})
+    one_per_sm = StandInKernel({key: (255, 165376, 0) for b in (16, 32, 64) for w in (4, 8)
+                                for key in ((b, w), (b, w, 8))})
     assert choose_plan("k", one_per_sm, persistent_plans(16, 2048), (16, 2048, 2), torch.device("cpu"), {}) is None
+
+
+def test_choose_plan_falls_back_to_eight_columns(monkeypatch):
+    """Float32 LSTM at H=1024: no 16-unit candidate loads (a 256 KiB W_hh slice), so the 8-unit
+    ones are compiled and the first that fits is taken: 128 column blocks, one program per SM,
+    one group. Where the 16-unit candidates only spill (the bf16 LSTM backward at H=1024), a
+    spill-free 8-unit one beats them; a spilling one does not beat a smaller spill."""
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: HOPPER)
+    monkeypatch.setattr(persistent_tiles, "_CHOSEN", {})
+    fp32 = StandInKernel({**{(b, w): (255, 280000, 0) for b in (16, 32, 64) for w in (4, 8)},
+                          (16, 4, 8): (255, 150000, 512), (16, 8, 8): (200, 150000, 0)})
+    chosen = choose_plan("k", fp32, persistent_plans(16, 1024), (16, 1024, 1), torch.device("cpu"), {"B": 16})
+    assert chosen == PersistentPlan(16, 8, 1024, 8, groups=1)
+    assert fp32.compiled == [(16, 4), (16, 8), (16, 4, 8), (16, 8, 8)]
+    # Both directions would be 256 programs at one per SM: more than 132, so it streams.
+    assert choose_plan("k", fp32, persistent_plans(16, 1024), (16, 1024, 2), torch.device("cpu"), {"B": 16}) is None
+    spilling = StandInKernel({(16, 4): (255, 99328, 744), (16, 8): (255, 99328, 800),
+                              (16, 4, 8): (255, 60000, 0), (16, 8, 8): (255, 60000, 0)})
+    chosen = choose_plan("k2", spilling, persistent_plans(16, 1024), (16, 1024, 1), torch.device("cpu"), {})
+    assert chosen == PersistentPlan(16, 8, 1024, 4, groups=1)
+    worse = StandInKernel({(16, 4): (255, 99328, 744), (16, 8): (255, 99328, 800),
+                           (16, 4, 8): (255, 60000, 900), (16, 8, 8): (255, 60000, 1000)})
+    chosen = choose_plan("k3", worse, persistent_plans(16, 1024), (16, 1024, 1), torch.device("cpu"), {})
+    assert chosen == PersistentPlan(16, 16, 1024, 4, groups=1)
+
+
+def test_pick_plan_prefers_fewer_rows_then_wider_columns():
+    wide, narrow = PersistentPlan(16, 16, 1024, 4), PersistentPlan(16, 8, 1024, 4)
+    wide64 = PersistentPlan(64, 16, 1024, 4)
+    # wide64 is spill-free but steps through 4 tiles (256 rows); the narrow plan through one.
+    fits = {wide64: (0, dataclasses.replace(wide64, groups=1)), narrow: (0, dataclasses.replace(narrow, groups=16))}
+    assert pick_plan((wide64, narrow), fits.get, 256).block_h == 8
+    # Equal rows: the wider (earlier) plan; a spill-free plan beats a spilling one whatever its width.
+    assert pick_plan((wide, narrow), {wide: (0, wide), narrow: (0, narrow)}.get, 16) == wide
+    assert pick_plan((wide, narrow), {wide: (8, wide), narrow: (0, narrow)}.get, 16) == narrow
+    assert pick_plan((wide, narrow), {narrow: (0, narrow)}.get, 16) == narrow

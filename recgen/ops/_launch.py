@@ -61,13 +61,41 @@ def launch(name: str, kernel, grid, **kwargs) -> None:
     traceable(kernel)[grid](**kwargs)
 
 
-def dot_flags(dtype: torch.dtype) -> dict:
-    """DOT_FP32 and INPUT_PRECISION for tl.dot on operands of `dtype`.
+def torch_allows_tf32(op: str) -> bool:
+    """Whether torch lets its own `op` use TF32 tensor cores for float32 on CUDA: 'rnn' (its
+    recurrent layers, through cuDNN; TF32 by default), 'conv' (its convolutions, through cuDNN;
+    TF32 by default) or 'matmul' (full float32 by default). recgen's kernels follow the flag of the
+    torch op they replace, so a drop-in layer computes at the precision the torch.nn layer would,
+    and is benchmarked against it like for like. Read from torch's fp32_precision settings (the
+    op's own, else its backend's, else the global one; 'none' defers), or, on a torch without
+    them, from the legacy allow_tf32 flags."""
+    backends = torch.backends
+    if op == "matmul":
+        chain = (getattr(backends.cuda.matmul, "fp32_precision", None),)
+        legacy = lambda: backends.cuda.matmul.allow_tf32  # noqa: E731
+    elif op in ("rnn", "conv"):
+        chain = (getattr(getattr(backends.cudnn, op, None), "fp32_precision", None),
+                 getattr(backends.cudnn, "fp32_precision", None))
+        legacy = lambda: backends.cudnn.allow_tf32  # noqa: E731
+    else:
+        raise ValueError(f"op must be 'rnn', 'conv' or 'matmul', got {op!r}")
+    if chain[0] is None:
+        return bool(legacy())
+    for precision in chain + (getattr(backends, "fp32_precision", None),):
+        if precision not in (None, "none"):
+            return precision == "tf32"
+    return False
 
-    Under the interpreter bf16/fp16 dots are wrong, so operands are upcast. TF32 is used for
-    float32 only when torch itself allows it for matmuls.
+
+def dot_flags(dtype: torch.dtype, op: str) -> dict:
+    """DOT_FP32 and INPUT_PRECISION for tl.dot on operands of `dtype`, in a kernel standing in for
+    torch's `op` (torch_allows_tf32).
+
+    Under the interpreter bf16/fp16 dots are wrong, so operands are upcast, and the dots are
+    exact float32 (the interpreter has no TF32). On a GPU float32 dots use TF32 exactly when
+    torch allows it for `op`.
     """
     fp32 = dtype == torch.float32
-    tf32 = fp32 and torch.backends.cuda.matmul.allow_tf32 and not interpreting()
+    tf32 = fp32 and not interpreting() and torch_allows_tf32(op)
     return {"DOT_FP32": interpreting() or fp32, "INPUT_PRECISION": "tf32" if tf32 else "ieee"}
 

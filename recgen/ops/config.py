@@ -35,7 +35,7 @@ STREAM_BLOCK = 64
 MIN_DOT = 16  # tl.dot needs at least 16 rows and columns
 MODES = ("resident", "streamed", "persistent")
 
-_forced: dict = {"mode": None, "block": None, "groups": 0}
+_forced: dict = {"mode": None, "block": None, "groups": 0, "columns": 0}
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def recurrence_config(gates: int, hidden: int, width: int, dtype: torch.dtype,
         mode = "persistent" if persistent_capable and persistent_enabled() else "streamed"
     if mode == "persistent" and persistent_capable:
         from recgen.ops.persistent_tiles import persistent_plans
-        plans = persistent_plans(batch, hidden, _forced["groups"])
+        plans = persistent_plans(batch, hidden, _forced["groups"], _forced["columns"])
         first = plans[0]
         return RecurrenceConfig(False, first.block_b, first.block_h, first.block_p, first.num_warps, plans)
     if mode == "resident":
@@ -82,12 +82,17 @@ def recurrence_config(gates: int, hidden: int, width: int, dtype: torch.dtype,
     return RecurrenceConfig(False, MIN_DOT, min(block, h_pad), min(block, p_pad), num_warps=4)
 
 
-def forced_mode(mode: str, block: int | None = None, groups: int = 0):
+def forced_mode(mode: str, block: int | None = None, groups: int = 0, columns: int = 0):
     """Force a mode (and the streamed tile size, or at most `groups` persistent program groups per
-    direction) for every launch in a with block; tests and bench."""
+    direction, or `columns` hidden units per persistent program) for every launch in a with
+    block; tests and bench."""
+    from recgen.ops.persistent_tiles import COLUMN_CHOICES
+
     if mode not in MODES:
         raise ValueError(f"unknown recurrence mode {mode!r}; expected one of {MODES}")
     check_power_of_two("block", block, MIN_DOT)
     if groups < 0:
         raise ValueError(f"groups must be >= 0, got {groups}")
-    return overriding(_forced, mode=mode, block=block, groups=groups)
+    if columns and columns not in COLUMN_CHOICES:
+        raise ValueError(f"columns must be 0 (the rule's choice) or one of {COLUMN_CHOICES}, got {columns}")
+    return overriding(_forced, mode=mode, block=block, groups=groups, columns=columns)

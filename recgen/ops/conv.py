@@ -181,7 +181,7 @@ def conv2d_fwd(x, weight, *, stride=1, padding_mode="zeros", upsample=False,
         HAS_OUT_SCALE=out_scale is not None, HAS_OUT_SHIFT=out_shift is not None,
         HAS_RESIDUAL=residual is not None, OUT_ACT=ACT_CODES[out_act], STATS=bool(stats),
         BLOCK_M=block_m, BLOCK_CI=block_ci, BLOCK_CO=block_co, num_warps=num_warps,
-        **dot_flags(x.dtype),
+        **dot_flags(x.dtype, "conv"),
     )
     if not stats:
         return out

@@ -159,7 +159,7 @@ def conv2d_bwd_data(dacc, x, weight, *, stride=1, padding_mode="zeros", upsample
         stride_gn=dx.stride(0), stride_gc=dx.stride(1), stride_gh=dx.stride(2), stride_gw=dx.stride(3),
         in_slope=float(in_slope), **_flags(stride, padding_mode, upsample, in_scale, in_shift, in_act, K),
         BLOCK_P=cfg.block_p, BLOCK_CI=cfg.block_ci, BLOCK_CO=cfg.block_co, num_warps=4,
-        **dot_flags(weight.dtype),
+        **dot_flags(weight.dtype, "conv"),
     )
     return (dx, dscale.sum(dim=1) if dscale is not None else None,
             dshift.sum(dim=1) if dshift is not None else None)
@@ -192,7 +192,7 @@ def conv2d_bwd_weight(dacc, x, weight_shape, *, stride=1, padding_mode="zeros", 
         stride_xn=x.stride(0), stride_xc=x.stride(1), stride_xh=x.stride(2), stride_xw=x.stride(3),
         in_slope=float(in_slope), **_flags(stride, padding_mode, upsample, in_scale, in_shift, in_act, K),
         BLOCK_CO=cfg.block_co, BLOCK_CI=cfg.block_ci, BLOCK_R=cfg.block_r, num_warps=4,
-        **dot_flags(x.dtype),
+        **dot_flags(x.dtype, "conv"),
     )
     if cfg.split == 1:  # a copy, not a view of the scratch buffer (op outputs must be fresh)
         return parts[0].to(x.dtype, copy=True)

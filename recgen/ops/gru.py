@@ -59,7 +59,7 @@ def gru_fwd(xw, h0, w_hh, b_hh, lengths, first_reverse, save=True):
         stride_xt=xw.stride(0), stride_xb=xw.stride(1), stride_yt=y.stride(0), stride_yb=y.stride(1),
         first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None, HAS_BIAS=b_hh is not None, SAVE=bool(save),
         RESIDENT=cfg.resident, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_P=cfg.block_p,
-        num_warps=cfg.num_warps, **dot_flags(w_hh.dtype),
+        num_warps=cfg.num_warps, **dot_flags(w_hh.dtype, "rnn"),
     )
     return y, h_state[:, T % 2], saved
 
@@ -91,7 +91,7 @@ def gru_bwd(dy, dhn, saved, h_prev, w_hh, lengths, first_reverse):
         lengths_ptr=lengths_arg(lengths, saved), dxw_ptr=dxw, dghn_ptr=dghn, dh_state_ptr=dh_state,
         T=T, B=B, H=H, first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None,
         RESIDENT=cfg.resident, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_P=cfg.block_p,
-        num_warps=cfg.num_warps, **dot_flags(w_hh.dtype),
+        num_warps=cfg.num_warps, **dot_flags(w_hh.dtype, "rnn"),
     )
     return dxw, dghn, dh_state[:, T % 2]
 

@@ -64,7 +64,7 @@ def lstm_fwd(xw, h0, c0, w_hh, w_hr, lengths, first_reverse, save=True):
         stride_xt=xw.stride(0), stride_xb=xw.stride(1), stride_yt=y.stride(0), stride_yb=y.stride(1),
         first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None, HAS_PROJ=has_proj,
         SAVE=bool(save), RESIDENT=cfg.resident, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
-        BLOCK_P=cfg.block_p, num_warps=cfg.num_warps, **dot_flags(w_hh.dtype),
+        BLOCK_P=cfg.block_p, num_warps=cfg.num_warps, **dot_flags(w_hh.dtype, "rnn"),
     )
     return y, h_state[:, T % 2], c_state, gates, c_all, m_all
 
@@ -101,7 +101,7 @@ def lstm_bwd(dy, dhn, dcn, gates, c_all, c0, w_hh, w_hr, lengths, first_reverse)
         dh_ptr=dh_all if has_proj else dgates, dh_state_ptr=dh_state, dc_state_ptr=dc_state,
         T=T, B=B, H=H, P=P, first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None,
         HAS_PROJ=has_proj, RESIDENT=cfg.resident, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
-        BLOCK_P=cfg.block_p, num_warps=cfg.num_warps, **dot_flags(w_hh.dtype),
+        BLOCK_P=cfg.block_p, num_warps=cfg.num_warps, **dot_flags(w_hh.dtype, "rnn"),
     )
     return dgates, dh_state[:, T % 2], dc_state, dh_all
 

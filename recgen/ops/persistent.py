@@ -46,7 +46,7 @@ def lstm_fwd_persistent(xw, h0, c0, w_hh, lengths, first_reverse, save, plans: t
         h_carry_ptr=h_carry, c_state_ptr=c_state, T=T, B=B, H=H,
         stride_xt=xw.stride(0), stride_xb=xw.stride(1), stride_yt=y.stride(0), stride_yb=y.stride(1),
         first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None, SAVE=bool(save),
-        **dot_flags(w_hh.dtype),
+        **dot_flags(w_hh.dtype, "rnn"),
     )
     # Under the interpreter (one program at a time, so no barrier could complete) run_persistent
     # runs one launch per step: launches are ordered, so each step sees the previous step's h.
@@ -70,7 +70,7 @@ def lstm_bwd_persistent(dy, dhn, dcn, gates, c_all, c0, w_hh, lengths, first_rev
         dy_ptr=dy, gates_ptr=gates, c_ptr=c_all, c0_ptr=c0.to(torch.float32).contiguous(),
         w_hh_ptr=w_hh.contiguous(), lengths_ptr=lengths_arg(lengths, gates), dgates_ptr=dgates,
         dh_state_ptr=dh_state, dc_state_ptr=dc_state, T=T, B=B, H=H,
-        first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None, **dot_flags(w_hh.dtype),
+        first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None, **dot_flags(w_hh.dtype, "rnn"),
     )
     if not run_persistent("lstm_bwd_persistent", _lstm_bwd_persistent_kernel, plans, (B, H, D), T, gates.device, args,
                           phases=True):
@@ -95,7 +95,7 @@ def gru_fwd_persistent(xw, h0, w_hh, b_hh, lengths, first_reverse, save, plans: 
         h_carry_ptr=h_carry, T=T, B=B, H=H,
         stride_xt=xw.stride(0), stride_xb=xw.stride(1), stride_yt=y.stride(0), stride_yb=y.stride(1),
         first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None, HAS_BIAS=b_hh is not None,
-        SAVE=bool(save), **dot_flags(w_hh.dtype),
+        SAVE=bool(save), **dot_flags(w_hh.dtype, "rnn"),
     )
     if not run_persistent("gru_fwd_persistent", _gru_fwd_persistent_kernel, plans, (B, H, D), T, xw.device,
                           args):
@@ -117,7 +117,7 @@ def gru_bwd_persistent(dy, dhn, saved, h_prev, w_hh, lengths, first_reverse, pla
         dy_ptr=dy, saved_ptr=saved, h_prev_ptr=h_prev.contiguous(), w_hh_ptr=w_hh.contiguous(),
         lengths_ptr=lengths_arg(lengths, saved), dxw_ptr=dxw, dghn_ptr=dghn, dh_state_ptr=dh_state,
         T=T, B=B, H=H,
-        first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None, **dot_flags(w_hh.dtype),
+        first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None, **dot_flags(w_hh.dtype, "rnn"),
     )
     if not run_persistent("gru_bwd_persistent", _gru_bwd_persistent_kernel, plans, (B, H, D), T, saved.device, args,
                           phases=True):
@@ -142,7 +142,7 @@ def rnn_fwd_persistent(xw, h0, w_hh, lengths, first_reverse, nonlinearity, save,
         act_ptr=act if save else y, h_state_ptr=h_state, h_carry_ptr=h_carry, T=T, B=B, H=H,
         stride_xt=xw.stride(0), stride_xb=xw.stride(1), stride_yt=y.stride(0), stride_yb=y.stride(1),
         first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None, RELU=relu, SAVE=bool(save),
-        **dot_flags(w_hh.dtype),
+        **dot_flags(w_hh.dtype, "rnn"),
     )
     if not run_persistent("rnn_fwd_persistent", _rnn_fwd_persistent_kernel, plans, (B, H, D), T, xw.device,
                           args):
@@ -163,7 +163,7 @@ def rnn_bwd_persistent(dy, dhn, act, w_hh, lengths, first_reverse, nonlinearity,
     args = dict(
         dy_ptr=dy, act_ptr=act, w_hh_ptr=w_hh.contiguous(), lengths_ptr=lengths_arg(lengths, act),
         dpre_ptr=dpre, dh_state_ptr=dh_state, T=T, B=B, H=H,
-        first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None, RELU=relu, **dot_flags(w_hh.dtype),
+        first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None, RELU=relu, **dot_flags(w_hh.dtype, "rnn"),
     )
     if not run_persistent("rnn_bwd_persistent", _rnn_bwd_persistent_kernel, plans, (B, H, D), T, act.device, args,
                           phases=True):

@@ -6,19 +6,25 @@ the same time, so before a launch the compiled kernel's occupancy (registers, sh
 threads per program against the SM's limits, read from the device, never assumed) must admit the
 whole grid on the device's SMs.
 
-Grid: (column blocks of 16 hidden units, directions, groups). A group of programs (one per
+Grid: (column blocks of BLOCK_H hidden units, directions, groups). A group of programs (one per
 column block) works through batch tiles of BLOCK_B rows; with as many groups as tiles each
 program has one tile, and when the device cannot hold that many programs at once, fewer groups
 each loop over several tiles per step (the W_hh slices stay on chip either way).
 
 Tiles are chosen per launch key from the compiled kernels, not timed. Each candidate of
-persistent_plans() (BLOCK_B rows per tile, warps) is compiled and given as many groups as the
-device holds at once (its occupancy on the device's SMs, at most one group per tile); a
-candidate whose shared memory exceeds the per-block limit, or of which not even one group per
-direction fits, is out. Of the rest the rule takes the one that spills no registers and steps
-through the fewest batch rows per program and step, the first of equals (failing a spill-free
-one, the one that spills least). The choice is cached per (kernel, shapes, dtypes, flags,
-device). If no candidate fits, the launcher runs the streamed single-program kernel instead.
+persistent_plans() (hidden units per program, BLOCK_B rows per tile, warps) is compiled and
+given as many groups as the device holds at once (its occupancy on the device's SMs, at most one
+group per tile); a candidate whose shared memory exceeds the per-block limit, or of which not
+even one group per direction fits, is out. Of the rest the rule takes the one that spills no
+registers and steps through the fewest batch rows per program and step, the first of equals
+(failing a spill-free one, the one that spills least). 16 hidden units per program come first,
+then 8 (twice the programs, each holding half the W_hh slice: the fallback where the 16-unit
+slice spills or does not fit at all, as for the float32 LSTM and GRU at H=1024, 256 and 192 KiB,
+or where it leaves each program more rows per step); of equals the wider wins (fewer programs
+read h_{t-1} and meet at the barrier). The search stops at the first spill-free candidate with
+one 16-row tile per program (the common case: nothing can step through fewer rows). The choice
+is cached per (kernel, shapes, directions, dtypes, flags, device). If no candidate fits, the
+launcher runs the streamed single-program kernel instead.
 bench/kernel_resources.py shows what the candidates need on Hopper (compiled without a GPU).
 """
 
@@ -33,7 +39,9 @@ import triton
 from recgen.backend import interpreting
 from recgen.ops._launch import launch
 
-COLUMNS_PER_PROGRAM = 16  # hidden units per program: tl.dot's minimum N
+# Hidden units (of every gate) per program, preferred first; 8 is the fallback of the rule above
+# (tl.dot takes N=8: Triton pads small N for the tensor cores).
+COLUMN_CHOICES = (16, 8)
 BLOCK_B_CHOICES = (16, 32, 64)  # batch rows per program, smallest first (more, smaller groups)
 WARP_CHOICES = (4, 8)
 # No software pipelining: Triton would multi-buffer the batch-tile loop's loads in shared memory
@@ -67,15 +75,18 @@ class PersistentPlan:
                 "num_warps": self.num_warps, "num_stages": PIPELINE_STAGES}
 
 
-def persistent_plans(batch: int, hidden: int, groups: int = 0) -> tuple:
-    """The candidate tiles for a persistent launch, in order of preference: fewest batch rows per
-    tile first (a step's work spread over more programs; 16 is tl.dot's minimum), never more
-    rows than the batch needs, and for each 4 warps before 8 (8 halve each thread's share of the
-    W_hh slice and of h_{t-1}, which large H needs to avoid spilling). groups: at most this many
-    groups per direction (0: one per tile, or as many as fit; tests force fewer)."""
+def persistent_plans(batch: int, hidden: int, groups: int = 0, columns: int = 0) -> tuple:
+    """The candidate tiles for a persistent launch, in order of preference: 16 hidden units per
+    program before 8 (COLUMN_CHOICES), then fewest batch rows per tile first (a step's work spread
+    over more programs; 16 is tl.dot's minimum), never more rows than the batch needs, and for
+    each 4 warps before 8 (8 halve each thread's share of the W_hh slice and of h_{t-1}, which
+    large H needs to avoid spilling). groups: at most this many groups per direction (0: one per
+    tile, or as many as fit); columns: only this many units per program (0: both); tests force
+    them."""
     block_p = max(16, triton.next_power_of_2(hidden))
     most_rows = max(16, triton.next_power_of_2(batch))
-    return tuple(PersistentPlan(block_b, COLUMNS_PER_PROGRAM, block_p, warps, groups)
+    return tuple(PersistentPlan(block_b, block_h, block_p, warps, groups)
+                 for block_h in ((columns,) if columns else COLUMN_CHOICES)
                  for block_b in BLOCK_B_CHOICES if block_b <= most_rows for warps in WARP_CHOICES)
 
 
@@ -116,8 +127,9 @@ def fitted(plan: PersistentPlan, batch: int, hidden: int, directions: int, per_s
     return dataclasses.replace(plan, groups=groups) if groups >= 1 else None
 
 
-# (kernel name, scalar arguments, tensor dtypes, device) -> the chosen PersistentPlan, or None
-# when no candidate fits: a choice costs compilations, so it is made once per key.
+# (kernel name, scalar arguments, tensor dtypes, device, candidates, (batch, hidden, directions))
+# -> the chosen PersistentPlan, or None when no candidate fits: a choice costs compilations, so
+# it is made once per key.
 _CHOSEN: dict = {}
 
 
@@ -131,9 +143,10 @@ def pick_plan(plans: tuple, fit, batch: int):
     """Of `plans`, the fitting one that spills nothing and steps through the fewest batch rows per
     program (its tiles times BLOCK_B); failing a spill-free one, the one that spills least; the
     first of equals; None if none fits. fit(plan): (spilled registers, the plan with its groups),
-    or None when the device cannot hold it. Stops at the first spill-free plan with one tile per
-    program: the later candidates have at least as many rows per tile."""
+    or None when the device cannot hold it. Stops at the first spill-free plan stepping through
+    one tile of the smallest candidate height: no other can step through fewer rows."""
     best, best_rank = None, None
+    fewest_rows = min((plan.block_b for plan in plans), default=0)
     for order, plan in enumerate(plans):
         found = fit(plan)
         if found is None:
@@ -142,7 +155,7 @@ def pick_plan(plans: tuple, fit, batch: int):
         rank = (spills, plan.rows_per_step(batch), order)
         if best is None or rank < best_rank:
             best, best_rank = plan, rank
-        if spills == 0 and plan.rows_per_step(batch) == plan.block_b:
+        if spills == 0 and plan.rows_per_step(batch) == fewest_rows:
             break
     return best
 
@@ -170,7 +183,9 @@ def choose_plan(name: str, kernel, plans: tuple, shape: tuple, device: torch.dev
     """The plan a persistent launch of `kernel` uses (pick_plan on the compiled candidates: the
     rule in the module docstring), cached per launch key; None when no candidate fits the device.
     shape: (batch, hidden, directions)."""
-    key = _launch_key(name, plans, args, device)
+    # The shape is part of the key: the directions are in no scalar argument, and a plan's
+    # groups are fitted to them (a unidirectional plan would not be co-resident bidirectionally).
+    key = _launch_key(name, plans, args, device) + (shape,)
     if key not in _CHOSEN:
         _CHOSEN[key] = pick_plan(plans, lambda plan: _fit_on_device(kernel, plan, shape, device, args), shape[0])
     return _CHOSEN[key]

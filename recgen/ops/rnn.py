@@ -66,7 +66,7 @@ def rnn_fwd(xw, h0, w_hh, lengths, first_reverse, nonlinearity, save=True):
         stride_xt=xw.stride(0), stride_xb=xw.stride(1), stride_yt=y.stride(0), stride_yb=y.stride(1),
         first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None, RELU=relu, SAVE=bool(save),
         RESIDENT=cfg.resident, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_P=cfg.block_p,
-        num_warps=cfg.num_warps, **dot_flags(w_hh.dtype),
+        num_warps=cfg.num_warps, **dot_flags(w_hh.dtype, "rnn"),
     )
     return y, h_state[:, T % 2], act
 
@@ -95,7 +95,7 @@ def rnn_bwd(dy, dhn, act, w_hh, lengths, first_reverse, nonlinearity):
         dy_ptr=dy, act_ptr=act, w_hh_ptr=w_hh.contiguous(), lengths_ptr=lengths_arg(lengths, act),
         dpre_ptr=dpre, dh_state_ptr=dh_state, T=T, B=B, H=H, first_reverse=int(first_reverse),
         HAS_LENGTHS=lengths is not None, RELU=relu, RESIDENT=cfg.resident, BLOCK_B=cfg.block_b,
-        BLOCK_H=cfg.block_h, BLOCK_P=cfg.block_p, num_warps=cfg.num_warps, **dot_flags(w_hh.dtype),
+        BLOCK_H=cfg.block_h, BLOCK_P=cfg.block_p, num_warps=cfg.num_warps, **dot_flags(w_hh.dtype, "rnn"),
     )
     return dpre, dh_state[:, T % 2]
 
