@@ -112,6 +112,7 @@ def rule_choices(rows: list) -> list:
             row = None if plan is None else \
                 by_tiles[(kernel, dtype, hidden, plan.block_b, plan.num_warps, plan.block_h)]
             choices.append({"kernel": kernel, "dtype": dtype, "H": hidden, "B": batch, "choice": choice,
+                            "block_h": None if plan is None else plan.block_h,
                             "groups": None if plan is None else plan.groups,
                             "rows_per_step": None if plan is None else plan.rows_per_step(batch),
                             "stack_bytes": None if row is None else row["stack_bytes"],

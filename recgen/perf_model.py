@@ -22,7 +22,9 @@ What is counted, and where each count comes from:
 - step(): the floor of one time step with today's parallelism (one program per 16-row batch
   tile, each on its own SM: compute at 1/132 of the chip), the floor with the whole chip, and a
   prediction of today's kernels;
-- case(): the whole sequence, serial steps plus the parallel GEMMs and glue passes.
+- case(): the whole sequence, serial steps plus the parallel GEMMs and glue passes;
+- persistent_step(), persistent_table(): the persistent multi-program mode, per step, with the
+  plans the launcher's rule picks from the compiled kernels (bench/kernel_resources.py).
 Float32 recurrence dots are counted on TF32 tensor cores (tf32=True, torch's default for its
 RNNs, which recgen's kernels follow); torch's GEMMs around them at full float32 (its matmul
 default).
@@ -392,6 +394,69 @@ def case(cell: str, T: int, B: int, I: int, H: int, dtype_bytes: int, pass_: str
     }
 
 
+# ---- the persistent mode (recgen/ops/persistent.py) ----------------------------------------------
+
+
+def persistent_step(cell: str, H: int, dtype_bytes: int, direction: str, rows: int, columns: int,
+                    hw: Hardware = H200, save: bool = False, tf32: bool = True) -> dict:
+    """Seconds per step of one program of the persistent mode, read off kernels/*_persistent.py:
+    it owns `columns` hidden units of every gate and steps through `rows` batch rows (its tiles
+    times BLOCK_B, the plan's rows_per_step), W_hh's slice held on chip. Per step it reads the
+    whole exchanged row of its rows from L2 (forward: h_{t-1} in the weights' dtype; backward:
+    every program's float32 gate gradients, G*H columns), runs its MMA at 1/sms of the chip,
+    moves its own columns (xw/y/carries/saved, or dy/saved/gradients) and waits at one grid
+    barrier (step_latency_s, the model's assumption, which includes the dependent round trip).
+    The parts are added (no overlap), as in step()'s prediction."""
+    c = _check(cell)
+    if direction not in ("fwd", "bwd"):
+        raise ValueError(f"unknown direction {direction!r}; expected 'fwd' or 'bwd'")
+    e, G, k = dtype_bytes, c.gates, 0 if direction == "fwd" else 1
+    mma_s = 2 * rows * G * columns * H / (_matrix_rate(e, hw, tf32) / hw.sms)
+    ew_s = max(rows * columns * c.ew_flops[k] / (hw.fp32_flops / hw.sms),
+               rows * columns * c.mufu[k] / (hw.mufu_per_clock_sm * hw.clock_hz))
+    lstm = cell == "lstm"
+    if direction == "fwd":
+        exchange = rows * H * e
+        # xw in, y and the exchanged h out, the float32 h carry (and c) read and written, saved.
+        own = G * e + 2 * e + 2 * F32 + (2 * F32 if lstm else 0) + (c.saved_cols * F32 if save else 0)
+    else:
+        exchange = rows * G * H * F32
+        # phase 1: dy, dh carry, saved columns, (LSTM c_{t-1} and dc read + write; GRU h_{t-1}),
+        # gradients out; phase 2: the carry and dh_{t-1}.
+        own = e + F32 + c.saved_cols * F32 + (3 * F32 if lstm else 0) + (e if cell == "gru" else 0) \
+            + c.grad_cols * F32 + 2 * F32
+    io_s = (exchange + rows * columns * own) / hw.sm_l2_bw
+    return {"mma_s": mma_s, "elementwise_s": ew_s, "io_s": io_s, "latency_s": hw.step_latency_s,
+            "step_s": hw.step_latency_s + mma_s + ew_s + io_s}
+
+
+def persistent_table(choices: list, T: int = 512, hw: Hardware = H200) -> str:
+    """Predicted time per step, persistent against today's single-program kernels, at the grid
+    points of `choices`: the rule's plans per (kernel, dtype, H, B), as bench/kernel_resources.py
+    writes them from the compiled kernels ('dtype' bf16, or tf32: float32 with TF32 dots). One
+    line per (cell, dtype, H, B) with both directions' plans known (plan: rows per program and
+    step x hidden units per program); the T-step sums count the recurrence launches only (the
+    GEMMs around them are the same in both modes: case())."""
+    plans = {(ch["kernel"], ch["dtype"], ch["H"], ch["B"]): ch for ch in choices if ch.get("block_h")}
+    names = {"lstm": "lstm", "gru": "gru", "rnn_tanh": "rnn"}
+    lines = ["| cell | dtype | H | B | fwd plan | bwd plan | fwd µs/step | today fwd | bwd µs/step | today bwd "
+             f"| recurrence fwd+bwd T={T} ms | today ms | today / persistent |", "|" + "---|" * 13]
+    for cell, dtype, H, B in itertools.product(GRID["op"], ("bf16", "tf32"), GRID["H"], GRID["B"]):
+        fwd_plan, bwd_plan = (plans.get((f"{names[cell]}_{d}", dtype, H, B)) for d in ("fwd", "bwd"))
+        if fwd_plan is None or bwd_plan is None:
+            continue
+        e = 2 if dtype == "bf16" else 4
+        f = persistent_step(cell, H, e, "fwd", fwd_plan["rows_per_step"], fwd_plan["block_h"], hw, save=True)
+        b = persistent_step(cell, H, e, "bwd", bwd_plan["rows_per_step"], bwd_plan["block_h"], hw)
+        today_f, today_b = step(cell, B, H, e, "fwd", hw, save=True), step(cell, B, H, e, "bwd", hw)
+        ms, today_ms = T * (f["step_s"] + b["step_s"]) * 1e3, T * (today_f["today_s"] + today_b["today_s"]) * 1e3
+        lines.append(f"| {cell} | {dtype} | {H} | {B} | {fwd_plan['rows_per_step']}x{fwd_plan['block_h']} "
+                     f"| {bwd_plan['rows_per_step']}x{bwd_plan['block_h']} | {_f(f['step_s'] * 1e6)} "
+                     f"| {_f(today_f['today_s'] * 1e6)} | {_f(b['step_s'] * 1e6)} | {_f(today_b['today_s'] * 1e6)} "
+                     f"| {_f(ms)} | {_f(today_ms)} | {today_ms / ms:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 # ---- the grid and its tables --------------------------------------------------------------------
 
 
@@ -469,6 +534,13 @@ def target_table(T: int = 512, B: int = 16, H: int = 512, hw: Hardware = H200) -
 
 
 if __name__ == "__main__":
+    import json
+    import sys
+
+    if len(sys.argv) > 1:  # kernel-resources JSON files (bench/kernel_resources.py): the persistent table
+        rules = [ch for path in sys.argv[1:] for ch in json.load(open(path))["choices"]]
+        print("## Persistent against today\n\n" + persistent_table(rules))
+        sys.exit(0)
     print("## Resident or streamed today\n\n" + mode_table())
     print("## Target point T=512, B=16, H=512 (per step, µs)\n\n" + target_table())
     print("## Grid\n\n" + to_markdown())

@@ -3,6 +3,7 @@ target point, the grid table's coverage, and the resident/streamed rule against
 recgen.ops.config.recurrence_config (the one place the kernels' mode is chosen)."""
 
 import doctest
+import json
 import itertools
 import math
 import subprocess
@@ -271,3 +272,37 @@ def test_the_notes_carry_the_generated_tables():
     notes = (Path(__file__).resolve().parents[1] / "docs" / "performance.md").read_text()
     for table in (pm.mode_table(), pm.target_table(), pm.to_markdown()):
         assert table in notes
+
+
+# ---- the persistent mode -----------------------------------------------------------------------
+
+RESOURCES = Path(__file__).resolve().parents[1] / "bench" / "results" / "sm90-compiled_2026-11-25"
+
+
+def test_persistent_step_by_hand():
+    # LSTM bf16 H=512, one 16-row tile, 16 units per program, inference (no saved tensors).
+    s = pm.persistent_step("lstm", 512, 2, "fwd", rows=16, columns=16)
+    mma = 2 * 16 * 4 * 16 * 512 / (HW.tensor_flops / HW.sms)
+    exchange = 16 * 512 * 2                              # h_{t-1}, bf16, every column
+    own = 16 * 16 * (4 * 2 + 2 * 2 + 2 * 4 + 2 * 4)     # xw in, y + h out, h and c carries
+    assert s["mma_s"] == pytest.approx(mma)
+    assert s["io_s"] == pytest.approx((exchange + own) / HW.sm_l2_bw)
+    assert s["step_s"] == pytest.approx(HW.step_latency_s + mma + s["elementwise_s"] + s["io_s"])
+    # The backward exchanges every program's float32 gate gradients (4H per row).
+    b = pm.persistent_step("lstm", 512, 2, "bwd", rows=16, columns=16)
+    assert b["io_s"] > 16 * 4 * 512 * 4 / HW.sm_l2_bw
+    # Half the units: half the MMA; twice the rows: twice.
+    half = pm.persistent_step("lstm", 512, 2, "fwd", rows=16, columns=8)["mma_s"]
+    assert half == pytest.approx(mma / 2)
+    assert pm.persistent_step("lstm", 512, 2, "fwd", rows=32, columns=16)["mma_s"] == pytest.approx(2 * mma)
+    with pytest.raises(ValueError, match="unknown direction"):
+        pm.persistent_step("lstm", 512, 2, "up", rows=16, columns=16)
+
+
+def test_the_notes_carry_the_persistent_table():
+    """docs/performance.md's persistent table is the model's output on the committed plans."""
+    choices = [ch for name in ("bf16", "tf32")
+               for ch in json.loads((RESOURCES / f"kernel-resources-{name}.json").read_text())["choices"]]
+    table = pm.persistent_table(choices)
+    assert table.count("\n") == 2 + 2 * 3 * 4 * 4  # header, rule, every (cell, dtype, H, B)
+    assert table in (Path(__file__).resolve().parents[1] / "docs" / "performance.md").read_text()
