@@ -61,3 +61,40 @@ def test_recgen_bench_writes_report(tmp_path, capsys):
     flash = [r for r in results["results"] if r["provider"] == "flashrnn"]
     assert flash and all(r["ms"] is None and ("need a GPU" in r["note"] or "not importable" in r["note"])
                          for r in flash), flash
+
+
+def test_bench_keeps_the_fastest_flashrnn_backend(monkeypatch):
+    """`recgen bench` times FlashRNN at each of its CUDA backends and reports the fastest, naming
+    the others (with their times or errors); a peer failing everywhere is unsupported with its
+    errors. The times are stand-ins (no timing is asserted)."""
+    import recgen.benchmark as bench
+
+    class Layer:
+        backend = None
+
+    layer = Layer()
+
+    def fake_time(step, rounds, warmup, cuda):
+        return step()
+
+    monkeypatch.setattr(bench, "time_step", fake_time)
+    times = {"cuda_fused": 2.0, "cuda": 1.5}
+    ms, peak, note = bench.time_peer("flashrnn", layer, lambda: (times[layer.backend], 10.0), 1, 0, True)
+    assert (ms, peak) == (1.5, 10.0)
+    assert note == "fastest FlashRNN backend: cuda (cuda_fused 2.000 ms)"
+
+    def fused_only():
+        if layer.backend == "cuda":
+            raise RuntimeError("no kernel for this shape\nmore")
+        return 3.0, None
+
+    assert bench.time_peer("flashrnn", layer, fused_only, 1, 0, True) == (
+        3.0, None, "fastest FlashRNN backend: cuda_fused (flashrnn cuda failed: RuntimeError: no kernel for this shape)")
+
+    def broken():
+        raise ValueError("H must be a multiple of 64")
+
+    ms, peak, note = bench.time_peer("flashrnn", layer, broken, 1, 0, True)
+    assert ms is None and note.count("failed: ValueError: H must be a multiple of 64") == 2
+    # Other peers: one timing, no note.
+    assert bench.time_peer("compile", object(), lambda: (4.0, 1.0), 1, 0, True) == (4.0, 1.0, "")

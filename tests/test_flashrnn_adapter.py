@@ -42,3 +42,4 @@ def test_flashrnn_layer_backward_reaches_every_weight():
     layer(x)[0].float().sum().backward()
     for tensor in (x, layer.w_ih, layer.R, layer.b):
         assert tensor.grad is not None and tensor.grad.abs().sum() > 0
+
