@@ -151,7 +151,8 @@ def main(argv=None) -> int:
     rows = []
     for previous in args.previous or ():
         with open(previous) as f:
-            rows += [dict(r, block_h=r.get("block_h", 16)) for r in json.load(f)["rows"]]
+            # occupancy recomputed: the compile facts are kept, the occupancy rule may have changed
+            rows += [_with_occupancy(dict(r, block_h=r.get("block_h", 16))) for r in json.load(f)["rows"]]
     known = {_tiles_key(r) for r in rows}
     jobs = [job for job in itertools.product(args.kernel or sorted(KERNELS), args.dtype or DTYPES,
                                              args.hidden or HIDDEN, args.block_b or BLOCK_B, args.warps or WARPS,

@@ -25,7 +25,10 @@ HOPPER = SimpleNamespace(multi_processor_count=132, max_threads_per_multi_proces
     (128, 4, 0, 4),         # registers alone: 65536 / (4096 * 4)
     (32, 4, 0, 16),         # threads: 2048 / 128
     (190, 8, 83456, 1),     # 6144 registers per warp * 8 warps: 1 program
-    (64, 4, 120000, 1),     # shared memory: 233472 // 120000
+    (64, 4, 120000, 1),     # shared memory: 233472 // (120000 + 1024 reserved per block)
+    (64, 4, 116736, 1),     # half the SM, but two programs also need 2 x 1024 reserved bytes
+    (64, 4, 115712, 2),     # 1 KB less each: two fit exactly
+    (32, 4, 1024, 16),      # threads, not the 2 KB per program of shared memory
     (64, 4, 232448, 1),     # exactly the per-block limit still launches
     (64, 4, 232449, 0),     # one byte more cannot launch at all
 ])
@@ -68,12 +71,21 @@ def test_pick_plan_prefers_spill_free_then_fewest_rows_per_program():
 class StandInKernel:
     """Answers warmup() like a JITFunction with compiled kernels whose resources are given per
     (BLOCK_B, num_warps) for 16 hidden units per program and per (BLOCK_B, num_warps, 8) for 8;
-    records each compilation."""
+    records each compilation, and each launch (kernel[grid](**kwargs)), or refuses launches
+    with `refuse` as the driver's error."""
 
-    def __init__(self, resources: dict):
-        self.resources, self.compiled = resources, []
+    def __init__(self, resources: dict, refuse: str = ""):
+        self.resources, self.compiled, self.launches, self.refuse = resources, [], [], refuse
+
+    def __getitem__(self, grid):
+        def run(**kwargs):
+            if self.refuse:
+                raise RuntimeError(self.refuse)
+            self.launches.append((grid, kwargs))
+        return run
 
     def warmup(self, grid, **kwargs):
+        assert kwargs["launch_cooperative_grid"] is True  # compiled as it will be launched
         key = (kwargs["BLOCK_B"], kwargs["num_warps"]) + (() if kwargs["BLOCK_H"] == 16 else (kwargs["BLOCK_H"],))
         self.compiled.append(key)
         regs, shared, spills = self.resources[key]
@@ -186,3 +198,41 @@ def test_pick_plan_prefers_fewer_rows_then_wider_columns():
     assert pick_plan((wide, narrow), {wide: (0, wide), narrow: (0, narrow)}.get, 16) == wide
     assert pick_plan((wide, narrow), {wide: (8, wide), narrow: (0, narrow)}.get, 16) == narrow
     assert pick_plan((wide, narrow), {narrow: (0, narrow)}.get, 16) == narrow
+
+
+def test_run_persistent_launches_cooperatively_and_streams_when_refused(monkeypatch):
+    """On a GPU (the interpreter switched off here, the kernel a stand-in): one cooperative launch
+    of the whole sequence, counted; when the driver refuses the grid as not co-resident, nothing
+    is counted, the caller is told to stream, and the key streams from then on without compiling
+    again; any other launch error propagates."""
+    from recgen.ops import LAUNCH_COUNTS
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: HOPPER)
+    monkeypatch.setattr(persistent_tiles, "_CHOSEN", {})
+    monkeypatch.setattr(persistent_tiles, "interpreting", lambda: False)
+    plans, shape, cpu = persistent_plans(16, 512), (16, 512, 1), torch.device("cpu")
+    kernel = StandInKernel({(16, 4): (255, 99328, 0)})
+    before = LAUNCH_COUNTS["standin"]
+    assert persistent_tiles.run_persistent("standin", kernel, plans, shape, 8, cpu, {"B": 16})
+    (grid, kwargs), = kernel.launches
+    assert grid == (32, 1, 1) and kwargs["launch_cooperative_grid"] is True and kwargs["GRID_SYNC"] is True
+    assert (kwargs["step_begin"], kwargs["step_end"]) == (0, 8) and kwargs["counter_ptr"].numel() == 1
+    assert LAUNCH_COUNTS["standin"] == before + 1
+
+    refused = StandInKernel({(16, 4): (255, 99328, 0)}, refuse="Triton Error [CUDA]: too many blocks in "
+                                                               "cooperative launch")
+    assert not persistent_tiles.run_persistent("refused", refused, plans, shape, 8, cpu, {"B": 16})
+    assert LAUNCH_COUNTS["refused"] == 0 and refused.compiled == [(16, 4)]
+    assert not persistent_tiles.run_persistent("refused", refused, plans, shape, 8, cpu, {"B": 16})
+    assert refused.compiled == [(16, 4)]  # the key now streams: nothing compiled again
+
+    broken = StandInKernel({(16, 4): (255, 99328, 0)}, refuse="Triton Error [CUDA]: an illegal memory access")
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        persistent_tiles.run_persistent("broken", broken, plans, shape, 8, cpu, {"B": 16})
+
+    # A Triton without cooperative launches: the persistent mode is not used at all.
+    assert persistent_tiles.cooperative_launch_supported()  # this Triton (3.9) has them
+    monkeypatch.setattr(persistent_tiles, "cooperative_launch_supported", lambda: False)
+    old = StandInKernel({})
+    assert not persistent_tiles.run_persistent("old", old, plans, shape, 8, cpu, {"B": 16})
+    assert old.compiled == [] and old.launches == []

@@ -57,8 +57,8 @@ def launch(name: str, kernel, grid, **kwargs) -> None:
     batch: nothing to compute, as torch returns empty outputs) launches nothing."""
     if 0 in grid:
         return
-    LAUNCH_COUNTS[name] += 1
     traceable(kernel)[grid](**kwargs)
+    LAUNCH_COUNTS[name] += 1  # after the call: a launch the driver refused did not run
 
 
 def torch_allows_tf32(op: str) -> bool:

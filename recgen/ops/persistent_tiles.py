@@ -4,7 +4,9 @@ the co-residency check, the choice among the candidates, and the launch.
 The grid-wide barrier of a persistent kernel only completes if every program of a group runs at
 the same time, so before a launch the compiled kernel's occupancy (registers, shared memory and
 threads per program against the SM's limits, read from the device, never assumed) must admit the
-whole grid on the device's SMs.
+whole grid on the device's SMs. The launch is also cooperative, so the driver enforces the same:
+it runs all programs at once or refuses the launch (then the streamed kernel runs), never a grid
+that would wait at the barrier forever.
 
 Grid: (column blocks of BLOCK_H hidden units, directions, groups). A group of programs (one per
 column block) works through batch tiles of BLOCK_B rows; with as many groups as tiles each
@@ -48,6 +50,18 @@ WARP_CHOICES = (4, 8)
 # (3 stages: the LSTM backward at H=512 needs 330 KB instead of 99 KB, more than an SM has), and
 # nothing is gained: each step's loads wait on the grid barrier anyway (bench/kernel_resources.py).
 PIPELINE_STAGES = 1
+# The single launch with the grid barrier is cooperative (CU_LAUNCH_ATTRIBUTE_COOPERATIVE): the
+# driver guarantees that all its programs run at once, or refuses the launch, so a grid that is
+# not co-resident (the occupancy check wrong, or SMs taken by other work) fails instead of
+# deadlocking at the barrier; run_persistent then streams. (Triton 3.2 and later have the option;
+# with an older Triton the persistent mode is not used.)
+COOPERATIVE = {"launch_cooperative_grid": True}
+
+
+def cooperative_launch_supported() -> bool:
+    from triton.backends.nvidia.compiler import CUDAOptions
+
+    return "launch_cooperative_grid" in {f.name for f in dataclasses.fields(CUDAOptions)}
 
 
 @dataclass(frozen=True)
@@ -94,13 +108,15 @@ def occupancy(registers: int, num_warps: int, shared_bytes: int, limits: dict) -
     """Programs of a kernel one SM holds at once (0: it cannot launch at all), from its registers
     per thread, warps and shared memory per program against the SM's limits: `registers`,
     `threads`, `shared_bytes` per SM and `shared_per_block`. Registers are allocated per warp
-    in units of 256."""
+    in units of 256. Each resident program also takes the shared memory the system reserves per
+    block (1 KB on sm_80 and sm_90), which is what the SM has beyond the most one block may opt
+    into; the driver counts it the same way when it admits a cooperative launch."""
     if shared_bytes > limits["shared_per_block"]:
         return 0
     regs_per_warp = -(-registers * 32 // 256) * 256
     counts = [limits["threads"] // (32 * num_warps), limits["registers"] // (regs_per_warp * num_warps)]
-    if shared_bytes:
-        counts.append(limits["shared_bytes"] // shared_bytes)
+    reserved = max(0, limits["shared_bytes"] - limits["shared_per_block"])
+    counts.append(limits["shared_bytes"] // (shared_bytes + reserved) if shared_bytes + reserved else counts[0])
     return max(0, min(counts))
 
 
@@ -139,6 +155,12 @@ def _launch_key(name: str, plans: tuple, args: dict, device: torch.device) -> tu
     return name, scalars, dtypes, str(device), plans
 
 
+def _plan_key(name: str, plans: tuple, shape: tuple, device: torch.device, args: dict) -> tuple:
+    # The shape is part of the key: the directions are in no scalar argument, and a plan's
+    # groups are fitted to them (a unidirectional plan would not be co-resident bidirectionally).
+    return _launch_key(name, plans, args, device) + (shape,)
+
+
 def pick_plan(plans: tuple, fit, batch: int):
     """Of `plans`, the fitting one that spills nothing and steps through the fewest batch rows per
     program (its tiles times BLOCK_B); failing a spill-free one, the one that spills least; the
@@ -169,7 +191,8 @@ def _fit_on_device(kernel, plan: PersistentPlan, shape: tuple, device: torch.dev
 
     # The counters' size depends on the plan: a one-element stand-in (same dtype) to compile with.
     counters = torch.zeros(1, dtype=torch.int32, device=device)
-    compiled = kernel.warmup(grid=plan.grid(*shape), counter_ptr=counters, **args, **plan.launch_args())
+    compiled = kernel.warmup(grid=plan.grid(*shape), counter_ptr=counters, **args, **plan.launch_args(),
+                             **COOPERATIVE)
     try:
         compiled._init_handles()
     except OutOfResources:
@@ -183,9 +206,7 @@ def choose_plan(name: str, kernel, plans: tuple, shape: tuple, device: torch.dev
     """The plan a persistent launch of `kernel` uses (pick_plan on the compiled candidates: the
     rule in the module docstring), cached per launch key; None when no candidate fits the device.
     shape: (batch, hidden, directions)."""
-    # The shape is part of the key: the directions are in no scalar argument, and a plan's
-    # groups are fitted to them (a unidirectional plan would not be co-resident bidirectionally).
-    key = _launch_key(name, plans, args, device) + (shape,)
+    key = _plan_key(name, plans, shape, device, args)
     if key not in _CHOSEN:
         _CHOSEN[key] = pick_plan(plans, lambda plan: _fit_on_device(kernel, plan, shape, device, args), shape[0])
     return _CHOSEN[key]
@@ -197,8 +218,9 @@ def run_persistent(name: str, kernel, plans: tuple, shape: tuple, steps: int, de
     launch with the grid barrier (PHASES=3 when `phases`). Under the interpreter, the first plan,
     one launch per step (and per phase, 1 then 2, when `phases`): launches are ordered, so each
     sees the previous one's writes. Returns False, having launched nothing, when no plan fits the
-    device, or while torch.compile traces with fake tensors (there is no compiled kernel to
-    measure; the caller then traces the streamed kernel). shape: (batch, hidden, directions);
+    device or the driver refuses the cooperative launch, with a Triton that cannot launch
+    cooperatively, or while torch.compile traces with fake tensors (there is no compiled kernel
+    to measure; the caller then traces the streamed kernel). shape: (batch, hidden, directions);
     `args` has every kernel argument but the barrier counters, added here, one per group."""
     from torch._subclasses.fake_tensor import is_fake
 
@@ -213,11 +235,22 @@ def run_persistent(name: str, kernel, plans: tuple, shape: tuple, steps: int, de
             for extra in ({"PHASES": 1}, {"PHASES": 2}) if phases else ({},):
                 launch(name, kernel, grid, step_begin=i, step_end=i + 1, GRID_SYNC=False, **extra, **args)
         return True
+    if not cooperative_launch_supported():
+        return False
     args = dict(args, step_begin=0, step_end=steps, GRID_SYNC=True, **({"PHASES": 3} if phases else {}))
     plan = choose_plan(name, kernel, plans, shape, device, args)
     if plan is None:
         return False
     grid = plan.grid(*shape)
-    launch(name, kernel, grid, counter_ptr=torch.zeros(grid[1] * grid[2], dtype=torch.int32, device=device),
-           **args, **plan.launch_args())
+    try:
+        launch(name, kernel, grid, counter_ptr=torch.zeros(grid[1] * grid[2], dtype=torch.int32, device=device),
+               **args, **plan.launch_args(), **COOPERATIVE)
+    except RuntimeError as error:
+        # The driver refused the grid as not co-resident (CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE:
+        # "too many blocks in cooperative launch"), against the occupancy read from the compiled
+        # kernel: nothing ran; stream instead, now and for this key from now on.
+        if "cooperative" not in str(error).lower():
+            raise
+        _CHOSEN[_plan_key(name, plans, shape, device, args)] = None
+        return False
     return True
