@@ -163,6 +163,7 @@ def main(argv=None) -> int:
         for row in pool.map(_measure, jobs):
             rows.append(_with_occupancy(row))
             print(_line(rows[-1]), flush=True)
+    rows.sort(key=_tiles_key)  # one order whatever was reused or compiled: stable files
     report = {"target": "sm_90 (Hopper), compiled without a GPU", "triton": triton.__version__,
               "date": datetime.date.today().isoformat(), "rows": rows, "choices": rule_choices(rows)}
     print(to_markdown(report))

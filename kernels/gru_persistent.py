@@ -19,7 +19,8 @@ import triton
 import triton.language as tl
 
 from recgen.kernels.gru import gru_cell, gru_gate_grads
-from recgen.kernels.lstm_persistent import _group_barrier, persistent_group, tile_at_step
+from recgen.kernels.lstm_persistent import (_group_barrier, end_forward_step, own_columns, persistent_group, publish_h,
+                                            read_exchanged_h, tile_at_step)
 from recgen.kernels.math import load_tile, mma
 
 
@@ -56,10 +57,7 @@ def _gru_fwd_persistent_kernel(
     h_state_ptr += d * 2 * B * H
     h_carry_ptr += d * B * H
 
-    offs_h = col0 + tl.arange(0, BLOCK_H)
-    mask_h = offs_h < H
-    ar_p = tl.arange(0, BLOCK_P)
-    mask_p = ar_p < H
+    offs_h, mask_h, ar_p, mask_p = own_columns(col0, H, BLOCK_H, BLOCK_P)
     # This program's slice of W_g^T (H_in x BLOCK_H) per gate, held for the whole sequence.
     w_r = load_tile(w_hh_ptr + 0 * H * H, ar_p, offs_h, 1, H, H, H)
     w_z = load_tile(w_hh_ptr + 1 * H * H, ar_p, offs_h, 1, H, H, H)
@@ -76,9 +74,7 @@ def _gru_fwd_persistent_kernel(
             mask_b, rows, lengths, keep, m2, own, t = tile_at_step(
                 tile, s, rev, lengths_ptr, B, T, H, offs_h, mask_h, HAS_LENGTHS, BLOCK_B)
             x_row = xw_ptr + t * stride_xt + rows * stride_xb
-            # .cg: from L2, never a stale L1 line of another program's h (they change every step).
-            h_prev = tl.load(src + rows[:, None] * H + ar_p[None, :], mask=mask_b[:, None] & mask_p[None, :],
-                             other=0.0, cache_modifier=".cg")
+            h_prev = read_exchanged_h(src, rows, mask_b, ar_p, mask_p, H)
             # Hidden-side pre-activations gh_g = h_{t-1} W_hg^T + b_hg of this program's units.
             acc_r = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
             acc_z = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
@@ -92,16 +88,8 @@ def _gru_fwd_persistent_kernel(
             acc_n += mma(h_prev, w_n, DOT_FP32, INPUT_PRECISION)
             h_old = tl.load(h_carry_ptr + own, mask=keep, other=0.0)
             h_new = gru_cell(x_row, acc_r, acc_z, acc_n, h_old, saved_ptr, t, rows, offs_h, B, H, m2, keep, SAVE)
-            h_carry = tl.where(m2, h_new, h_old)
-            tl.store(h_carry_ptr + own, h_carry, mask=keep)
-            tl.store(dst + own, h_carry.to(h_state_ptr.dtype.element_ty), mask=keep)
-            tl.store(y_ptr + t[:, None] * stride_yt + rows[:, None] * stride_yb + offs_h[None, :],
-                     tl.where(m2, h_new, 0.0).to(y_ptr.dtype.element_ty), mask=keep)
-        if GRID_SYNC:
-            _group_barrier(counter_ptr, (s + 1) * n_cols)
-        else:
-            # The next step reads this program's h columns back in other threads.
-            tl.debug_barrier()
+            publish_h(h_new, h_old, m2, keep, own, h_carry_ptr, dst, y_ptr, t, rows, offs_h, stride_yt, stride_yb)
+        end_forward_step(counter_ptr, (s + 1) * n_cols, GRID_SYNC)
 
 
 @triton.jit
@@ -144,10 +132,7 @@ def _gru_bwd_persistent_kernel(
     dghn_ptr += d * T * B * H
     dh_state_ptr += d * 2 * B * H
 
-    offs_h = col0 + tl.arange(0, BLOCK_H)
-    mask_h = offs_h < H
-    ar_k = tl.arange(0, BLOCK_P)
-    mask_k = ar_k < H
+    offs_h, mask_h, ar_k, mask_k = own_columns(col0, H, BLOCK_H, BLOCK_P)
     if PHASES != 1:
         # W_g[:, own units] (H x BLOCK_H) per gate: dh_{t-1}[:, own] += sum_g dgh_g W_g[:, own].
         w_r = load_tile(w_hh_ptr + 0 * H * H, ar_k, offs_h, H, 1, H, H)

@@ -70,6 +70,44 @@ def tile_at_step(tile, s, rev, lengths_ptr, B, T, H, offs_h, mask_h, HAS_LENGTHS
 
 
 @triton.jit
+def own_columns(col0, H, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr):
+    """This program's hidden units (offsets and mask) and the whole recurrent width (offsets and
+    mask), which its dots contract over."""
+    offs_h = col0 + tl.arange(0, BLOCK_H)
+    ar = tl.arange(0, BLOCK_P)
+    return offs_h, offs_h < H, ar, ar < H
+
+
+@triton.jit
+def read_exchanged_h(src, rows, mask_b, ar_p, mask_p, H):
+    """The whole h_{t-1} of these rows as all programs wrote it: .cg, from L2, never a stale L1
+    line of another program's columns (they change every step)."""
+    return tl.load(src + rows[:, None] * H + ar_p[None, :], mask=mask_b[:, None] & mask_p[None, :], other=0.0,
+                   cache_modifier=".cg")
+
+
+@triton.jit
+def publish_h(h_new, h_old, m2, keep, own, h_carry_ptr, dst, y_ptr, t, rows, offs_h, stride_yt, stride_yb):
+    """A forward step's h of this program's columns: the float32 carry (h_old where a row is past
+    its length), its copy in the exchange dtype for the next step's dots, and y (zero there)."""
+    h_carry = tl.where(m2, h_new, h_old)
+    tl.store(h_carry_ptr + own, h_carry, mask=keep)
+    tl.store(dst + own, h_carry.to(dst.dtype.element_ty), mask=keep)
+    tl.store(y_ptr + t[:, None] * stride_yt + rows[:, None] * stride_yb + offs_h[None, :],
+             tl.where(m2, h_new, 0.0).to(y_ptr.dtype.element_ty), mask=keep)
+
+
+@triton.jit
+def end_forward_step(counter_ptr, target, GRID_SYNC: tl.constexpr):
+    """The grid barrier closing a step; in one-launch-per-step mode (GRID_SYNC=False) a CTA
+    barrier, as the next step reads this program's columns back in other threads."""
+    if GRID_SYNC:
+        _group_barrier(counter_ptr, target)
+    else:
+        tl.debug_barrier()
+
+
+@triton.jit
 def _lstm_fwd_persistent_kernel(
     xw_ptr,       # (T, B, D*4H) input projection with both biases, last dim contiguous
     w_hh_ptr,     # (D, 4H, H) recurrent weights, contiguous
@@ -99,10 +137,7 @@ def _lstm_fwd_persistent_kernel(
     h_carry_ptr += d * B * H
     c_state_ptr += d * B * H
 
-    offs_h = col0 + tl.arange(0, BLOCK_H)
-    mask_h = offs_h < H
-    ar_p = tl.arange(0, BLOCK_P)
-    mask_p = ar_p < H
+    offs_h, mask_h, ar_p, mask_p = own_columns(col0, H, BLOCK_H, BLOCK_P)
     # This program's slice of W_g^T (H_in x BLOCK_H) per gate, held for the whole sequence.
     w_i = load_tile(w_hh_ptr + 0 * H * H, ar_p, offs_h, 1, H, H, H)
     w_f = load_tile(w_hh_ptr + 1 * H * H, ar_p, offs_h, 1, H, H, H)
@@ -116,9 +151,7 @@ def _lstm_fwd_persistent_kernel(
             mask_b, rows, lengths, keep, m2, own, t = tile_at_step(
                 tile, s, rev, lengths_ptr, B, T, H, offs_h, mask_h, HAS_LENGTHS, BLOCK_B)
             x_row = xw_ptr + t * stride_xt + rows * stride_xb
-            # .cg: from L2, never a stale L1 line of another program's h (they change every step).
-            h_prev = tl.load(src + rows[:, None] * H + ar_p[None, :], mask=mask_b[:, None] & mask_p[None, :],
-                             other=0.0, cache_modifier=".cg")
+            h_prev = read_exchanged_h(src, rows, mask_b, ar_p, mask_p, H)
             acc_i = tl.load(x_row[:, None] + (0 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
             acc_f = tl.load(x_row[:, None] + (1 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
             acc_g = tl.load(x_row[:, None] + (2 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
@@ -129,16 +162,9 @@ def _lstm_fwd_persistent_kernel(
             acc_o += mma(h_prev, w_o, DOT_FP32, INPUT_PRECISION)
             h_new = lstm_cell(acc_i, acc_f, acc_g, acc_o, c_state_ptr, gates_ptr, c_ptr, t, rows, offs_h, B, H,
                               m2, keep, SAVE)
-            h_carry = tl.where(m2, h_new, tl.load(h_carry_ptr + own, mask=keep, other=0.0))
-            tl.store(h_carry_ptr + own, h_carry, mask=keep)
-            tl.store(dst + own, h_carry.to(h_state_ptr.dtype.element_ty), mask=keep)
-            tl.store(y_ptr + t[:, None] * stride_yt + rows[:, None] * stride_yb + offs_h[None, :],
-                     tl.where(m2, h_new, 0.0).to(y_ptr.dtype.element_ty), mask=keep)
-        if GRID_SYNC:
-            _group_barrier(counter_ptr, (s + 1) * n_cols)
-        else:
-            # The next step reads this program's c and h columns back in other threads.
-            tl.debug_barrier()
+            h_old = tl.load(h_carry_ptr + own, mask=keep, other=0.0)
+            publish_h(h_new, h_old, m2, keep, own, h_carry_ptr, dst, y_ptr, t, rows, offs_h, stride_yt, stride_yb)
+        end_forward_step(counter_ptr, (s + 1) * n_cols, GRID_SYNC)
 
 
 @triton.jit
@@ -177,10 +203,7 @@ def _lstm_bwd_persistent_kernel(
     dh_state_ptr += d * 2 * B * H
     dc_state_ptr += d * B * H
 
-    offs_h = col0 + tl.arange(0, BLOCK_H)
-    mask_h = offs_h < H
-    ar_k = tl.arange(0, BLOCK_P)
-    mask_k = ar_k < H
+    offs_h, mask_h, ar_k, mask_k = own_columns(col0, H, BLOCK_H, BLOCK_P)
     if PHASES != 1:
         # W_g[:, own units] (H x BLOCK_H) per gate: dh_{t-1}[:, own] = sum_g dgates_g W_g[:, own].
         w_i = load_tile(w_hh_ptr + 0 * H * H, ar_k, offs_h, H, 1, H, H)

@@ -82,6 +82,20 @@ def recurrence_config(gates: int, hidden: int, width: int, dtype: torch.dtype,
     return RecurrenceConfig(False, MIN_DOT, min(block, h_pad), min(block, p_pad), num_warps=4)
 
 
+def persistent_or_config(run, gates: int, hidden: int, width: int, dtype: torch.dtype,
+                         has_proj: bool = False, *, batch: int):
+    """(run(plans), None) when the rule picks the persistent mode (which only the LSTM without
+    projection, the GRU and the Elman RNN have) and run, the op's persistent launcher, finds a
+    plan the device holds; otherwise (None, the single-program config: resident or streamed)."""
+    cfg = recurrence_config(gates, hidden, width, dtype, has_proj, batch=batch, persistent_capable=not has_proj)
+    if cfg.persistent is not None:
+        out = run(cfg.persistent)
+        if out is not None:
+            return out, None
+        cfg = recurrence_config(gates, hidden, width, dtype, has_proj)  # not co-resident: streamed
+    return None, cfg
+
+
 def forced_mode(mode: str, block: int | None = None, groups: int = 0, columns: int = 0):
     """Force a mode (and the streamed tile size, or at most `groups` persistent program groups per
     direction, or `columns` hidden units per persistent program) for every launch in a with

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from recgen.ops._launch import dot_flags, launch, new_output
-from recgen.ops.config import recurrence_config
+from recgen.ops.config import persistent_or_config
 from recgen.ops.persistent import gru_bwd_persistent, gru_fwd_persistent
 from recgen.ops.library import absent_like, check_saved, define, fresh, needs_saving, register_function
 from recgen.ops.recurrence import (
@@ -41,12 +41,10 @@ def gru_fwd(xw, h0, w_hh, b_hh, lengths, first_reverse, save=True):
 
     T, B, _ = xw.shape
     D, G3, H = w_hh.shape
-    cfg = recurrence_config(3, H, H, w_hh.dtype, batch=B, persistent_capable=True)
-    if cfg.persistent is not None:
-        out = gru_fwd_persistent(xw, h0, w_hh, b_hh, lengths, first_reverse, save, cfg.persistent)
-        if out is not None:
-            return out
-        cfg = recurrence_config(3, H, H, w_hh.dtype)  # not co-resident: streamed
+    out, cfg = persistent_or_config(lambda plans: gru_fwd_persistent(xw, h0, w_hh, b_hh, lengths, first_reverse, save,
+                                                                     plans), 3, H, H, w_hh.dtype, batch=B)
+    if out is not None:
+        return out
     y = new_output((T, B, D * H), xw.dtype, xw.device)
     saved = new_output((D, T, B, 4 * H), torch.float32, xw.device) if save else None
     h_state = ping_pong_state(h0)
@@ -76,12 +74,10 @@ def gru_bwd(dy, dhn, saved, h_prev, w_hh, lengths, first_reverse):
 
     D, T, B, G4 = saved.shape
     H = G4 // 4
-    cfg = recurrence_config(3, H, H, w_hh.dtype, batch=B, persistent_capable=True)
-    if cfg.persistent is not None:
-        out = gru_bwd_persistent(dy, dhn, saved, h_prev, w_hh, lengths, first_reverse, cfg.persistent)
-        if out is not None:
-            return out
-        cfg = recurrence_config(3, H, H, w_hh.dtype)  # not co-resident: streamed
+    out, cfg = persistent_or_config(lambda plans: gru_bwd_persistent(dy, dhn, saved, h_prev, w_hh, lengths,
+                                                                     first_reverse, plans), 3, H, H, w_hh.dtype, batch=B)
+    if out is not None:
+        return out
     dxw = new_output((D, T, B, 3 * H), torch.float32, saved.device)
     dghn = new_output((D, T, B, H), torch.float32, saved.device)
     dh_state = ping_pong_state(dhn)

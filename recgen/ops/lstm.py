@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from recgen.ops._launch import dot_flags, launch, new_output
-from recgen.ops.config import recurrence_config
+from recgen.ops.config import persistent_or_config
 from recgen.ops.persistent import lstm_bwd_persistent, lstm_fwd_persistent
 from recgen.ops.library import absent_like, check_saved, define, fresh, needs_saving, register_function
 from recgen.ops.recurrence import (
@@ -42,12 +42,11 @@ def lstm_fwd(xw, h0, c0, w_hh, w_hr, lengths, first_reverse, save=True):
     D, G4, P = w_hh.shape
     H = G4 // 4
     has_proj = w_hr is not None
-    cfg = recurrence_config(4, H, P, w_hh.dtype, has_proj, batch=B, persistent_capable=not has_proj)
-    if cfg.persistent is not None:
-        out = lstm_fwd_persistent(xw, h0, c0, w_hh, lengths, first_reverse, save, cfg.persistent)
-        if out is not None:
-            return out
-        cfg = recurrence_config(4, H, P, w_hh.dtype, has_proj)  # not co-resident: streamed
+    out, cfg = persistent_or_config(lambda plans: lstm_fwd_persistent(xw, h0, c0, w_hh, lengths, first_reverse,
+                                                                      save, plans),
+                                    4, H, P, w_hh.dtype, has_proj, batch=B)
+    if out is not None:
+        return out
     y = new_output((T, B, D * P), xw.dtype, xw.device)
     gates = new_output((D, T, B, 4 * H), torch.float32, xw.device) if save else None
     c_all = new_output((D, T, B, H), torch.float32, xw.device) if save else None
@@ -83,12 +82,11 @@ def lstm_bwd(dy, dhn, dcn, gates, c_all, c0, w_hh, w_hr, lengths, first_reverse)
     H = G4 // 4
     P = w_hh.shape[2]
     has_proj = w_hr is not None
-    cfg = recurrence_config(4, H, P, w_hh.dtype, has_proj, batch=B, persistent_capable=not has_proj)
-    if cfg.persistent is not None:
-        out = lstm_bwd_persistent(dy, dhn, dcn, gates, c_all, c0, w_hh, lengths, first_reverse, cfg.persistent)
-        if out is not None:
-            return out
-        cfg = recurrence_config(4, H, P, w_hh.dtype, has_proj)  # not co-resident: streamed
+    out, cfg = persistent_or_config(lambda plans: lstm_bwd_persistent(dy, dhn, dcn, gates, c_all, c0, w_hh, lengths,
+                                                                      first_reverse, plans),
+                                    4, H, P, w_hh.dtype, has_proj, batch=B)
+    if out is not None:
+        return out
     dgates = new_output((D, T, B, 4 * H), torch.float32, gates.device)
     dh_all = new_output((D, T, B, P), torch.float32, gates.device) if has_proj else None
     dh_state = ping_pong_state(dhn)

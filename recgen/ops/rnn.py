@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from recgen.ops._launch import dot_flags, launch, new_output
-from recgen.ops.config import recurrence_config
+from recgen.ops.config import persistent_or_config
 from recgen.ops.persistent import rnn_bwd_persistent, rnn_fwd_persistent
 from recgen.ops.library import absent_like, check_saved, define, fresh, needs_saving, register_function
 from recgen.ops.recurrence import (
@@ -50,12 +50,11 @@ def rnn_fwd(xw, h0, w_hh, lengths, first_reverse, nonlinearity, save=True):
 
     T, B, _ = xw.shape
     D, H, _ = w_hh.shape
-    cfg = recurrence_config(1, H, H, w_hh.dtype, batch=B, persistent_capable=True)
-    if cfg.persistent is not None:
-        out = rnn_fwd_persistent(xw, h0, w_hh, lengths, first_reverse, nonlinearity, save, cfg.persistent)
-        if out is not None:
-            return out
-        cfg = recurrence_config(1, H, H, w_hh.dtype)  # not co-resident: streamed
+    out, cfg = persistent_or_config(lambda plans: rnn_fwd_persistent(xw, h0, w_hh, lengths, first_reverse,
+                                                                     nonlinearity, save, plans),
+                                    1, H, H, w_hh.dtype, batch=B)
+    if out is not None:
+        return out
     y = new_output((T, B, D * H), xw.dtype, xw.device)
     act = new_output((D, T, B, H), torch.float32, xw.device) if save else None
     h_state = ping_pong_state(h0)
@@ -82,12 +81,11 @@ def rnn_bwd(dy, dhn, act, w_hh, lengths, first_reverse, nonlinearity):
     from recgen.kernels.rnn import _rnn_bwd_kernel
 
     D, T, B, H = act.shape
-    cfg = recurrence_config(1, H, H, w_hh.dtype, batch=B, persistent_capable=True)
-    if cfg.persistent is not None:
-        out = rnn_bwd_persistent(dy, dhn, act, w_hh, lengths, first_reverse, nonlinearity, cfg.persistent)
-        if out is not None:
-            return out
-        cfg = recurrence_config(1, H, H, w_hh.dtype)  # not co-resident: streamed
+    out, cfg = persistent_or_config(lambda plans: rnn_bwd_persistent(dy, dhn, act, w_hh, lengths, first_reverse,
+                                                                     nonlinearity, plans),
+                                    1, H, H, w_hh.dtype, batch=B)
+    if out is not None:
+        return out
     dpre = new_output((D, T, B, H), torch.float32, act.device)
     dh_state = ping_pong_state(dhn)
     launch(
