@@ -1,9 +1,19 @@
-"""Which implementation runs an op: the Triton kernels or the pure-PyTorch reference.
+"""Which implementation runs an op, and which one ran.
 
-`auto` (the default) runs the Triton kernels on CUDA tensors, and on CPU tensors only when
-TRITON_INTERPRET=1 is set (the kernels then run under Triton's interpreter); otherwise the
-reference runs. `triton` forces the kernels (an error if they cannot run on the tensor's
-device); `reference` forces the reference. The RECGEN_BACKEND variable sets the initial choice.
+Backends (`recgen.set_backend(name)`, or the RECGEN_BACKEND variable for the initial choice):
+
+- `auto` (default): the Triton kernels where they run (CUDA tensors; CPU tensors when
+  TRITON_INTERPRET=1 is set, under Triton's interpreter), torch's own native op everywhere else
+  (CPU, MPS, XPU, any device or machine without Triton). Never the reference: off the GPU a
+  converted model costs what the torch.nn model cost.
+- `triton`: the kernels; an error if they cannot run on the tensor's device.
+- `torch`: torch's native op (`torch.nn.LSTM.forward` and friends through the parent class,
+  torch's conv and norm modules for residual blocks), on any device.
+- `reference`: recgen's independent pure-PyTorch step loops (recgen.reference), the ground truth
+  of the tests; slow, never picked by `auto`.
+
+What ran is recorded per call as one of IMPLEMENTATIONS: `last_implementation()` for the last
+recgen call, `implementation_of(module)` for a module's last forward.
 """
 
 from __future__ import annotations
@@ -13,8 +23,15 @@ from contextlib import contextmanager
 
 import torch
 
-BACKENDS = ("auto", "triton", "reference")
-_state = {"backend": None}
+BACKENDS = ("auto", "triton", "torch", "reference")
+# What an op can run as: the compiled kernels (CUDA), the kernels under Triton's interpreter
+# (CPU, TRITON_INTERPRET=1), torch's native op, recgen's reference step loops.
+IMPLEMENTATIONS = ("kernels", "interpreter", "torch", "reference")
+
+_state = {"backend": None, "last": None}
+# Where a module's last implementation is kept: a plain instance attribute (not a parameter or
+# buffer, so state_dict is unchanged), written without nn.Module.__setattr__'s bookkeeping.
+_MODULE_KEY = "_recgen_implementation"
 
 
 def _validated(name: str, source: str) -> str:
@@ -24,7 +41,7 @@ def _validated(name: str, source: str) -> str:
 
 
 def set_backend(name: str) -> None:
-    """Choose the implementation for all recgen ops: 'auto', 'triton' or 'reference'."""
+    """Choose the implementation for all recgen ops: 'auto', 'triton', 'torch' or 'reference'."""
     _state["backend"] = _validated(name, "recgen.set_backend")
 
 
@@ -58,12 +75,14 @@ def triton_available() -> bool:
     return hasattr(triton, "jit")
 
 
-def use_triton(tensor: torch.Tensor) -> bool:
-    """Decide, for an op whose data lives on `tensor.device`, whether the kernels run."""
-    choice = get_backend()
-    if choice == "reference":
-        return False
-    runnable = tensor.is_cuda or (tensor.device.type == "cpu" and interpreting())
+def implementation(tensor: torch.Tensor) -> str:
+    """The implementation (one of IMPLEMENTATIONS) the current backend runs for data on
+    `tensor.device`. Raises RuntimeError when 'triton' is forced where the kernels cannot run."""
+    # Called on every forward: kept to a few attribute reads (the CPU path's whole overhead).
+    choice = _state["backend"] or get_backend()
+    if choice == "torch" or choice == "reference":
+        return choice
+    runnable = tensor.is_cuda or (tensor.is_cpu and interpreting())
     if choice == "triton":
         if not triton_available():
             raise RuntimeError("recgen backend 'triton' was requested but triton is not installed")
@@ -72,5 +91,35 @@ def use_triton(tensor: torch.Tensor) -> bool:
                 f"recgen backend 'triton' cannot run on device {tensor.device}: use a CUDA tensor, "
                 "or set TRITON_INTERPRET=1 before importing recgen to run the kernels on the CPU"
             )
-        return True
-    return runnable and triton_available()
+    elif not (runnable and triton_available()):
+        return "torch"
+    return "kernels" if tensor.is_cuda else "interpreter"
+
+
+def use_triton(tensor: torch.Tensor) -> bool:
+    """Whether the kernels (compiled or interpreted) run for data on `tensor.device`."""
+    return implementation(tensor) in ("kernels", "interpreter")
+
+
+def record(name: str, module: torch.nn.Module | None = None) -> str:
+    """Note that `name` ran (for `module`, when given). Skipped while torch.compile traces: the
+    record is a Python side effect that has no place in a graph. Returns `name`."""
+    if not torch.compiler.is_compiling():
+        _state["last"] = name
+        if module is not None:
+            module.__dict__[_MODULE_KEY] = name
+    return name
+
+
+def last_implementation() -> str | None:
+    """What the last recgen call ran: 'kernels', 'interpreter', 'torch', 'reference' or None.
+
+    >>> recgen.nn.LSTM(3, 4)(torch.randn(2, 1, 3)); recgen.backend.last_implementation()
+    'torch'
+    """
+    return _state["last"]
+
+
+def implementation_of(module: torch.nn.Module) -> str | None:
+    """What `module`'s last forward ran (None before its first call)."""
+    return module.__dict__.get(_MODULE_KEY)

@@ -3,7 +3,8 @@
 The grid lives here, in one place, and is shared by `recgen bench` and the pytest-benchmark
 files in bench/. Each case is timed per provider:
 - recgen:    recgen's module (Triton kernels);
-- cudnn:     the torch.nn module, eager (cuDNN on CUDA; on the CPU torch's own CPU kernels);
+- cudnn:     the torch.nn module, eager (cuDNN on CUDA); on the CPU its rows are named `torch`
+             (torch's own CPU kernels; `--provider torch` is the same provider);
 - compile:   torch.compile of the torch.nn module (compiled in the warm-up, outside the timing);
 - flashrnn:  the FlashRNN package, where importable (recurrent only);
 - reference: recgen's pure-PyTorch reference ops.
@@ -266,6 +267,8 @@ def measure(case: Case, provider: str, pass_: str, device: str, rounds: int, war
     backend = "reference" if provider == "reference" else "auto"
     step = make_step(module, x, pass_, case.family == "recurrent")
     notes = []
+    if provider == "cudnn" and not cuda:
+        row["provider"] = "torch"  # what ran: torch's CPU kernels, not cuDNN
     with recgen.backend.backend(backend):
         if provider in PEERS:
             row["ms"], row["peak_mb"], peer_note = time_peer(provider, module, step, rounds, warmup, cuda)
@@ -275,8 +278,10 @@ def measure(case: Case, provider: str, pass_: str, device: str, rounds: int, war
             notes += [peer_note] if peer_note else []
         else:
             row["ms"], row["peak_mb"] = time_step(step, rounds, warmup, cuda)
+    if provider in ("recgen", "reference"):
+        notes.append(f"ran: {recgen.backend.implementation_of(module)}")
     if not cuda:
-        notes.append("CPU timing (Triton interpreter for recgen): not kernel speed")
+        notes.append("CPU timing: not kernel speed")
     elif provider == "recgen" and case.family == "recurrent" and persistent_enabled():
         notes.append("RECGEN_PERSISTENT=1: persistent multi-program mode where weights do not fit one program")
     if cuda and case.dtype == "fp32":

@@ -84,7 +84,7 @@ def run_check(dtypes=None, out=None) -> bool:
     cuda = torch.cuda.is_available()
     if not cuda:
         os.environ["TRITON_INTERPRET"] = "1"  # read when the kernel modules are first imported
-    from recgen.backend import triton_available
+    from recgen.backend import backend, triton_available
     from recgen.testing import full_float32
 
     if not triton_available():
@@ -96,7 +96,7 @@ def run_check(dtypes=None, out=None) -> bool:
     import triton
     print(f"recgen check on {name}: torch {torch.__version__}, triton {triton.__version__}", file=out)
     print("float32 at full precision: TF32 off for torch and recgen alike (recgen.testing.full_float32)", file=out)
-    with full_float32():
+    with full_float32(), backend("triton"):  # the kernels, whatever RECGEN_BACKEND says
         ok = _run_checks(dtypes, device, out)
     print("all ops passed" if ok else "FAILURES above", file=out)
     return ok
@@ -104,19 +104,26 @@ def run_check(dtypes=None, out=None) -> bool:
 
 def _run_checks(dtypes, device, out) -> bool:
     """One line per op and dtype (the worst error of any output or gradient); True if all pass."""
+    from recgen.backend import implementation
+    from recgen.ops import LAUNCH_COUNTS
     from recgen.testing import DTYPE_NAMES, TOLERANCES
 
     ok = True
+    ran = implementation(torch.empty(0, device=device))  # 'kernels' on CUDA, else 'interpreter'
     for label, errors_of in checks():
         for dtype in dtypes:
             start, worst, worst_name = time.perf_counter(), 0.0, ""
+            launches = sum(LAUNCH_COUNTS.values())
             for errors in errors_of(dtype, device):
                 for tensor_name, err in errors.items():
                     if not err <= worst:
                         worst, worst_name = err, tensor_name
-            passed = worst <= TOLERANCES[dtype]
+            launches = sum(LAUNCH_COUNTS.values()) - launches
+            # A line passes only if the kernels ran: a comparison of the reference with itself
+            # would show no error.
+            passed = worst <= TOLERANCES[dtype] and launches > 0
             ok &= passed
             print(f"{label:10s} {DTYPE_NAMES[dtype]:5s} max rel err {worst:.2e} ({worst_name or '-':14s}) "
-                  f"tol {TOLERANCES[dtype]:.0e}  {'PASS' if passed else 'FAIL'}  "
-                  f"{time.perf_counter() - start:.1f}s", file=out)
+                  f"tol {TOLERANCES[dtype]:.0e}  {'PASS' if passed else 'FAIL'}  ran: {ran} "
+                  f"({launches} launches)  {time.perf_counter() - start:.1f}s", file=out)
     return ok

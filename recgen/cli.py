@@ -1,27 +1,82 @@
-"""The `recgen` command line."""
+"""The `recgen` command line (also `python -m recgen`)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 
+PROVIDER_NAMES = ("recgen", "cudnn", "torch", "compile", "flashrnn", "reference")
+# The modules each subcommand imports beyond torch, and the extra that installs them.
+EXTRAS = {
+    "train": ("train", ("sklearn", "PIL", "matplotlib", "tqdm")),
+    "sample": ("train", ("sklearn", "PIL", "matplotlib")),
+    "bench": ("bench", ("tqdm", "matplotlib")),
+}
+EXAMPLES = {
+    "check": "example: recgen check --dtype fp32",
+    "bench": "example: recgen bench --quick --family recurrent --provider recgen,cudnn --out results",
+    "train": "example: recgen train --model row-lstm --epochs 1 --out runs/row-lstm",
+    "sample": "example: recgen sample --checkpoint runs/row-lstm/checkpoint.pt --n 64 --out grid.png",
+}
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="recgen", description="recgen: fused Triton recurrent layers")
+
+def provider_list(text: str) -> list:
+    """`--provider a,b` (repeatable): the names, each checked; 'torch' is 'cudnn' (torch.nn eager)."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in PROVIDER_NAMES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown provider(s) {', '.join(map(repr, unknown)) or repr(text)}; "
+            f"expected a comma list of {', '.join(PROVIDER_NAMES)}")
+    return ["cudnn" if name == "torch" else name for name in names]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from recgen import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="recgen", description="recgen: fused Triton kernels for torch.nn's recurrent layers and "
+        "residual blocks", epilog="example: recgen check && recgen bench --quick")
+    parser.add_argument("--version", action="version", version=f"recgen {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    check = sub.add_parser("check", help="run every kernel against its reference on this machine")
+    check = sub.add_parser("check", help="run every kernel against its reference on this machine",
+                           epilog=EXAMPLES["check"])
     check.add_argument("--dtype", action="append", choices=["fp32", "fp16", "bf16"],
                        help="dtype(s) to check (default: all the device supports well)")
-    bench = sub.add_parser("bench", help="time recgen against cuDNN, torch.compile and peers on this machine")
+    bench = sub.add_parser("bench", help="time recgen against cuDNN, torch.compile and peers on this machine",
+                           epilog=EXAMPLES["bench"])
     bench.add_argument("--quick", action="store_true", help="the headline subset of the grid")
     bench.add_argument("--family", choices=["recurrent", "residual"], action="append",
                        help="op family to run (default: both)")
-    bench.add_argument("--provider", action="append", choices=["recgen", "cudnn", "compile", "flashrnn", "reference"],
-                       help="providers to time (default: all)")
+    bench.add_argument("--provider", action="append", type=provider_list, metavar="NAME[,NAME...]",
+                       help=f"providers to time, a comma list of {', '.join(PROVIDER_NAMES)} "
+                            "(default: all; recgen is always timed, as every ratio's baseline)")
     bench.add_argument("--out", default="recgen-bench", help="folder for the JSON, markdown and PNG")
     from recgen.train import add_parsers as add_train_parsers
     add_train_parsers(sub)  # train, sample
+    for name in ("train", "sample"):
+        sub.choices[name].epilog = EXAMPLES[name]
+    return parser
+
+
+def missing_extra(command: str) -> str | None:
+    """One line naming the extra to install when a module `command` needs is absent, else None."""
+    extra, modules = EXTRAS.get(command, (None, ()))
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if not missing:
+        return None
+    return (f"recgen {command}: needs the '{extra}' extra (missing: {', '.join(missing)}); "
+            f"install it with: pip install \"recgen[{extra}]\"")
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    problem = missing_extra(args.command)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 1
     if args.command in ("train", "sample"):
         return args.handler(args)
     if args.command == "bench":
@@ -44,12 +99,15 @@ def _bench(args) -> int:
     if not torch.cuda.is_available():
         os.environ["TRITON_INTERPRET"] = "1"  # before any kernel module is imported
         print("No CUDA device: running the small CPU grid; CPU timings (recgen under Triton's "
-              "interpreter) say nothing about kernel speed.")
+              "interpreter, torch.nn on torch's CPU kernels, rows named 'torch') say nothing about "
+              "kernel speed.")
     from recgen.bench_report import to_markdown, write_report
     from recgen.benchmark import PROVIDERS, run
 
     families = tuple(args.family or ("recurrent", "residual"))
-    results = run(families, quick=args.quick, providers=tuple(args.provider or PROVIDERS))
+    chosen = [name for names in args.provider for name in names] if args.provider else list(PROVIDERS)
+    providers = tuple(dict.fromkeys(["recgen", *chosen]))  # recgen first: the ratios' baseline
+    results = run(families, quick=args.quick, providers=providers)
     print(to_markdown(results))
     for kind, path in write_report(results, args.out).items():
         print(f"wrote {kind}: {path}")

@@ -1,8 +1,10 @@
 """Functional entry points: multi-layer, bidirectional recurrences and single cells.
 
-Each layer is one call of the op chosen by the backend (recgen.backend): the Triton path (the
-input projection of all directions as one matmul, then one kernel launch running the whole
-time loop of every direction) or the pure-PyTorch reference. Inputs are validated by the modules (recgen.nn) before any launch.
+Each call runs the implementation the backend picks for its data (recgen.backend): the Triton
+path (per layer, the input projection of all directions as one matmul, then one kernel launch
+running the whole time loop of every direction), torch's native op (recgen.torch_native) or the
+pure-PyTorch reference; what ran is recorded (recgen.backend.last_implementation). Inputs are
+validated by the modules (recgen.nn) before any launch.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from recgen.backend import use_triton
+from recgen import torch_native
+from recgen.backend import implementation, record, use_triton
 from recgen.reference import recurrent_direction
 
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
@@ -21,7 +24,10 @@ def run_direction(cell, x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, 
     """One layer in one direction: x (T, B, I) -> y (T, B, P), h_n (B, P), c_n (B, H) or None."""
     if cell not in CELLS:
         raise ValueError(f"unknown cell {cell!r}; expected one of {CELLS}")
-    if not use_triton(x):
+    impl = record(implementation(x))
+    if impl == "torch":
+        return torch_native.direction(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
+    if impl == "reference":
         return recurrent_direction(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
     if cell == "lstm":
         from recgen.ops.lstm import lstm_direction
@@ -71,8 +77,8 @@ def run_layer(cell, x, h0, c0, groups, lengths=None):
     """One layer with all its D directions (D = len(groups); direction 1 runs reversed).
 
     x: (T, B, I); h0: (D, B, P); c0: (D, B, H) or None; groups: D tuples (w_ih, w_hh, b_ih,
-    b_hh, w_hr). On the Triton path the D directions share one launch each way. Returns
-    y (T, B, D*P), h_n (D, B, P), c_n (D, B, H) or None.
+    b_hh, w_hr). On the Triton path the D directions share one launch each way; otherwise the
+    reference runs each direction. Returns y (T, B, D*P), h_n (D, B, P), c_n (D, B, H) or None.
     """
     if not use_triton(x):
         outs = [recurrent_direction(cell, x, h0[d], None if c0 is None else c0[d], *g, lengths, d == 1)
@@ -103,6 +109,10 @@ def recurrent_stack(cell, x, h0, c0, params, *, num_layers=1, bidirectional=Fals
     D = 2 if bidirectional else 1
     if lengths is not None:
         check_lengths(lengths, x.shape[0], x.shape[1])
+    if record(implementation(x)) == "torch":
+        return torch_native.stack(cell, x, h0, c0, params, num_layers=num_layers,
+                                  bidirectional=bidirectional, bias=bias, dropout=dropout,
+                                  training=training, lengths=lengths)
     groups = split_params(params, num_layers, D, bias, proj_size > 0)
     h_out, c_out = [], []
     layer_in = x
@@ -157,12 +167,16 @@ def rnn(input, hx, params, *, nonlinearity="tanh", num_layers=1, bidirectional=F
 
 def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     """One LSTM step: input (B, I), hx = (h, c) each (B, H) -> (h', c'). One recurrence launch."""
+    if record(implementation(input)) == "torch":
+        return torch_native.cell_step("lstm", input, hx, w_ih, w_hh, b_ih, b_hh)
     y, h, c = run_direction("lstm", input.unsqueeze(0), hx[0], hx[1], w_ih, w_hh, b_ih, b_hh)
     return h, c
 
 
 def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     """One GRU step: input (B, I), hx (B, H) -> h'."""
+    if record(implementation(input)) == "torch":
+        return torch_native.cell_step("gru", input, (hx,), w_ih, w_hh, b_ih, b_hh)
     return run_direction("gru", input.unsqueeze(0), hx, None, w_ih, w_hh, b_ih, b_hh)[1]
 
 
@@ -170,27 +184,36 @@ def rnn_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh"):
     """One Elman RNN step: input (B, I), hx (B, H) -> h'."""
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+    if record(implementation(input)) == "torch":
+        return torch_native.cell_step(f"rnn_{nonlinearity}", input, (hx,), w_ih, w_hh, b_ih, b_hh)
     return run_direction(f"rnn_{nonlinearity}", input.unsqueeze(0), hx, None, w_ih, w_hh,
                          b_ih, b_hh)[1]
 
 
 def fused_conv2d(x, weight, **kwargs):
     """Convolution with fused prologue/epilogue (semantics: recgen.reference.conv.fused_conv2d),
-    on the Triton path or the reference as the backend decides. Zero-size images or channels
-    take the reference (torch's conv2d), so the result or error is exactly torch's."""
+    on the Triton path or the reference as the backend decides (the reference is made of torch's
+    own conv2d and elementwise ops, so it is also the `torch` backend's). Zero-size images or
+    channels take the reference, so the result or error is exactly torch's."""
     degenerate = (isinstance(x, torch.Tensor) and x.dim() == 4 and isinstance(weight, torch.Tensor)
                   and weight.dim() == 4 and 0 in (x.shape[2], x.shape[3], weight.shape[0], weight.shape[1]))
-    if use_triton(x) and not degenerate:
+    impl = implementation(x)
+    if impl in ("kernels", "interpreter") and not degenerate:
         from recgen.ops.fused_conv import fused_conv2d as triton_fused_conv2d
+        record(impl)
         return triton_fused_conv2d(x, weight, **kwargs)
+    record("reference" if impl == "reference" else "torch")
     from recgen.reference.conv import fused_conv2d as reference_fused_conv2d
     return reference_fused_conv2d(x, weight, **kwargs)
 
 
 def affine_act(y, scale=None, shift=None, residual=None, act="none", slope=0.01):
     """out = act(y * scale[n, c] + shift[n, c] + residual) (recgen.reference.conv.affine_act)."""
-    if use_triton(y):
+    impl = implementation(y)
+    if impl in ("kernels", "interpreter"):
         from recgen.ops.affine import affine_act as triton_affine_act
+        record(impl)
         return triton_affine_act(y, scale, shift, residual, act, slope)
+    record("reference" if impl == "reference" else "torch")
     from recgen.reference.conv import affine_act as reference_affine_act
     return reference_affine_act(y, scale, shift, residual, act, slope)

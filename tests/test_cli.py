@@ -54,7 +54,11 @@ def test_recgen_bench_writes_report(tmp_path, capsys):
     assert files == [".json", ".md", ".png"]
     results = load(next(tmp_path.glob("*.json")))
     providers = {r["provider"] for r in results["results"]}
-    assert providers == {"recgen", "cudnn", "compile", "flashrnn", "reference"}
+    # On the CPU torch.nn's eager rows are named for what ran: torch's CPU kernels, not cuDNN.
+    eager = "cudnn" if torch.cuda.is_available() else "torch"
+    assert providers == {"recgen", eager, "compile", "flashrnn", "reference"}
+    ran = "kernels" if torch.cuda.is_available() else "interpreter"
+    assert all(f"ran: {ran}" in r["note"] for r in results["results"] if r["provider"] == "recgen")
     assert all((r["ms"] is not None) or r["note"] for r in results["results"])
     assert all(r["ms"] is not None for r in results["results"] if r["provider"] == "recgen")
     # FlashRNN's kernels need CUDA (and it may not be installed): a reason, no time.
@@ -98,3 +102,52 @@ def test_bench_keeps_the_fastest_flashrnn_backend(monkeypatch):
     assert ms is None and note.count("failed: ValueError: H must be a multiple of 64") == 2
     # Other peers: one timing, no note.
     assert bench.time_peer("compile", object(), lambda: (4.0, 1.0), 1, 0, True) == (4.0, 1.0, "")
+
+
+def test_check_says_which_implementation_ran(capsys):
+    assert main(["check", "--dtype", "fp32"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if " fp32 " in ln]
+    ran = "kernels" if torch.cuda.is_available() else "interpreter"
+    assert lines and all(f"ran: {ran} (" in ln and " 0 launches" not in ln for ln in lines)
+
+
+def test_python_dash_m_recgen_is_the_cli_with_version_and_examples():
+    version = subprocess.run([sys.executable, "-m", "recgen", "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.strip() == f"recgen {recgen.__version__}"
+    for command in ("check", "bench", "train", "sample"):
+        helped = subprocess.run([sys.executable, "-m", "recgen", command, "--help"], capture_output=True,
+                                text=True)
+        assert helped.returncode == 0 and f"example: recgen {command}" in helped.stdout, helped.stderr
+
+
+def test_missing_extra_is_one_line_naming_it():
+    """With tqdm unimportable, `recgen train` says which extra to install, no traceback."""
+    code = ("import sys\n"
+            "import importlib.util\n"
+            "real = importlib.util.find_spec\n"
+            "importlib.util.find_spec = lambda name, *a: None if name == 'tqdm' else real(name, *a)\n"
+            "from recgen.cli import main\n"
+            "sys.exit(main(['train', '--model', 'row-lstm', '--epochs', '1']))\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines() == [
+        "recgen train: needs the 'train' extra (missing: tqdm); install it with: pip install \"recgen[train]\""]
+
+
+def test_provider_takes_a_comma_list_and_always_times_the_baseline(monkeypatch):
+    import recgen.benchmark as bench
+    seen = {}
+
+    def fake_run(families, quick, providers):
+        seen["providers"] = providers
+        return {"device": "cpu", "torch": "x", "triton": "x", "date": "2026-12-01", "results": []}
+
+    monkeypatch.setattr(bench, "run", fake_run)
+    monkeypatch.setattr("recgen.bench_report.write_report", lambda results, out: {})
+    assert main(["bench", "--provider", "recgen,torch", "--provider", "reference"]) == 0
+    assert seen["providers"] == ("recgen", "cudnn", "reference")
+    assert main(["bench", "--provider", "reference"]) == 0
+    assert seen["providers"] == ("recgen", "reference")
+    bad = subprocess.run([sys.executable, "-m", "recgen", "bench", "--provider", "recgen,cuda"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown provider(s) 'cuda'" in bad.stderr

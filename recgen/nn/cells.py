@@ -1,16 +1,28 @@
 """Drop-in torch.nn.RNNCell / GRUCell / LSTMCell: one fused recurrence launch per call (after
-the input projection matmul). Subclasses of torch's cells: same parameters and state_dict."""
+the input projection matmul). Subclasses of torch's cells: same parameters and state_dict.
+Where the backend picks torch's own op (`auto` off the GPU, or `torch`), forward is torch's."""
 
 from __future__ import annotations
 
 import torch
 
 from recgen import functional
+from recgen.backend import implementation, record
 from recgen.nn._checks import autocast_dtype, autocast_off, check_like, check_tensor, check_weights
 
 
 class _CellForward:
     _states = 1  # 2 for LSTMCell: (h, c)
+
+    def _torch_runs(self, input) -> bool:
+        """True (and recorded) when torch's own cell forward is the implementation for `input`."""
+        if isinstance(input, torch.Tensor) and implementation(input) == "torch":
+            record("torch", self)
+            return True
+        return False
+
+    def _ran(self, input) -> None:
+        record(implementation(input), self)
 
     def _prepare(self, input, hx):
         """Validate and batch the inputs as torch's cells do; returns (input, states, params, batched)."""
@@ -67,11 +79,14 @@ class RNNCell(_CellForward, torch.nn.RNNCell):
     """torch.nn.RNNCell with a fused step. >>> h = recgen.nn.RNNCell(10, 20)(torch.randn(3, 10))"""
 
     def forward(self, input, hx=None):
+        if self._torch_runs(input):
+            return super().forward(input, hx)
         if self.nonlinearity not in ("tanh", "relu"):
             raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
         x, (h,), params, batched = self._prepare(input, hx)
         with autocast_off(x.device.type):
             out = functional.rnn_cell(x, h, *params, nonlinearity=self.nonlinearity)
+        self._ran(x)
         return out if batched else out.squeeze(0)
 
 
@@ -79,9 +94,12 @@ class GRUCell(_CellForward, torch.nn.GRUCell):
     """torch.nn.GRUCell with a fused step. >>> h = recgen.nn.GRUCell(10, 20)(torch.randn(3, 10))"""
 
     def forward(self, input, hx=None):
+        if self._torch_runs(input):
+            return super().forward(input, hx)
         x, (h,), params, batched = self._prepare(input, hx)
         with autocast_off(x.device.type):
             out = functional.gru_cell(x, h, *params)
+        self._ran(x)
         return out if batched else out.squeeze(0)
 
 
@@ -91,7 +109,10 @@ class LSTMCell(_CellForward, torch.nn.LSTMCell):
     _states = 2
 
     def forward(self, input, hx=None):
+        if self._torch_runs(input):
+            return super().forward(input, hx)
         x, states, params, batched = self._prepare(input, hx)
         with autocast_off(x.device.type):
             h, c = functional.lstm_cell(x, states, *params)
+        self._ran(x)
         return (h, c) if batched else (h.squeeze(0), c.squeeze(0))

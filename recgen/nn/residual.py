@@ -14,10 +14,11 @@ parameter gradients and float32 running statistics are torch's.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from recgen import blocks
-from recgen.backend import use_triton
+from recgen.backend import implementation, record
 from recgen.nn._checks import autocast_off
 from recgen.reference import residual as reference
 
@@ -95,22 +96,35 @@ class _FusedForward:
     def _block_parts(self) -> dict:
         raise NotImplementedError
 
+    def _torch_forward(self, x):
+        """The block as its torch modules compute it (the `torch` implementation)."""
+        raise NotImplementedError
+
     def forward(self, x):
+        impl = implementation(x) if isinstance(x, torch.Tensor) else None
+        if impl == "torch":
+            record(impl, self)
+            return self._torch_forward(x)
         parts = self._block_parts()
         conv1 = parts["conv1"]
         pad = conv1.weight.shape[-1] // 2
         cast = conv_autocast_dtype(x)
         check_block_input(x, conv1.weight.shape[1], conv1.weight, pad, parts["padding_mode"],
                           parts["upsample"], type(self).__name__, autocast=cast)
-        if use_triton(x) and not _degenerate(x, parts):
-            x = x.contiguous(memory_format=torch.channels_last)
-            if cast is None:
-                return blocks.residual_block(x, training=self.training, **parts)
-            # The pipeline casts explicitly, as torch's modules are cast under autocast; recgen's
-            # own torch ops (statistics math, casts) must not be re-cast by it.
-            with autocast_off(x.device.type):
-                return blocks.residual_block(x, training=self.training, compute_dtype=cast, **parts)
-        return reference.residual_block(x, training=self.training, **parts)
+        if impl == "reference":
+            record(impl, self)
+            return reference.residual_block(x, training=self.training, **parts)
+        if _degenerate(x, parts):
+            record("torch", self)
+            return self._torch_forward(x)
+        record(impl, self)
+        x = x.contiguous(memory_format=torch.channels_last)
+        if cast is None:
+            return blocks.residual_block(x, training=self.training, **parts)
+        # The pipeline casts explicitly, as torch's modules are cast under autocast; recgen's
+        # own torch ops (statistics math, casts) must not be re-cast by it.
+        with autocast_off(x.device.type):
+            return blocks.residual_block(x, training=self.training, compute_dtype=cast, **parts)
 
 
 class ResidualBlock(_FusedForward, nn.Module):
@@ -155,6 +169,25 @@ class ResidualBlock(_FusedForward, nn.Module):
         self.activation, self.negative_slope = activation, negative_slope
         self.residual_scale, self.out_activation, self.dropout = residual_scale, out_activation, dropout
 
+    def _act(self, t):
+        return F.relu(t) if self.activation == "relu" else F.leaky_relu(t, self.negative_slope)
+
+    def _torch_forward(self, x):
+        if self.upsample:
+            x = F.interpolate(x, scale_factor=2, mode="nearest")
+        h = self.conv1(x)
+        h = self._act(h if self.norm1 is None else self.norm1(h))
+        if self.dropout > 0:
+            h = F.dropout(h, self.dropout, self.training)
+        h = self.conv2(h)
+        h = h if self.norm2 is None else self.norm2(h)
+        skip = x
+        if self.skip_conv is not None:
+            skip = self.skip_conv(x)
+            skip = skip if self.skip_norm is None else self.skip_norm(skip)
+        out = skip + self.residual_scale * h
+        return self._act(out) if self.out_activation else out
+
     def _block_parts(self):
         return dict(conv1=self.conv1, norm1=self.norm1, conv2=self.conv2, norm2=self.norm2,
                     skip_conv=self.skip_conv, skip_norm=self.skip_norm, stride=self.stride,
@@ -168,6 +201,13 @@ class FusedBasicBlock(_FusedForward, nn.Module):
     """torchvision's BasicBlock (conv1, bn1, relu, conv2, bn2, optional downsample) on recgen's
     kernels; made by recgen.convert, which keeps every submodule in place."""
 
+    def _torch_forward(self, x):  # torchvision's BasicBlock.forward
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += identity
+        return self.relu(out)
+
     def _block_parts(self):
         down = self.downsample
         return dict(conv1=self.conv1, norm1=self.bn1, conv2=self.conv2, norm2=self.bn2,
@@ -179,6 +219,9 @@ class FusedBasicBlock(_FusedForward, nn.Module):
 class FusedResnetBlock(_FusedForward, nn.Module):
     """The CycleGAN/pix2pix generator's ResnetBlock (x + conv_block(x)) on recgen's kernels;
     made by recgen.convert, which keeps `conv_block` and its indices (state_dict keys)."""
+
+    def _torch_forward(self, x):  # the ResnetBlock's forward
+        return x + self.conv_block(x)
 
     def _block_parts(self):
         layers = list(self.conv_block)

@@ -3,7 +3,8 @@
 The classes subclass torch.nn's, so constructor, parameters, initialisation, state_dict,
 flatten_parameters() and isinstance checks are torch's own; only forward changes. The forward
 keeps torch's contract: batched or unbatched input, batch_first, PackedSequence (sorted or not;
-per-sequence lengths are handled inside the kernels), optional h0 / (h0, c0).
+per-sequence lengths are handled inside the kernels), optional h0 / (h0, c0). Where the backend
+picks torch's own op (`auto` off the GPU, or `torch`), forward is torch.nn's, unchanged.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from recgen import functional
+from recgen.backend import implementation, record
 from recgen.nn._compile import allow_dynamo_rnn
 from recgen.nn._checks import autocast_dtype, autocast_off, check_like, check_tensor, check_weights
 
@@ -44,6 +46,11 @@ class _RecurrentForward:
             raise RuntimeError(f"{name}: for {kind} input, hx should also be {want}-D but got ({got})")
 
     def forward(self, input, hx=None):
+        data = input.data if isinstance(input, PackedSequence) else input
+        impl = implementation(data) if isinstance(data, torch.Tensor) else None
+        if impl == "torch":
+            record(impl, self)
+            return super().forward(input, hx)
         name = type(self).__name__
         is_lstm = self.mode == "LSTM"
         width = self.proj_size if self.proj_size > 0 else self.hidden_size
@@ -117,6 +124,7 @@ class _RecurrentForward:
                 num_layers=self.num_layers, bidirectional=self.bidirectional, bias=self.bias,
                 proj_size=self.proj_size, dropout=float(self.dropout), training=self.training,
                 lengths=lengths)
+        record(impl, self)
         hidden = (h_n, c_n) if is_lstm else h_n
 
         if packed:

@@ -1,0 +1,7 @@
+"""`python -m recgen ...`: the same command line as `recgen ...`."""
+
+import sys
+
+from recgen.cli import main
+
+sys.exit(main())
