@@ -207,6 +207,12 @@ def _time_cell(ms, note: str, ratio=None) -> str:
     return f"{ms:.3f} ({ratio:.2f})" if ratio is not None else f"{ms:.3f}"
 
 
+def _ran(note: str) -> str:
+    """' [implementation]' from a recgen row's 'ran: NAME' note (which implementation was timed)."""
+    found = re.search(r"\bran: (\w+)", note)
+    return f" [{found.group(1)}]" if found else ""
+
+
 def is_cpu(device: str) -> bool:
     return device.strip().lower().startswith("cpu")
 
@@ -226,13 +232,13 @@ def to_markdown(results: dict) -> str:
     if is_cpu(results["device"]):
         lines += ["**CPU timings (Triton interpreter / eager CPU) are not kernel speed; "
                   "do not read them as GPU performance.**", ""]
-    head = ["family", "op", "pass", "dtype", "shape", "recgen ms"] + [f"{name} ms (ratio)" for name in names]
+    head = ["family", "op", "pass", "dtype", "shape", "recgen ms [ran]"] + [f"{name} ms (ratio)" for name in names]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "|".join(["---"] * 5 + ["---:"] * (1 + len(names))) + "|")
     for entry in table:
         cells = [entry["family"], _cell_text(entry["op"]), entry["pass"], entry["dtype"],
                  shape_text(entry["family"], entry["shape"]),
-                 _time_cell(entry["recgen_ms"], entry["recgen_note"])]
+                 _time_cell(entry["recgen_ms"], entry["recgen_note"]) + _ran(entry["recgen_note"])]
         cells += [_time_cell(p["ms"], p["note"], p["ratio"]) for p in entry["peers"].values()]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Ratios in parentheses are peer time / recgen time: above 1 means recgen is faster, "

@@ -173,7 +173,7 @@ def test_markdown_content():
     for part in (GPU, "2.5.1", "3.1.0", "2025-01-31"):
         assert part in header
     rows = _table_rows(md)
-    assert _cells(rows[0]) == ["family", "op", "pass", "dtype", "shape", "recgen ms",
+    assert _cells(rows[0]) == ["family", "op", "pass", "dtype", "shape", "recgen ms [ran]",
                                "cudnn ms (ratio)", "compile ms (ratio)", "flashrnn ms (ratio)"]
     assert len(rows) == 2 + 3
     assert all(len(_cells(r)) == 9 for r in rows)
@@ -270,3 +270,12 @@ def test_plot_ratios_empty(tmp_path, keep):
 def test_import_does_not_load_matplotlib():
     code = "import sys, recgen.bench_report; assert 'matplotlib' not in sys.modules, 'imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_markdown_labels_recgen_rows_by_what_ran():
+    results = make_results()
+    first = next(r for r in results["results"] if r["provider"] == "recgen" and r["ms"] is not None)
+    first["note"] = "ran: kernels; TF32 off"
+    cells = [_cells(r) for r in _table_rows(br.to_markdown(results))[2:]]
+    assert any(c[5].endswith(" [kernels]") for c in cells)
+    assert sum(c[5].endswith("]") for c in cells) == 1
