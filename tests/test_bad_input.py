@@ -141,7 +141,8 @@ def test_cell_rejects_like_torch(cls, build, exc, match):
 
 
 # Inputs torch only rejects by accident (an AttributeError or IndexError from Python code that
-# assumed a Tensor or a tuple); recgen raises a TypeError naming the argument instead.
+# assumed a Tensor or a tuple): recgen raises torch's exception type with torch's words, then
+# names the argument; a non-tensor's error is a TypeError as well (recgen.nn._checks.NotATensorError).
 DIVERGENT_CASES = [
     ("gru-hx-list", "GRU", lambda: (torch.randn(3, 2, I), [[0.0] * H] * 2), r"hx must be a Tensor",
      AttributeError),
@@ -158,15 +159,17 @@ DIVERGENT_CASES = [
 
 @pytest.mark.parametrize("cls,build,match,torch_exc",
                          [pytest.param(*c[1:], id=c[0]) for c in DIVERGENT_CASES])
-def test_non_tensor_and_non_tuple_state_raise_type_error(cls, build, match, torch_exc):
+def test_non_tensor_and_non_tuple_state_raise_torchs_type(cls, build, match, torch_exc):
     torch.manual_seed(0)
     ref = getattr(nn, cls)(I, H)
     rec = getattr(recgen.nn, cls)(I, H)
     args = build()
     before = dict(LAUNCH_COUNTS)
-    with pytest.raises(TypeError, match=match):
+    with pytest.raises(torch_exc, match=match) as raised:
         rec(*args)
     assert dict(LAUNCH_COUNTS) == before
+    if torch_exc is AttributeError:  # a non-tensor: also the TypeError it is
+        assert isinstance(raised.value, TypeError)
     with pytest.raises(torch_exc):
         ref(*args)
 

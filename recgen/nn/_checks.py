@@ -6,9 +6,16 @@ from __future__ import annotations
 import torch
 
 
+class NotATensorError(TypeError, AttributeError):
+    """A non-tensor where a tensor belongs. torch.nn's recurrent modules fail on it with an
+    AttributeError (they call `.dim()` on it); a TypeError is what it is. Both `except` clauses
+    catch this one."""
+
+
 def check_tensor(name: str, value) -> None:
     if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a Tensor, got {type(value).__name__}")
+        raise NotATensorError(f"'{type(value).__name__}' object has no attribute 'dim' ({name} must be "
+                              f"a Tensor, got {type(value).__name__})")
 
 
 def check_like(name: str, tensor: torch.Tensor, like: torch.Tensor, like_name: str) -> None:

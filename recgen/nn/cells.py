@@ -37,10 +37,12 @@ class _CellForward:
             states = (zeros,) * self._states
         else:
             if self._states == 2 and not isinstance(hx, (tuple, list)):
-                raise TypeError(f"{name}: hx must be a tuple (h_0, c_0), got {type(hx).__name__}")
+                raise TypeError(f"lstm_cell(): argument 'hx' (position 2) must be tuple of Tensors, not "
+                                f"{type(hx).__name__} ({name}: hx must be a tuple (h_0, c_0))")
             states = tuple(hx) if self._states == 2 else (hx,)
             if len(states) != self._states:
-                raise RuntimeError(f"{name}: hx must hold two states (h_0, c_0), got {len(states)}")
+                raise RuntimeError(f"lstm_cell expects two hidden states ({name}: hx must hold (h_0, "
+                                   f"c_0), got {len(states)})")
             for k, h in enumerate(states):
                 label = f"hx[{k}]" if self._states == 2 else "hx"
                 check_tensor(label, h)
@@ -48,16 +50,16 @@ class _CellForward:
                     raise ValueError(f"{name}: Expected {label} to be 1D or 2D, got {h.dim()}D instead")
             states = tuple(h if is_batched else h.unsqueeze(0) for h in states)
         if x.size(1) != self.input_size:
-            raise RuntimeError(f"{name}: input has inconsistent input_size: got {x.size(1)} "
-                               f"expected {self.input_size}")
+            raise RuntimeError(f"input has inconsistent input_size: got {x.size(1)} expected "
+                               f"{self.input_size} ({name})")
         for k, h in enumerate(states):
             label = f"hx[{k}]" if self._states == 2 else "hx"
-            if h.dim() != 2 or h.size(0) != x.size(0):
-                raise RuntimeError(f"{name}: input batch size {x.size(0)} doesn't match {label} "
-                                   f"batch size {h.size(0) if h.dim() == 2 else tuple(h.shape)}")
+            if h.dim() != 2 or h.size(0) != x.size(0):  # torch's words: "hidden0", "hidden1"
+                raise RuntimeError(f"Input batch size {x.size(0)} doesn't match hidden{k} batch size "
+                                   f"{h.size(0) if h.dim() == 2 else tuple(h.shape)} ({name}: {label})")
             if h.size(1) != self.hidden_size:
-                raise RuntimeError(f"{name}: {label} has inconsistent hidden_size: got {h.size(1)}, "
-                                   f"expected {self.hidden_size}")
+                raise RuntimeError(f"hidden{k} has inconsistent hidden_size: got {h.size(1)}, expected "
+                                   f"{self.hidden_size} ({name}: {label})")
             check_like(label, h, x, "input")
         names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if self.bias else [])
         params = [getattr(self, n) for n in names]

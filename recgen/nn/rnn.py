@@ -37,13 +37,17 @@ class _RecurrentForward:
         return torch.zeros(self.num_layers * D, batch, width, dtype=like.dtype, device=like.device)
 
     def _check_hx_dims(self, hx, is_batched):
-        name = type(self).__name__
+        """torch.nn's words for a state of the wrong rank, recgen's module name after them."""
         states = hx if isinstance(hx, tuple) else (hx,)
         want = 3 if is_batched else 2
         if any(h.dim() != want for h in states):
             kind = "batched 3-D" if is_batched else "unbatched 2-D"
-            got = ", ".join(f"{h.dim()}-D" for h in states)
-            raise RuntimeError(f"{name}: for {kind} input, hx should also be {want}-D but got ({got})")
+            if len(states) == 2:
+                words = (f"For {kind} input, hx and cx should also be {want}-D but got "
+                         f"({states[0].dim()}-D, {states[1].dim()}-D) tensors")
+            else:
+                words = f"For {kind} input, hx should also be {want}-D but got {states[0].dim()}-D tensor"
+            raise RuntimeError(f"{words} ({type(self).__name__})")
 
     def forward(self, input, hx=None):
         data = input.data if isinstance(input, PackedSequence) else input
@@ -60,10 +64,19 @@ class _RecurrentForward:
             # one): torch's own forward, so the result is exactly torch's; nothing to launch.
             return super().forward(input, hx)
         if is_lstm and hx is not None:
-            if not isinstance(hx, (tuple, list)):
+            if isinstance(hx, torch.Tensor):
+                # torch.nn indexes a bare tensor as (hx[0], hx[1]): its IndexError, or later its
+                # rank error, is what a torch.nn user meets; recgen adds what was expected.
+                try:
+                    hx = (hx[0], hx[1])
+                except IndexError as error:
+                    raise IndexError(f"{error} ({name}: hx must be a tuple (h_0, c_0), got a Tensor "
+                                     f"of shape {tuple(hx.shape)})") from None
+            elif not isinstance(hx, (tuple, list)):
                 raise TypeError(f"{name}: hx must be a tuple (h_0, c_0), got {type(hx).__name__}")
             if len(hx) != 2:
-                raise RuntimeError(f"{name}: hx must hold two states (h_0, c_0), got {len(hx)}")
+                raise RuntimeError(f"lstm expects two hidden states ({name}: hx must hold (h_0, c_0), "
+                                   f"got {len(hx)})")
         if hx is not None:
             hx = tuple(hx) if is_lstm else hx
             for k, h in enumerate(hx if is_lstm else (hx,)):
@@ -84,7 +97,8 @@ class _RecurrentForward:
         else:
             check_tensor("input", input)
             if input.dim() not in (2, 3):
-                raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+                noun = " tensor" if self.mode.startswith("RNN_") else ""  # torch.nn.RNN's own wording
+                raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D{noun} instead")
             is_batched = input.dim() == 3
             batch_dim = 0 if self.batch_first else 1
             checked = input if is_batched else input.unsqueeze(batch_dim)
@@ -96,8 +110,8 @@ class _RecurrentForward:
             self.check_input(checked, None)
             x = checked.transpose(0, 1) if self.batch_first else checked
             if x.shape[0] == 0:
-                raise RuntimeError(f"{name}: Expected sequence length to be larger than 0, got input "
-                                   f"of shape {tuple(input.shape)}")
+                raise RuntimeError(f"Expected sequence length to be larger than 0 in RNN ({name}: got "
+                                   f"input of shape {tuple(input.shape)})")
             batch = x.shape[1]
 
         if hx is None:
