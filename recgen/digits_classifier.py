@@ -7,6 +7,8 @@ GAN gives one class (or noise that it reads with low confidence).
 
     from recgen.digits_classifier import score_samples
     score = score_samples(model.sample(1000))   # {'mean_confidence': 0.9, 'histogram': [98, 103, ...], ...}
+    feats = features(model.sample(1000))        # (1000, 64): the penultimate layer, for the Frechet
+                                                # distance of recgen.sample_scores
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch import nn
 from recgen.data import DIGITS_SHAPE, load_digits_with_labels
 
 N_CLASSES = 10
+FEATURES = 64  # width of the penultimate layer (the input of the last Linear)
 DEFAULT_EPOCHS = 20
 _cache: dict[tuple[int, int], nn.Module] = {}
 
@@ -33,8 +36,8 @@ class DigitsCNN(nn.Module):
             nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
             nn.MaxPool2d(2),                       # 8x8 -> 4x4
         )
-        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.25), nn.Linear(32 * 4 * 4, 64), nn.ReLU(),
-                                  nn.Linear(64, N_CLASSES))
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.25), nn.Linear(32 * 4 * 4, FEATURES), nn.ReLU(),
+                                  nn.Linear(FEATURES, N_CLASSES))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -95,6 +98,29 @@ def accuracy(model: nn.Module | None = None, split: str = "test") -> float:
         return (model(images).argmax(1) == labels).float().mean().item()
 
 
+def _checked(images) -> torch.Tensor:
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a tensor, got {type(images).__name__}")
+    if images.dim() != 4 or tuple(images.shape[1:]) != DIGITS_SHAPE or images.shape[0] == 0:
+        raise ValueError(f"images must have shape (N, 1, 8, 8) with N >= 1, got {tuple(images.shape)}")
+    images = images.detach().to("cpu", torch.float32)
+    if not torch.isfinite(images).all():
+        raise ValueError("images contain NaN or infinite values")
+    return images
+
+
+def features(images: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
+    """The classifier's penultimate layer (after the hidden Linear's ReLU) for images (N, 1, 8, 8)
+    in [0, 1]: a (N, FEATURES) float32 CPU tensor. What recgen.sample_scores' Frechet distance compares.
+
+        real = features(load_digits("test"))   # (359, 64)
+    """
+    images = _checked(images)
+    model = train_classifier() if model is None else model
+    with torch.no_grad(), _one_thread():
+        return model.head[:-1](model.features(images))
+
+
 def score_samples(images: torch.Tensor, model: nn.Module | None = None) -> dict:
     """Read generated digits: images (N, 1, 8, 8) with values in [0, 1], on any device.
 
@@ -104,13 +130,7 @@ def score_samples(images: torch.Tensor, model: nn.Module | None = None) -> dict:
 
         score = score_samples(load_digits("test"))   # mean_confidence ~0.97, every class present
     """
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a tensor, got {type(images).__name__}")
-    if images.dim() != 4 or tuple(images.shape[1:]) != DIGITS_SHAPE or images.shape[0] == 0:
-        raise ValueError(f"images must have shape (N, 1, 8, 8) with N >= 1, got {tuple(images.shape)}")
-    images = images.detach().to("cpu", torch.float32)
-    if not torch.isfinite(images).all():
-        raise ValueError("images contain NaN or infinite values")
+    images = _checked(images)
     model = train_classifier() if model is None else model
     with torch.no_grad(), _one_thread():
         probs = torch.softmax(model(images), dim=1)

@@ -8,8 +8,9 @@
 A run folder holds, after every epoch E: samples_epoch{E:03d}.png (64 samples, the same noise each
 epoch), loss_curve.png (every loss against the step) and checkpoint.pt (written to a temporary file
 and renamed, so an interrupt loses at most the epoch under way; `resume=True` continues it).
-For 8x8 one-channel data the run ends with evaluation.json: recgen.digits_classifier's reading of
-1000 samples (mean confidence and the class histogram; a collapsed GAN fills one class).
+For 8x8 one-channel data the run ends with evaluation.json (recgen.sample_scores) on 1000 samples:
+the digits classifier's mean confidence and class histogram, and the Frechet distance of its features
+to the real test digits beside the real-vs-real floor (a repeated pattern passes the first, not this).
 
 Command-line handlers: `add_parsers(subparsers)` adds 'train' and 'sample'; `main_train(args)` and
 `main_sample(args)` take their argparse Namespace and return the exit status (2 for bad input, with
@@ -238,19 +239,12 @@ def draw_samples(model, n: int, seed: int, chunk: int = 500) -> torch.Tensor:
 
 
 def evaluate_digits(model, n: int = EVAL_SAMPLES, seed: int = 0) -> dict:
-    """recgen.digits_classifier's reading of n samples of a model of 8x8 digits, next to its
-    reading of the real test digits: {'samples', 'mean_confidence', 'histogram', 'classes_present',
-    'largest_class_fraction', 'real_test_mean_confidence', 'classifier_test_accuracy'}."""
-    from recgen.data import load_digits
-    from recgen.digits_classifier import accuracy, score_samples
+    """recgen.sample_scores.digits_evaluation of n samples (seed `seed`) of a model of 8x8 digits:
+    mean confidence, class histogram, Frechet distance to the real test digits and its real-vs-real
+    floor, the classifier's reading of the real test digits."""
+    from recgen.sample_scores import digits_evaluation
 
-    score = score_samples(draw_samples(model, n, seed))
-    histogram = score["histogram"]
-    return {"samples": n, "mean_confidence": score["mean_confidence"], "histogram": histogram,
-            "classes_present": sum(1 for c in histogram if c > 0),
-            "largest_class_fraction": max(histogram) / n,
-            "real_test_mean_confidence": score_samples(load_digits("test"))["mean_confidence"],
-            "classifier_test_accuracy": accuracy()}
+    return digits_evaluation(draw_samples(model, n, seed))
 
 
 def _finite_losses(losses, step: int, epoch: int, out: Path) -> dict[str, float]:
@@ -302,6 +296,7 @@ def train(model: str, data: str | None = None, epochs: int = 10, batch_size: int
         summary = train("row-lstm", epochs=3, out="runs/lstm", options={"hidden": 64})
     """
     from recgen.data import DIGITS_SHAPE, load_dataset
+    from recgen.sample_scores import format_evaluation
 
     _check_positive(epochs=epochs)
     if eval_samples < 0:
@@ -385,17 +380,9 @@ def train(model: str, data: str | None = None, epochs: int = 10, batch_size: int
         with open(_atomic_path(out / "evaluation.json"), "w") as f:
             json.dump(evaluation, f, indent=2)
         os.replace(_atomic_path(out / "evaluation.json"), out / "evaluation.json")
-        log(_format_evaluation(evaluation) + f"\nwrote {out / 'evaluation.json'}")
+        log(format_evaluation(evaluation) + f"\nwrote {out / 'evaluation.json'}")
     return {"out": out, "epoch": done, "step": step, "history": history, "epoch_losses": epoch_losses,
             "evaluation": evaluation}
-
-
-def _format_evaluation(ev: dict) -> str:
-    classes = " ".join(f"{digit}:{count}" for digit, count in enumerate(ev["histogram"]))
-    return (f"digits classifier (test accuracy {ev['classifier_test_accuracy']:.3f}) on {ev['samples']} samples: "
-            f"mean confidence {ev['mean_confidence']:.3f} (real test digits: {ev['real_test_mean_confidence']:.3f})\n"
-            f"class histogram {classes} ({ev['classes_present']} classes present, the largest holds "
-            f"{ev['largest_class_fraction']:.0%})")
 
 
 # ------------------------------------------------------------------------------ recgen vs torch
@@ -435,10 +422,13 @@ def compare_torch(model: str, data: str = "digits", steps: int = DEFAULT_COMPARE
     `steps` steps: same batches, same global seed before each. Steps per second exclude the first
     step (Triton compilation, cuDNN planning). Returns {'recgen_steps_per_s', 'torch_steps_per_s',
     'speedup', 'max_abs_loss_diff' (largest |loss difference| over the first `first_steps` steps),
-    'max_abs_loss_diff_all_steps', 'loss_diff_per_step', 'losses', ...}.
+    'max_abs_loss_diff_all_steps', 'loss_diff_per_step', 'losses', 'recgen_implementation' (what
+    recgen.backend.last_implementation() said after recgen's steps: 'kernels', 'interpreter', 'torch',
+    'reference', or None when nothing recorded), ...}.
 
         numbers = compare_torch("res-gan", steps=50, device="cuda")
     """
+    from recgen import backend as recgen_backend
     from recgen import get_backend
     from recgen.backend import interpreting
     from recgen.data import load_dataset
@@ -459,9 +449,13 @@ def compare_torch(model: str, data: str = "digits", steps: int = DEFAULT_COMPARE
     order = torch.cat([torch.randperm(images.shape[0], generator=shuffle)
                        for _ in range(math.ceil(steps * batch_size / images.shape[0]))])
     batches = [images[order[i * batch_size:(i + 1) * batch_size]].to(device) for i in range(steps)]
-    results = {}
+    results, ran = {}, None
     for label, m in (("recgen", net), ("torch", twin)):
+        if label == "recgen":
+            recgen_backend.record(None)  # cleared: what is recorded after the steps is theirs
         results[label] = _timed_steps(m, batches, seed, device)
+        if label == "recgen":
+            ran = recgen_backend.last_implementation()
         log(f"{label}: {steps} steps in {sum(results[label][1]):.2f} s")
     (ours, our_s), (theirs, their_s) = results["recgen"], results["torch"]
     if any(set(a) != set(b) for a, b in zip(ours, theirs)):
@@ -473,19 +467,30 @@ def compare_torch(model: str, data: str = "digits", steps: int = DEFAULT_COMPARE
     first = min(first_steps, steps)
     numbers = {
         "model": model, "options": dict(options or {}), "device": str(device), "backend": get_backend(),
-        "interpreting": interpreting(), "steps": steps, "batch_size": batch_size, "timed_steps": len(our_s[timed]),
+        "interpreting": interpreting(), "recgen_implementation": ran, "steps": steps, "batch_size": batch_size,
+        "timed_steps": len(our_s[timed]),
         "recgen_steps_per_s": rate["recgen"], "torch_steps_per_s": rate["torch"],
         "speedup": rate["recgen"] / rate["torch"], "first_steps": first, "max_abs_loss_diff": max(diffs[:first]),
         "max_abs_loss_diff_all_steps": max(diffs), "loss_diff_per_step": diffs,
         "losses": {"recgen": ours, "torch": theirs},
     }
-    log(f"{model} on {device}: recgen {rate['recgen']:.2f} steps/s, torch.nn {rate['torch']:.2f} steps/s "
-        f"(x{numbers['speedup']:.2f}; first step excluded); largest |loss difference| over the first {first} "
-        f"steps {numbers['max_abs_loss_diff']:.3g} (over all {steps}: {numbers['max_abs_loss_diff_all_steps']:.3g})")
-    if device.type == "cpu":
-        log("note: on the CPU recgen runs its reference path (or Triton's interpreter): these speeds say "
-            "nothing about the kernels")
+    log(f"{model} on {device}: recgen ({ran or 'not recorded'}) {rate['recgen']:.2f} steps/s, torch.nn "
+        f"{rate['torch']:.2f} steps/s (x{numbers['speedup']:.2f}; first step excluded); largest |loss difference| "
+        f"over the first {first} steps {numbers['max_abs_loss_diff']:.3g} (over all {steps}: "
+        f"{numbers['max_abs_loss_diff_all_steps']:.3g})")
+    if ran in _IMPLEMENTATION_NOTES:
+        log(f"note: {_IMPLEMENTATION_NOTES[ran]}")
     return numbers
+
+
+# what compare_torch's ratio means, by what recgen ran (recgen.backend.IMPLEMENTATIONS; None: nothing recorded)
+_IMPLEMENTATION_NOTES = {
+    "torch": "recgen ran torch's own op (the 'torch' implementation): the ratio is ~1 by construction and "
+             "says nothing about the kernels",
+    "interpreter": "recgen ran the kernels under Triton's interpreter: these are not kernel speeds",
+    "reference": "recgen ran its reference step loops: these are not kernel speeds",
+    None: "no recgen op recorded what it ran: these speeds say nothing about the kernels",
+}
 
 
 def sample_grid(checkpoint, n: int = GRID_SAMPLES, out="grid.png", seed: int = 0, device: str | None = None) -> Path:

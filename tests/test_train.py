@@ -128,9 +128,13 @@ def test_train_writes_samples_curve_checkpoint_and_evaluation(tmp_path, capsys):
     assert evaluation["samples"] == 200 and evaluation["epoch"] == 2
     assert len(evaluation["histogram"]) == 10 and sum(evaluation["histogram"]) == 200
     assert 0.1 <= evaluation["mean_confidence"] <= 1.0 and evaluation["classifier_test_accuracy"] > 0.9
+    assert evaluation["frechet_distance"] > evaluation["frechet_floor"] > 0  # two epochs of a linear GAN
+    assert "200 real digits of the train split" in evaluation["frechet_floor_from"]
     captured = capsys.readouterr()
     assert "epoch 2/2: d_loss" in captured.out
     assert "mean confidence" in captured.out and "class histogram 0:" in captured.out
+    assert (f"Frechet distance to the real test digits {evaluation['frechet_distance']:.3g} (real-vs-real floor "
+            f"{evaluation['frechet_floor']:.3g}") in captured.out
     assert "epoch 1/2" in captured.err and "g_loss=" in captured.err  # tqdm bar with running losses
 
 
@@ -321,6 +325,38 @@ def test_compare_torch_returns_speeds_and_loss_difference(capsys):
     assert "steps/s" in out and "largest |loss difference| over the first 5 steps 0" in out
 
 
+@pytest.mark.parametrize("ran,note", [
+    ("torch", "recgen ran torch's own op (the 'torch' implementation): the ratio is ~1 by construction"),
+    ("interpreter", "recgen ran the kernels under Triton's interpreter: these are not kernel speeds"),
+    ("reference", "recgen ran its reference step loops: these are not kernel speeds"),
+    ("kernels", None),
+    (None, "no recgen op recorded what it ran"),
+])
+def test_compare_torch_reports_what_recgen_ran(monkeypatch, ran, note):
+    """The implementation recorded during recgen's steps (not the twin's, not a stale one) labels the line."""
+    from recgen import backend
+    backend.record("reference")  # stale, from before: must not be reported
+    step = FakeModel.train_step
+
+    def recording(self, images, optimizers):
+        if not self.twin and ran is not None:
+            backend.record(ran)
+        elif self.twin:
+            backend.record("kernels" if ran != "kernels" else "torch")  # the twin's record must not count
+        return step(self, images, optimizers)
+    monkeypatch.setattr(FakeModel, "train_step", recording)
+    monkeypatch.setattr(FakeModel, "twin", False, raising=False)
+    monkeypatch.setattr(FakeModel, "torch_twin", lambda self: _with(copy.deepcopy(self), twin=True))
+    lines = []
+    numbers = T.compare_torch("fake", steps=3, batch_size=8, device="cpu", log=lines.append)
+    assert numbers["recgen_implementation"] == ran
+    summary = next(line for line in lines if "steps/s" in line)
+    assert f"recgen ({ran or 'not recorded'}) " in summary and "torch.nn " in summary
+    notes = [line for line in lines if line.startswith("note:")]
+    assert len(notes) == (note is not None) and (note is None or note in notes[0])
+    assert not any("reference path" in line for line in lines)
+
+
 def test_compare_torch_sees_a_disagreeing_twin(monkeypatch):
     monkeypatch.setattr(FakeModel, "torch_twin", lambda self: _with(copy.deepcopy(self), loss_offset=0.25))
     numbers = T.compare_torch("fake", steps=3, batch_size=8, device="cpu", log=lambda *a: None)
@@ -457,4 +493,5 @@ def test_real_models_train_resume_sample_and_compare(tmp_path, monkeypatch, name
         assert grid.size == ((3 * 9 + 1) * 6, (2 * 9 + 1) * 6)
     numbers = T.compare_torch(name, steps=2, batch_size=8, device=device, options=options, log=lambda *a: None)
     assert numbers["recgen_steps_per_s"] > 0 and numbers["torch_steps_per_s"] > 0
+    assert numbers["recgen_implementation"] == ("kernels" if device == "cuda" else "reference")
     assert numbers["max_abs_loss_diff"] < 1e-3  # the same model and batches: only rounding differs
