@@ -6,7 +6,7 @@ Backends (`recgen.set_backend(name)`, or the RECGEN_BACKEND variable for the ini
   TRITON_INTERPRET=1 is set, under Triton's interpreter), torch's own native op everywhere else
   (CPU, MPS, XPU, any device or machine without Triton). Never the reference: off the GPU a
   converted model costs what the torch.nn model cost.
-- `triton`: the kernels; an error if they cannot run on the tensor's device.
+- `triton`: the kernels; an error if they cannot run on the tensor's device or dtype (float64).
 - `torch`: torch's native op (`torch.nn.LSTM.forward` and friends through the parent class,
   torch's conv and norm modules for residual blocks), on any device.
 - `reference`: recgen's independent pure-PyTorch step loops (recgen.reference), the ground truth
@@ -83,6 +83,8 @@ def implementation(tensor: torch.Tensor) -> str:
     if choice == "torch" or choice == "reference":
         return choice
     runnable = tensor.is_cuda or (tensor.is_cpu and interpreting())
+    if choice == "auto" and tensor.dtype == torch.float64:
+        return "torch"  # the kernels compute in float32: float64 is torch's op, at full precision
     if choice == "triton":
         if not triton_available():
             raise RuntimeError("recgen backend 'triton' was requested but triton is not installed")
@@ -123,3 +125,14 @@ def last_implementation() -> str | None:
 def implementation_of(module: torch.nn.Module) -> str | None:
     """What `module`'s last forward ran (None before its first call)."""
     return module.__dict__.get(_MODULE_KEY)
+
+
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_kernel_dtype(tensor: torch.Tensor, what: str) -> None:
+    """The kernels compute in float32 (float16/bfloat16 I/O): other dtypes are refused, never
+    silently computed at a lower precision."""
+    if tensor.dtype not in KERNEL_DTYPES:
+        raise RuntimeError(f"{what}: recgen's kernels take float32, float16 or bfloat16, got {tensor.dtype}; "
+                           "backend 'auto' or 'torch' runs torch's own op for it")

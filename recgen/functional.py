@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from recgen import torch_native
-from recgen.backend import implementation, record, use_triton
+from recgen.backend import check_kernel_dtype, implementation, record, use_triton
 from recgen.reference import recurrent_direction
 
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
@@ -29,6 +29,7 @@ def run_direction(cell, x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, 
         return torch_native.direction(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
     if impl == "reference":
         return recurrent_direction(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
+    check_kernel_dtype(x, cell)
     if cell == "lstm":
         from recgen.ops.lstm import lstm_direction
         return lstm_direction(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
@@ -109,10 +110,13 @@ def recurrent_stack(cell, x, h0, c0, params, *, num_layers=1, bidirectional=Fals
     D = 2 if bidirectional else 1
     if lengths is not None:
         check_lengths(lengths, x.shape[0], x.shape[1])
-    if record(implementation(x)) == "torch":
+    impl = record(implementation(x))
+    if impl == "torch":
         return torch_native.stack(cell, x, h0, c0, params, num_layers=num_layers,
                                   bidirectional=bidirectional, bias=bias, dropout=dropout,
                                   training=training, lengths=lengths)
+    if impl != "reference":
+        check_kernel_dtype(x, cell)
     groups = split_params(params, num_layers, D, bias, proj_size > 0)
     h_out, c_out = [], []
     layer_in = x
