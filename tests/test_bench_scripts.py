@@ -48,3 +48,19 @@ def test_kernel_resources_probe_lstm_backward(tmp_path):
         if choice["B"] <= 64:
             assert choice["choice"].startswith("16 rows x 1 tiles, 16 columns") and choice["rows_per_step"] == 16, \
                 choice
+
+
+def test_cpu_parity_smoke(tmp_path):
+    """bench/cpu_parity.py at tiny sizes, as a CPU user runs recgen (no interpreter): every module
+    timed against torch.nn, recgen's side ran torch's op (the script refuses otherwise)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "RECGEN_BACKEND")}
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "cpu_parity.py"), "--quick", "--rounds", "1",
+                          "--warmup", "1", "--out", str(tmp_path)], capture_output=True, text=True,
+                         cwd=tmp_path, env=env, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    report = json.loads((tmp_path / "cpu_parity.json").read_text())
+    assert len(report["rows"]) == 18 and all(r["recgen_implementation"] == "torch" for r in report["rows"])
+    assert (tmp_path / "cpu_parity.md").read_text().count("| fwd") == 18
+    refused = subprocess.run([sys.executable, str(ROOT / "bench" / "cpu_parity.py"), "--out", str(tmp_path)],
+                             capture_output=True, text=True, env=dict(env, TRITON_INTERPRET="1"))
+    assert refused.returncode == 2 and "unset TRITON_INTERPRET" in refused.stderr
