@@ -34,10 +34,11 @@ def _gru_fwd_persistent_kernel(
     saved_ptr,    # (D, T, B, 4H) float32 out (SAVE): r, z, n and gh_n = h W_hn^T + b_hn, zero at padding
     h_state_ptr,  # (D, 2, B, H) in/out, the weights' dtype: h exchanged between programs, slot 0 holds h0
     h_carry_ptr,  # (D, B, H) float32 in/out: holds h0, ends with h_n
-    counter_ptr,  # (D * groups,) int32 zeros: one barrier counter per program group
+    counter_ptr,  # (D * groups + 1,) int32 zeros: a barrier counter per program group, then the error flag
     T, B, H,
     stride_xt, stride_xb, stride_yt, stride_yb,
     first_reverse, step_begin, step_end,
+    spin_limit,   # polls one barrier wait may take before it gives up (GRID_SYNC)
     HAS_LENGTHS: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE: tl.constexpr, GRID_SYNC: tl.constexpr,
     DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
@@ -48,7 +49,6 @@ def _gru_fwd_persistent_kernel(
     one barrier per step makes h_t whole before any program reads it. h_t is exchanged in the
     weights' dtype (as kernels/lstm_persistent.py explains)."""
     col0, d, rev, n_cols, group = persistent_group(first_reverse, BLOCK_H)
-    counter_ptr += group
     xw_ptr += d * 3 * H
     y_ptr += d * H
     w_hh_ptr += d * 3 * H * H
@@ -89,7 +89,7 @@ def _gru_fwd_persistent_kernel(
             h_old = tl.load(h_carry_ptr + own, mask=keep, other=0.0)
             h_new = gru_cell(x_row, acc_r, acc_z, acc_n, h_old, saved_ptr, t, rows, offs_h, B, H, m2, keep, SAVE)
             publish_h(h_new, h_old, m2, keep, own, h_carry_ptr, dst, y_ptr, t, rows, offs_h, stride_yt, stride_yb)
-        end_forward_step(counter_ptr, (s + 1) * n_cols, GRID_SYNC)
+        end_forward_step(counter_ptr, group, (s + 1) * n_cols, spin_limit, GRID_SYNC)
 
 
 @triton.jit
@@ -102,9 +102,10 @@ def _gru_bwd_persistent_kernel(
     dxw_ptr,      # (D, T, B, 3H) float32 out: gradient of xw (dr_pre, dz_pre, dn_pre), zero at padding
     dghn_ptr,     # (D, T, B, H) float32 out: gradient of gh_n (dn_pre * r), zero at padding
     dh_state_ptr, # (D, 2, B, H) float32 in/out: slot 0 holds dh_n; slot T % 2 ends with dh_0
-    counter_ptr,  # (D * groups,) int32 zeros: one barrier counter per program group
+    counter_ptr,  # (D * groups + 1,) int32 zeros: a barrier counter per program group, then the error flag
     T, B, H,
     first_reverse, step_begin, step_end,
+    spin_limit,   # polls one barrier wait may take before it gives up (GRID_SYNC)
     HAS_LENGTHS: tl.constexpr, PHASES: tl.constexpr, GRID_SYNC: tl.constexpr,
     DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
@@ -123,7 +124,6 @@ def _gru_bwd_persistent_kernel(
     PHASES: 1 or 2 runs only that phase (one launch per phase and step, under the
     interpreter), 3 both with the barrier."""
     col0, d, rev, n_cols, group = persistent_group(first_reverse, BLOCK_H)
-    counter_ptr += group
     dy_ptr += d * T * B * H
     saved_ptr += d * T * B * 4 * H
     h_prev_ptr += d * T * B * H
@@ -155,7 +155,7 @@ def _gru_bwd_persistent_kernel(
                 # The direct path h_{t-1} -> h_t through z * h_{t-1}; phase 2 adds the rest.
                 tl.store(dst + own, tl.where(m2, dh * gz, carry), mask=keep)
         if GRID_SYNC:
-            _group_barrier(counter_ptr, (i + 1) * n_cols)
+            _group_barrier(counter_ptr, group, (i + 1) * n_cols, spin_limit)
         if PHASES != 1:
             for tile in range(tl.program_id(2), tl.cdiv(B, BLOCK_B), tl.num_programs(2)):
                 mask_b, rows, lengths, keep, m2, own, t = tile_at_step(

@@ -10,7 +10,10 @@ columns, and writes its columns of h_t; then it waits at a grid-wide barrier of 
 (direction, group): an atomic counter incremented with release semantics and polled with
 acquire semantics, so every program's h_t columns are visible before any program reads h_t.
 The launcher guarantees the grid is co-resident (recgen/ops/persistent_tiles.py); otherwise the
-barrier could never complete.
+barrier could never complete. So that a broken guarantee ends in an error, not a hang, each wait
+polls at most `spin_limit` times; a program that runs out records it in the error flag after
+the counters and releases every barrier of the launch, which then finishes with garbage
+outputs, and the launcher raises.
 
 h_t is exchanged in the weights' dtype, the operand dtype of the next step's dot (so the same
 values as a float32 exchange, at half the bytes and with no conversion buffer: the compiled
@@ -34,15 +37,36 @@ from recgen.kernels.lstm import lstm_cell, lstm_gate_grads
 from recgen.kernels.math import load_tile, mma, step_time_index, tile_rows
 
 
+# A counter value no legal barrier target reaches (targets are steps x column blocks; the
+# launcher streams instead where they could reach it). A program whose wait ran out raises
+# every counter of the launch to it, so that every wait of the launch, now and later, ends at
+# its next poll: the launch finishes quickly and the launcher raises (recgen/ops/persistent_tiles.py).
+BARRIER_RELEASED = tl.constexpr(2 ** 30)
+
+
 @triton.jit
-def _group_barrier(counter_ptr, target):
-    """Wait until `target` arrivals are counted on this group's counter (this one included)."""
+def _group_barrier(counters_ptr, group, target, spin_limit):
+    """Wait until `target` arrivals are counted on counter `group` (this one included), polling
+    at most `spin_limit` times: far more than any legal wait, so that a grid that is not
+    co-resident ends instead of hanging. counters_ptr: the launch's counters, one per
+    (direction, group), then the error flag (the target of the first barrier that ran out, 0
+    while none did). Returns the number of polls (the tests read it)."""
     tl.debug_barrier()  # every thread's stores of this step precede the release below
+    counter_ptr = counters_ptr + group
     tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
     seen = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
-    while seen < target:
+    polls = 1
+    while (seen < target) & (polls < spin_limit):
         seen = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
+        polls += 1
+    if seen < target:
+        # Out of budget: record where (the first to run out wins), then release every group.
+        n_groups = tl.num_programs(1) * tl.num_programs(2)
+        tl.atomic_cas(counters_ptr + n_groups, 0, target, sem="relaxed", scope="gpu")
+        for k in range(0, n_groups):
+            tl.atomic_max(counters_ptr + k, BARRIER_RELEASED, sem="release", scope="gpu")
     tl.debug_barrier()  # no thread reads h_t before the acquire has seen every arrival
+    return polls
 
 
 @triton.jit
@@ -98,11 +122,11 @@ def publish_h(h_new, h_old, m2, keep, own, h_carry_ptr, dst, y_ptr, t, rows, off
 
 
 @triton.jit
-def end_forward_step(counter_ptr, target, GRID_SYNC: tl.constexpr):
+def end_forward_step(counters_ptr, group, target, spin_limit, GRID_SYNC: tl.constexpr):
     """The grid barrier closing a step; in one-launch-per-step mode (GRID_SYNC=False) a CTA
     barrier, as the next step reads this program's columns back in other threads."""
     if GRID_SYNC:
-        _group_barrier(counter_ptr, target)
+        _group_barrier(counters_ptr, group, target, spin_limit)
     else:
         tl.debug_barrier()
 
@@ -118,16 +142,16 @@ def _lstm_fwd_persistent_kernel(
     h_state_ptr,  # (D, 2, B, H) in/out, the weights' dtype: h exchanged between programs, slot 0 holds h0
     h_carry_ptr,  # (D, B, H) float32 in/out: holds h0, ends with h_n
     c_state_ptr,  # (D, B, H) float32 in/out: holds c0, ends with c_n
-    counter_ptr,  # (D * groups,) int32 zeros: one barrier counter per program group
+    counter_ptr,  # (D * groups + 1,) int32 zeros: a barrier counter per program group, then the error flag
     T, B, H,
     stride_xt, stride_xb, stride_yt, stride_yb,
     first_reverse, step_begin, step_end,
+    spin_limit,   # polls one barrier wait may take before it gives up (GRID_SYNC)
     HAS_LENGTHS: tl.constexpr, SAVE: tl.constexpr, GRID_SYNC: tl.constexpr,
     DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     col0, d, rev, n_cols, group = persistent_group(first_reverse, BLOCK_H)
-    counter_ptr += group
     xw_ptr += d * 4 * H
     y_ptr += d * H
     w_hh_ptr += d * 4 * H * H
@@ -164,7 +188,7 @@ def _lstm_fwd_persistent_kernel(
                               m2, keep, SAVE)
             h_old = tl.load(h_carry_ptr + own, mask=keep, other=0.0)
             publish_h(h_new, h_old, m2, keep, own, h_carry_ptr, dst, y_ptr, t, rows, offs_h, stride_yt, stride_yb)
-        end_forward_step(counter_ptr, (s + 1) * n_cols, GRID_SYNC)
+        end_forward_step(counter_ptr, group, (s + 1) * n_cols, spin_limit, GRID_SYNC)
 
 
 @triton.jit
@@ -178,9 +202,10 @@ def _lstm_bwd_persistent_kernel(
     dgates_ptr,   # (D, T, B, 4H) float32 out: gradient of the gate pre-activations, zero at padding
     dh_state_ptr, # (D, 2, B, H) float32 in/out: slot 0 holds dh_n; slot T % 2 ends with dh_0
     dc_state_ptr, # (D, B, H) float32 in/out: holds dc_n, ends with dc_0
-    counter_ptr,  # (D * groups,) int32 zeros: one barrier counter per program group
+    counter_ptr,  # (D * groups + 1,) int32 zeros: a barrier counter per program group, then the error flag
     T, B, H,
     first_reverse, step_begin, step_end,
+    spin_limit,   # polls one barrier wait may take before it gives up (GRID_SYNC)
     HAS_LENGTHS: tl.constexpr, PHASES: tl.constexpr, GRID_SYNC: tl.constexpr,
     DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
@@ -193,7 +218,6 @@ def _lstm_bwd_persistent_kernel(
     each step writes its own dgates_t, so one barrier per step suffices. PHASES: 1 or 2 runs only
     that phase (one launch per phase and step, under the interpreter), 3 both with the barrier."""
     col0, d, rev, n_cols, group = persistent_group(first_reverse, BLOCK_H)
-    counter_ptr += group
     dy_ptr += d * T * B * H
     gates_ptr += d * T * B * 4 * H
     c_ptr += d * T * B * H
@@ -226,7 +250,7 @@ def _lstm_bwd_persistent_kernel(
                 lstm_gate_grads(dm, gates_ptr, c_ptr, c0_ptr, dgates_ptr, dc_state_ptr, t, t_prev, has_prev, rows,
                                 offs_h, B, H, m2, keep)
         if GRID_SYNC:
-            _group_barrier(counter_ptr, (i + 1) * n_cols)
+            _group_barrier(counter_ptr, group, (i + 1) * n_cols, spin_limit)
         if PHASES != 1:
             for tile in range(tl.program_id(2), tl.cdiv(B, BLOCK_B), tl.num_programs(2)):
                 mask_b, rows, lengths, keep, m2, own, t = tile_at_step(

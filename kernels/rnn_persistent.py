@@ -32,10 +32,11 @@ def _rnn_fwd_persistent_kernel(
     act_ptr,      # (D, T, B, H) float32 out (SAVE): activations h_t, zero at padding
     h_state_ptr,  # (D, 2, B, H) in/out, the weights' dtype: h exchanged between programs, slot 0 holds h0
     h_carry_ptr,  # (D, B, H) float32 in/out: holds h0, ends with h_n
-    counter_ptr,  # (D * groups,) int32 zeros: one barrier counter per program group
+    counter_ptr,  # (D * groups + 1,) int32 zeros: a barrier counter per program group, then the error flag
     T, B, H,
     stride_xt, stride_xb, stride_yt, stride_yb,
     first_reverse, step_begin, step_end,
+    spin_limit,   # polls one barrier wait may take before it gives up (GRID_SYNC)
     HAS_LENGTHS: tl.constexpr, RELU: tl.constexpr, SAVE: tl.constexpr, GRID_SYNC: tl.constexpr,
     DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
@@ -45,7 +46,6 @@ def _rnn_fwd_persistent_kernel(
     step makes h_t whole before any program reads it. h_t is exchanged in the weights' dtype and
     each program keeps its own columns in float32 (as kernels/lstm_persistent.py explains)."""
     col0, d, rev, n_cols, group = persistent_group(first_reverse, BLOCK_H)
-    counter_ptr += group
     xw_ptr += d * H
     y_ptr += d * H
     w_hh_ptr += d * H * H
@@ -76,7 +76,7 @@ def _rnn_fwd_persistent_kernel(
                          mask=keep)
             h_old = tl.load(h_carry_ptr + own, mask=keep, other=0.0)
             publish_h(h_new, h_old, m2, keep, own, h_carry_ptr, dst, y_ptr, t, rows, offs_h, stride_yt, stride_yb)
-        end_forward_step(counter_ptr, (s + 1) * n_cols, GRID_SYNC)
+        end_forward_step(counter_ptr, group, (s + 1) * n_cols, spin_limit, GRID_SYNC)
 
 
 @triton.jit
@@ -87,9 +87,10 @@ def _rnn_bwd_persistent_kernel(
     lengths_ptr,  # (B,) int32 valid steps per row (HAS_LENGTHS)
     dpre_ptr,     # (D, T, B, H) float32 out: gradient of the pre-activation (= of xw), zero at padding
     dh_state_ptr, # (D, 2, B, H) float32 in/out: slot 0 holds dh_n; slot T % 2 ends with dh_0
-    counter_ptr,  # (D * groups,) int32 zeros: one barrier counter per program group
+    counter_ptr,  # (D * groups + 1,) int32 zeros: a barrier counter per program group, then the error flag
     T, B, H,
     first_reverse, step_begin, step_end,
+    spin_limit,   # polls one barrier wait may take before it gives up (GRID_SYNC)
     HAS_LENGTHS: tl.constexpr, RELU: tl.constexpr, PHASES: tl.constexpr, GRID_SYNC: tl.constexpr,
     DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
@@ -105,7 +106,6 @@ def _rnn_bwd_persistent_kernel(
     debug_barrier after phase 2, see there). PHASES: 1 or 2 runs only that phase (one launch
     per phase and step, under the interpreter), 3 both with the barrier."""
     col0, d, rev, n_cols, group = persistent_group(first_reverse, BLOCK_H)
-    counter_ptr += group
     dy_ptr += d * T * B * H
     act_ptr += d * T * B * H
     w_hh_ptr += d * H * H
@@ -136,7 +136,7 @@ def _rnn_bwd_persistent_kernel(
                     dpre = dh * (1.0 - a * a)
                 tl.store(dpre_ptr + seq, tl.where(m2, dpre, 0.0), mask=keep)
         if GRID_SYNC:
-            _group_barrier(counter_ptr, (i + 1) * n_cols)
+            _group_barrier(counter_ptr, group, (i + 1) * n_cols, spin_limit)
         if PHASES != 1:
             for tile in range(tl.program_id(2), tl.cdiv(B, BLOCK_B), tl.num_programs(2)):
                 mask_b, rows, lengths, keep, m2, own, t = tile_at_step(

@@ -3,7 +3,10 @@ kernels/gru_persistent.py, kernels/rnn_persistent.py) against the float64 refere
 and gradient, odd sizes, packed lengths both ways, both directions.
 
 On the CPU the mode runs one launch per step (the interpreter runs one program at a time, so the
-grid barrier cannot be exercised); the `gpu` tests run the single launch with the barrier."""
+grid barrier cannot be exercised; tests/test_barrier.py runs its single-program form and its
+timeout); the `gpu` tests run the single launch with the barrier, its error flag read on the
+host after each launch (RECGEN_CHECK_BARRIER=1), so that a barrier that ran out fails them
+with the kernel, grid and plan named."""
 
 import pytest
 import torch
@@ -13,6 +16,12 @@ from recgen.ops import LAUNCH_COUNTS
 from recgen.ops.config import forced_mode, recurrence_config
 from recgen.ops.persistent_tiles import persistent_plans
 from recgen.testing import TOLERANCES, compare_direction, max_rel_error, random_direction_inputs
+
+
+@pytest.fixture(autouse=True)
+def _check_barrier(monkeypatch):
+    monkeypatch.setenv("RECGEN_CHECK_BARRIER", "1")
+
 
 CASES = [
     # (T, B, I, H, lengths, reverse)

@@ -72,16 +72,18 @@ class StandInKernel:
     """Answers warmup() like a JITFunction with compiled kernels whose resources are given per
     (BLOCK_B, num_warps) for 16 hidden units per program and per (BLOCK_B, num_warps, 8) for 8;
     records each compilation, and each launch (kernel[grid](**kwargs)), or refuses launches
-    with `refuse` as the driver's error."""
+    with `refuse` as the driver's error; a launch leaves `flag` in the barrier's error flag (the
+    last counter), as a barrier wait that ran out does."""
 
-    def __init__(self, resources: dict, refuse: str = ""):
-        self.resources, self.compiled, self.launches, self.refuse = resources, [], [], refuse
+    def __init__(self, resources: dict, refuse: str = "", flag: int = 0):
+        self.resources, self.compiled, self.launches, self.refuse, self.flag = resources, [], [], refuse, flag
 
     def __getitem__(self, grid):
         def run(**kwargs):
             if self.refuse:
                 raise RuntimeError(self.refuse)
             self.launches.append((grid, kwargs))
+            kwargs["counter_ptr"][-1] = self.flag
         return run
 
     def warmup(self, grid, **kwargs):
@@ -200,23 +202,36 @@ def test_pick_plan_prefers_fewer_rows_then_wider_columns():
     assert pick_plan((wide, narrow), {narrow: (0, narrow)}.get, 16) == narrow
 
 
-def test_run_persistent_launches_cooperatively_and_streams_when_refused(monkeypatch):
-    """On a GPU (the interpreter switched off here, the kernel a stand-in): one cooperative launch
-    of the whole sequence, counted; when the driver refuses the grid as not co-resident, nothing
-    is counted, the caller is told to stream, and the key streams from then on without compiling
-    again; any other launch error propagates."""
-    from recgen.ops import LAUNCH_COUNTS
+# What the CUDA driver answers for the codes these tests name (cuGetErrorName, cuGetErrorString).
+DRIVER_ERRORS = {720: ("CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE", "too many blocks in cooperative launch")}
 
+
+def standin_gpu(monkeypatch):
+    """The launcher as on a GPU: the interpreter switched off, Hopper's properties, the driver's
+    error texts, nothing chosen yet. Returns the candidates, shape and device of a launch."""
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: HOPPER)
     monkeypatch.setattr(persistent_tiles, "_CHOSEN", {})
     monkeypatch.setattr(persistent_tiles, "interpreting", lambda: False)
-    plans, shape, cpu = persistent_plans(16, 512), (16, 512, 1), torch.device("cpu")
+    monkeypatch.setattr(persistent_tiles, "cuda_error_texts", DRIVER_ERRORS.__getitem__)
+    return persistent_plans(16, 512), (16, 512, 1), torch.device("cpu")
+
+
+def test_run_persistent_launches_cooperatively_and_streams_when_refused(monkeypatch):
+    """On a GPU (the interpreter switched off here, the kernel a stand-in): one cooperative launch
+    of the whole sequence, counted, with the barrier's counters (one, then the error flag) and
+    spin budget; when the driver refuses the grid as not co-resident, nothing is counted, the
+    caller is told to stream, and the key streams from then on without compiling again; any
+    other launch error propagates."""
+    from recgen.ops import LAUNCH_COUNTS
+
+    plans, shape, cpu = standin_gpu(monkeypatch)
     kernel = StandInKernel({(16, 4): (255, 99328, 0)})
     before = LAUNCH_COUNTS["standin"]
     assert persistent_tiles.run_persistent("standin", kernel, plans, shape, 8, cpu, {"B": 16})
     (grid, kwargs), = kernel.launches
     assert grid == (32, 1, 1) and kwargs["launch_cooperative_grid"] is True and kwargs["GRID_SYNC"] is True
-    assert (kwargs["step_begin"], kwargs["step_end"]) == (0, 8) and kwargs["counter_ptr"].numel() == 1
+    assert (kwargs["step_begin"], kwargs["step_end"]) == (0, 8) and kwargs["counter_ptr"].tolist() == [0, 0]
+    assert kwargs["spin_limit"] == persistent_tiles.SPIN_LIMIT == 2 ** 24
     assert LAUNCH_COUNTS["standin"] == before + 1
 
     refused = StandInKernel({(16, 4): (255, 99328, 0)}, refuse="Triton Error [CUDA]: too many blocks in "
@@ -236,3 +251,77 @@ def test_run_persistent_launches_cooperatively_and_streams_when_refused(monkeypa
     old = StandInKernel({})
     assert not persistent_tiles.run_persistent("old", old, plans, shape, 8, cpu, {"B": 16})
     assert old.compiled == [] and old.launches == []
+
+
+@pytest.mark.parametrize("message,refused", [
+    ("Triton Error [CUDA]: too many blocks in cooperative launch", True),  # Triton 3.x: cuGetErrorString(720)
+    ("CUDA driver error CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE (720)", True),  # a Triton naming the code
+    # The word "cooperative" is no longer enough: another error that mentions it propagates.
+    ("Triton Error [CUDA]: cooperative launch failed: an illegal instruction was encountered", False),
+    ("Triton Error [CUDA]: too many blocks in cooperative launch, and more", False),
+    ("Triton Error [CUDA]: CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGER", False),
+], ids=["description", "name", "word-only", "longer-description", "longer-name"])
+def test_refused_cooperative_launch_is_recognised_by_its_error_code(monkeypatch, message, refused):
+    plans, shape, cpu = standin_gpu(monkeypatch)
+    kernel = StandInKernel({(16, 4): (255, 99328, 0)}, refuse=message)
+    if refused:
+        assert not persistent_tiles.run_persistent("refused", kernel, plans, shape, 8, cpu, {"B": 16})
+        assert persistent_tiles.is_cuda_error(RuntimeError(message), 720)
+    else:
+        with pytest.raises(RuntimeError) as raised:
+            persistent_tiles.run_persistent("refused", kernel, plans, shape, 8, cpu, {"B": 16})
+        assert str(raised.value) == message
+
+
+PLAN_TEXT = (r"standin \(StandInKernel, grid \(32, 1, 1\), plan: 1 batch tiles of 16 rows, 32 column blocks of 16 "
+             r"hidden units, 1 groups per direction \(1 directions\), 4 warps\)")
+
+
+@pytest.mark.parametrize("env", ["1", "0"])
+def test_timed_out_barrier_raises_with_kernel_grid_and_plan(monkeypatch, env):
+    """A launch whose barrier ran out (the stand-in sets the flag to the target of step 2 of 8:
+    3 x 32 column blocks) raises: with RECGEN_CHECK_BARRIER=1 a RuntimeError from the host read,
+    naming the step; without it from torch._assert_async (on the GPU a device-side assert at
+    the next sync, no host read; on these CPU tensors it raises at once)."""
+    plans, shape, cpu = standin_gpu(monkeypatch)
+    monkeypatch.setenv("RECGEN_CHECK_BARRIER", env)
+    read = []
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: read.append(self) or self.tolist())
+    kernel = StandInKernel({(16, 4): (255, 99328, 0)}, flag=3 * 32)
+    detail = r": the grid barrier of step 2 \(of 8\) ran out of its 16777216 polls" if env == "1" else \
+        r": a grid barrier ran out of its 16777216 polls"
+    with pytest.raises(RuntimeError, match="^" + PLAN_TEXT + detail):
+        persistent_tiles.run_persistent("standin", kernel, plans, shape, 8, cpu, {"B": 16})
+    assert len(read) == (env == "1")  # the host reads the flag only when asked to
+    # A launch whose barriers all completed passes either check.
+    fine = StandInKernel({(16, 4): (255, 99328, 0)})
+    assert persistent_tiles.run_persistent("standin", fine, plans, shape, 8, cpu, {"B": 16})
+
+
+def test_no_persistent_launch_where_the_barrier_targets_could_reach_the_release_value(monkeypatch):
+    """The int32 counters count steps x column blocks; at 2**30 they would read as released."""
+    plans, _, cpu = standin_gpu(monkeypatch)
+    kernel = StandInKernel({(16, 4): (255, 99328, 0)})
+    # 1024 hidden units: at most 128 column blocks (8 units each); 2**23 steps reach 2**30.
+    assert not persistent_tiles.run_persistent("long", kernel, persistent_plans(16, 1024), (16, 1024, 1), 2 ** 23,
+                                               cpu, {"B": 16})
+    assert kernel.compiled == [] and kernel.launches == []
+
+
+@pytest.mark.gpu
+def test_driver_error_texts_and_a_real_refused_cooperative_launch():
+    """The driver's name and description of 720, and a cooperative grid far larger than an SM
+    count times any occupancy: the driver refuses it with that error, recognised by its code."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _noop(x_ptr):
+        tl.store(x_ptr + tl.program_id(0), 1)
+
+    name, description = persistent_tiles.cuda_error_texts(720)
+    assert name == "CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE" and description
+    x = torch.zeros(2 ** 22, dtype=torch.int32, device="cuda")
+    with pytest.raises(RuntimeError) as raised:
+        _noop[(2 ** 22,)](x, launch_cooperative_grid=True)
+    assert persistent_tiles.is_cuda_error(raised.value, 720), str(raised.value)

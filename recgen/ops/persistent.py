@@ -3,8 +3,9 @@ kernels/gru_persistent.py, kernels/rnn_persistent.py): the LSTM (without project
 Elman RNN forwards and backwards, with the same inputs and outputs as the single-program
 launchers they stand in for.
 
-The mode is chosen in recgen/ops/config.py::recurrence_config; the tiles, the co-residency check
-and the launch are in recgen/ops/persistent_tiles.py.
+The mode is chosen in recgen/ops/config.py::recurrence_config; the tiles, the co-residency check,
+the launch and the check of the grid barrier's timeout flag after it (RECGEN_CHECK_BARRIER=1 for
+a host-side RuntimeError) are in recgen/ops/persistent_tiles.py.
 """
 
 from __future__ import annotations

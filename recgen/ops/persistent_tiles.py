@@ -28,18 +28,33 @@ one 16-row tile per program (the common case: nothing can step through fewer row
 is cached per (kernel, shapes, directions, dtypes, flags, device). If no candidate fits, the
 launcher runs the streamed single-program kernel instead.
 bench/kernel_resources.py shows what the candidates need on Hopper (compiled without a GPU).
+
+The barrier cannot hang: each wait polls at most SPIN_LIMIT times, and a program that runs out
+sets the error flag that follows the counters (one int32 per (direction, group), then the flag:
+0, or the target of the first wait that ran out) and releases every barrier of the launch,
+which then finishes quickly with garbage outputs. After the launch the flag is checked:
+- on the host (RuntimeError naming the kernel, the grid and the plan) under the interpreter,
+  and on the GPU when RECGEN_CHECK_BARRIER=1 (read at each call; the tests set it), unless a
+  CUDA graph is being captured: the read syncs the host with the device, which the normal path
+  avoids (it would stall the queue of launches behind every persistent launch);
+- otherwise on the device (torch._assert_async, no host sync, captured into graphs too): a
+  timeout is then a device-side assert naming the same, fatal to the CUDA context, and never
+  garbage passed on silently.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
+import re
 from dataclasses import dataclass
 
 import torch
 import triton
 
 from recgen.backend import interpreting
-from recgen.ops._launch import launch
+from recgen.ops._launch import launch, overriding
 
 # Hidden units (of every gate) per program, preferred first; 8 is the fallback of the rule above
 # (tl.dot takes N=8: Triton pads small N for the tensor cores).
@@ -56,6 +71,29 @@ PIPELINE_STAGES = 1
 # deadlocking at the barrier; run_persistent then streams. (Triton 3.2 and later have the option;
 # with an older Triton the persistent mode is not used.)
 COOPERATIVE = {"launch_cooperative_grid": True}
+# CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE (cuda.h): the driver refused a cooperative grid as
+# larger than the device holds at once.
+COOPERATIVE_LAUNCH_TOO_LARGE = 720
+TRITON_CUDA_ERROR = "Triton Error [CUDA]: "  # Triton's launch errors: this, then cuGetErrorString
+# Polls one barrier wait may take. A legal wait lasts one step of the slowest program of the
+# group (microseconds; milliseconds at the largest tiles): 2**24 polls of an L2 atomic (about
+# 0.5 us each) are seconds, far above it, and bound a hang to seconds.
+SPIN_LIMIT = 2 ** 24
+CHECK_BARRIER_ENV = "RECGEN_CHECK_BARRIER"
+# Test hooks: the spin budget, and the single launch with the barrier under the interpreter
+# (which otherwise launches once per step): see barrier_test_hook.
+_BARRIER = {"spin_limit": SPIN_LIMIT, "interpreted_single_launch": False}
+
+
+def barrier_test_hook(spin_limit: int, single_launch: bool = True):
+    """For a with block: barrier waits give up after `spin_limit` polls, and (single_launch)
+    the interpreter runs the persistent kernels as on the GPU, one launch with the barrier on,
+    with the first candidate plan. Under the interpreter programs run one after another, so a
+    group of two or more programs can only run out of polls: the path tests/test_barrier.py
+    checks."""
+    if spin_limit < 1:
+        raise ValueError(f"spin_limit must be >= 1, got {spin_limit}")
+    return overriding(_BARRIER, spin_limit=spin_limit, interpreted_single_launch=single_launch)
 
 
 def cooperative_launch_supported() -> bool:
@@ -212,45 +250,110 @@ def choose_plan(name: str, kernel, plans: tuple, shape: tuple, device: torch.dev
     return _CHOSEN[key]
 
 
+def barrier_counters(grid: tuple, device: torch.device) -> torch.Tensor:
+    """Zeros: a barrier counter per (direction, group) of `grid`, then the error flag."""
+    return torch.zeros(grid[1] * grid[2] + 1, dtype=torch.int32, device=device)
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_error_texts(code: int) -> tuple:
+    """(name, description) of CUDA driver error `code` (cuGetErrorName, cuGetErrorString), from
+    the driver Triton launches through (libcuda.so.1, already loaded: the same library)."""
+    import ctypes
+
+    libcuda = ctypes.CDLL("libcuda.so.1")
+    texts = []
+    for fn in (libcuda.cuGetErrorName, libcuda.cuGetErrorString):
+        fn.argtypes, fn.restype = [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)], ctypes.c_int
+        out = ctypes.c_char_p()
+        if fn(code, ctypes.byref(out)) != 0:
+            raise ValueError(f"the CUDA driver knows no error {code}")
+        texts.append(out.value.decode())
+    return tuple(texts)
+
+
+def is_cuda_error(error: BaseException, code: int) -> bool:
+    """Whether `error`, raised by a Triton launch, is CUDA driver error `code`. Triton (driver.c,
+    gpuAssert, 3.x) raises RuntimeError(TRITON_CUDA_ERROR + cuGetErrorString(code)), which
+    carries no code: the message must be exactly that for `code`, or name it (cuGetErrorName),
+    as a Triton reporting names would. Words of the message are not enough: another error
+    could mention them."""
+    name, description = cuda_error_texts(code)
+    message = str(error).strip()
+    return message == TRITON_CUDA_ERROR + description or re.search(rf"\b{name}\b", message) is not None
+
+
+def check_barrier(counters: torch.Tensor, name: str, kernel, plan: PersistentPlan, shape: tuple, steps: int,
+                  spin_limit: int) -> None:
+    """After a single launch: raise if a barrier wait ran out (the flag after the counters is
+    set), on the host or the device as the module docstring says."""
+    grid = plan.grid(*shape)
+    columns, directions, groups = grid
+    plan_text = (f"plan: {plan.tiles(shape[0])} batch tiles of {plan.block_b} rows, {columns} column blocks of "
+                 f"{plan.block_h} hidden units, {groups} groups per direction ({directions} directions), "
+                 f"{plan.num_warps} warps")
+    kernel_text = f"{name} ({getattr(kernel, '__name__', type(kernel).__name__)}, grid {grid}, {plan_text})"
+    flag = counters[-1]
+    capturing = counters.is_cuda and torch.cuda.is_current_stream_capturing()
+    if interpreting() or (os.environ.get(CHECK_BARRIER_ENV, "0") == "1" and not capturing):
+        failed = int(flag.item())
+        if failed:
+            raise RuntimeError(f"{kernel_text}: the grid barrier of step {failed // columns - 1} (of {steps}) "
+                               f"ran out of its {spin_limit} polls; the programs of a group were not all running "
+                               f"at once, and the outputs are garbage")
+        return
+    torch._assert_async(flag == 0, f"{kernel_text}: a grid barrier ran out of its {spin_limit} polls")
+
+
 def run_persistent(name: str, kernel, plans: tuple, shape: tuple, steps: int, device: torch.device, args: dict,
                    phases: bool = False) -> bool:
     """Launch a persistent kernel over `steps` steps with the tiles choose_plan() picks: one
-    launch with the grid barrier (PHASES=3 when `phases`). Under the interpreter, the first plan,
-    one launch per step (and per phase, 1 then 2, when `phases`): launches are ordered, so each
-    sees the previous one's writes. Returns False, having launched nothing, when no plan fits the
-    device or the driver refuses the cooperative launch, with a Triton that cannot launch
-    cooperatively, or while torch.compile traces with fake tensors (there is no compiled kernel
-    to measure; the caller then traces the streamed kernel). shape: (batch, hidden, directions);
-    `args` has every kernel argument but the barrier counters, added here, one per group."""
+    launch with the grid barrier (PHASES=3 when `phases`), its error flag checked after
+    (check_barrier). Under the interpreter, the first plan, one launch per step (and per phase,
+    1 then 2, when `phases`): launches are ordered, so each sees the previous one's writes
+    (barrier_test_hook switches to the single launch). Returns False, having launched nothing,
+    when no plan fits the device or the driver refuses the cooperative launch, with a Triton
+    that cannot launch cooperatively, when the barrier targets could reach BARRIER_RELEASED, or
+    while torch.compile traces with fake tensors (there is no compiled kernel to measure; the
+    caller then traces the streamed kernel). shape: (batch, hidden, directions); `args` has
+    every kernel argument but the barrier counters and the spin limit, added here."""
     from torch._subclasses.fake_tensor import is_fake
+
+    from recgen.kernels.lstm_persistent import BARRIER_RELEASED
 
     if any(is_fake(v) for v in args.values()):
         return False
-    if interpreting():
+    # The int32 counters reach steps x column blocks, and must stay below the release value.
+    if steps * triton.cdiv(shape[1], min(p.block_h for p in plans)) >= BARRIER_RELEASED.value:
+        return False
+    spin_limit = _BARRIER["spin_limit"]
+    args = dict(args, spin_limit=spin_limit)
+    if interpreting() and not _BARRIER["interpreted_single_launch"]:
         plan = plans[0]  # the interpreter has no occupancy: the first candidate as it is
         grid = plan.grid(*shape)
-        args = dict(args, counter_ptr=torch.zeros(grid[1] * grid[2], dtype=torch.int32, device=device),
-                    **plan.launch_args())
+        args = dict(args, counter_ptr=barrier_counters(grid, device), **plan.launch_args())
         for i in range(steps):
             for extra in ({"PHASES": 1}, {"PHASES": 2}) if phases else ({},):
                 launch(name, kernel, grid, step_begin=i, step_end=i + 1, GRID_SYNC=False, **extra, **args)
         return True
-    if not cooperative_launch_supported():
-        return False
     args = dict(args, step_begin=0, step_end=steps, GRID_SYNC=True, **({"PHASES": 3} if phases else {}))
-    plan = choose_plan(name, kernel, plans, shape, device, args)
-    if plan is None:
-        return False
-    grid = plan.grid(*shape)
+    if interpreting():
+        plan, options = plans[0], {}
+    else:
+        if not cooperative_launch_supported():
+            return False
+        plan, options = choose_plan(name, kernel, plans, shape, device, args), COOPERATIVE
+        if plan is None:
+            return False
+    counters = barrier_counters(plan.grid(*shape), device)
     try:
-        launch(name, kernel, grid, counter_ptr=torch.zeros(grid[1] * grid[2], dtype=torch.int32, device=device),
-               **args, **plan.launch_args(), **COOPERATIVE)
+        launch(name, kernel, plan.grid(*shape), counter_ptr=counters, **args, **plan.launch_args(), **options)
     except RuntimeError as error:
-        # The driver refused the grid as not co-resident (CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE:
-        # "too many blocks in cooperative launch"), against the occupancy read from the compiled
-        # kernel: nothing ran; stream instead, now and for this key from now on.
-        if "cooperative" not in str(error).lower():
+        # The driver refused the grid as not co-resident, against the occupancy read from the
+        # compiled kernel: nothing ran; stream instead, now and for this key from now on.
+        if not options or not is_cuda_error(error, COOPERATIVE_LAUNCH_TOO_LARGE):
             raise
         _CHOSEN[_plan_key(name, plans, shape, device, args)] = None
         return False
+    check_barrier(counters, name, kernel, plan, shape, steps, spin_limit)
     return True
