@@ -101,16 +101,19 @@ class _FusedForward:
         raise NotImplementedError
 
     def forward(self, x):
-        impl = implementation(x) if isinstance(x, torch.Tensor) else None
-        if impl == "torch":
-            record(impl, self)
-            return self._torch_forward(x)
+        # Checked on every path (a few microseconds against a block's milliseconds): torch's
+        # own layers would raise the same types, with vaguer words (a float64 input to a float32
+        # block, which `auto` hands to torch's op, says "expected scalar type Double").
         parts = self._block_parts()
         conv1 = parts["conv1"]
         pad = conv1.weight.shape[-1] // 2
         cast = conv_autocast_dtype(x)
         check_block_input(x, conv1.weight.shape[1], conv1.weight, pad, parts["padding_mode"],
                           parts["upsample"], type(self).__name__, autocast=cast)
+        impl = implementation(x)
+        if impl == "torch":
+            record(impl, self)
+            return self._torch_forward(x)
         if impl == "reference":
             record(impl, self)
             return reference.residual_block(x, training=self.training, **parts)
