@@ -10,7 +10,9 @@ Passes over activation memory, forward (identity skip):
   sums) and 1 elementwise pass (norm2 + residual + activation). norm1 + activation is applied
   by conv2's prologue while it loads its input, so the normalised intermediate is never written.
 A 1x1 projection skip adds its own conv (its norm folded in eval; one more elementwise pass in
-training); dropout > 0 in training materialises the dropped activation (one more pass).
+training); dropout > 0 in training materialises the dropped activation (one more pass), in the
+memory format torch's own block would hold it (the caller's input's, `dropout_format`), so that
+the mask is drawn over the same element order and a seeded run drops what torch drops.
 Per-channel statistics math (tiny (N, C) tensors) runs in torch, so autograd differentiates
 through it; the kernels' backward receives the statistics' gradients.
 
@@ -135,6 +137,25 @@ def _norm_conv(x, conv: ConvParams, norm, *, stride=1, padding_mode="zeros",
     return y, None
 
 
+def _dropout_as_torch(t, p: float, memory_format):
+    """F.dropout of `t` laid out in `memory_format`: torch draws the mask over the elements in
+    memory order (bernoulli_ on an empty_like of its input), so the same layout as torch's block
+    gives the same mask for the same seed. The next conv takes any layout."""
+    return F.dropout(t.contiguous(memory_format=memory_format), p, True)
+
+
+def torch_memory_format(x: torch.Tensor, norm1):
+    """The layout torch's block holds conv1's normalised activation in, for input `x`: conv2d's
+    output follows its input (channels_last when x is laid out so and not also plainly
+    contiguous, torch's suggest_memory_format), BatchNorm and ReLU keep it, and InstanceNorm
+    returns a contiguous tensor (torch's instance_norm runs on input.contiguous())."""
+    if isinstance(norm1, torch.nn.InstanceNorm2d):
+        return torch.contiguous_format
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def _cast_conv(conv, dtype):
     """The conv's weight and bias in `dtype` (autograd casts the gradients back)."""
     if conv is None:
@@ -145,7 +166,8 @@ def _cast_conv(conv, dtype):
 def residual_block(x, conv1: ConvParams, norm1, conv2: ConvParams, norm2, skip_conv, skip_norm,
                    *, training: bool, stride=1, padding_mode="zeros", upsample=False,
                    activation="relu", negative_slope=0.01, out_activation=True,
-                   residual_scale=1.0, dropout=0.0, compute_dtype=None):
+                   residual_scale=1.0, dropout=0.0, compute_dtype=None,
+                   dropout_format=torch.contiguous_format):
     """Run a residual block's fused pipeline. x: (N, CI, H, W), best channels_last.
     conv*: ConvParams (or modules with .weight/.bias); norm*: BatchNorm2d / InstanceNorm2d
     modules or None (each follows its own training flag); `training` drives the dropout;
@@ -171,12 +193,12 @@ def residual_block(x, conv1: ConvParams, norm1, conv2: ConvParams, norm2, skip_c
     prologue = None
     if pending1 is not None:
         if dropout > 0 and training:
-            y1 = F.dropout(functional.affine_act(y1, *pending1, **act_kw), dropout, True)
+            y1 = _dropout_as_torch(functional.affine_act(y1, *pending1, **act_kw), dropout, dropout_format)
         else:
             prologue = dict(in_scale=pending1[0], in_shift=pending1[1], in_act=activation,
                             in_slope=negative_slope)
     elif dropout > 0 and training:
-        y1 = F.dropout(y1, dropout, True)
+        y1 = _dropout_as_torch(y1, dropout, dropout_format)
     out_dtype = torch.promote_types(x.dtype, skip.dtype)
     if out_dtype != x.dtype:
         # A wider skip (autocast): norm2's output rounded to x's dtype as torch's is, then one

@@ -179,3 +179,37 @@ def test_gpu_block_grid(key, dtype, train):
     block = recgen.nn.ResidualBlock(cin, **kwargs).to("cuda", dtype)
     randomise_norms(block)
     _compare(block, torch.randn(4, cin, 19, 23), train, dtype=dtype, device="cuda")
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("norm", ["instance", "batch"])
+def test_converted_resnet_block_with_dropout_draws_torchs_masks(norm, layout, device):
+    """A seeded training step of a converted CycleGAN ResnetBlock with dropout gives torch's
+    outputs and gradients: the mask is drawn over the layout torch's block holds the activation
+    in (the input's), so the same seed drops the same elements. The kernels run (launches)."""
+    torch.manual_seed(0)
+    norm_layer = nn.InstanceNorm2d if norm == "instance" else nn.BatchNorm2d
+    theirs = ResnetBlock(4, norm_layer=norm_layer, use_dropout=True).to(device).train()
+    ours = recgen.convert(copy.deepcopy(theirs))
+    x = torch.randn(2, 4, 6, 7, device=device)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x_ours, x_theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    before = sum(LAUNCH_COUNTS.values())
+    torch.manual_seed(7)
+    out = ours(x_ours)
+    assert sum(LAUNCH_COUNTS.values()) > before and recgen.backend.implementation_of(ours) != "torch"
+    torch.manual_seed(7)
+    expected = theirs(x_theirs)
+    grad = torch.randn_like(expected)
+    out.backward(grad)
+    expected.backward(grad)
+    tol = TOLERANCES[torch.float32]
+    assert max_rel_error(out, expected) <= tol
+    assert max_rel_error(x_ours.grad, x_theirs.grad) <= tol
+    largest = max(q.grad.abs().max().item() for q in theirs.parameters())
+    for (name, p), q in zip(ours.named_parameters(), theirs.parameters()):
+        if q.grad.abs().max() <= tol * largest:  # a conv bias before a norm: zero, up to rounding
+            assert p.grad.abs().max() <= tol * largest, name
+        else:
+            assert max_rel_error(p.grad, q.grad) <= tol, name

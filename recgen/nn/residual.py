@@ -121,6 +121,7 @@ class _FusedForward:
             record("torch", self)
             return self._torch_forward(x)
         record(impl, self)
+        parts["dropout_format"] = blocks.torch_memory_format(x, parts["norm1"])  # torch's masks
         x = x.contiguous(memory_format=torch.channels_last)
         if cast is None:
             return blocks.residual_block(x, training=self.training, **parts)
