@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from recgen.reference.recurrent import reverse_within_lengths
+
 _STACK = {"lstm": torch._VF.lstm, "gru": torch._VF.gru, "rnn_tanh": torch._VF.rnn_tanh,
           "rnn_relu": torch._VF.rnn_relu}
 _CELL = {"lstm": torch.lstm_cell, "gru": torch.gru_cell, "rnn_tanh": torch.rnn_tanh_cell,
@@ -37,15 +39,6 @@ def stack(cell, x, h0, c0, params, *, num_layers, bidirectional, bias, dropout, 
     return out[0], out[1], out[2] if cell == "lstm" else None
 
 
-def _reverse_within(seq, lengths):
-    """Each batch column's first lengths[b] steps reversed, padding left in place (an involution)."""
-    T, B = seq.shape[0], seq.shape[1]
-    t = torch.arange(T, device=seq.device).unsqueeze(1)
-    L = lengths.to(seq.device).unsqueeze(0)
-    index = torch.where(t < L, L - 1 - t, t).view(T, B, 1).expand_as(seq)
-    return seq.gather(0, index)
-
-
 def direction(cell, x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=None,
               reverse=False):
     """One layer, one direction (reversed within each sequence's length when `reverse`), with the
@@ -54,12 +47,12 @@ def direction(cell, x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, leng
     params = [w_ih, w_hh] + ([b_ih, b_hh] if has_bias else []) + ([w_hr] if w_hr is not None else [])
     if reverse:
         steps = lengths if lengths is not None else torch.full((x.shape[1],), x.shape[0], dtype=torch.long)
-        x = _reverse_within(x, steps)
+        x = reverse_within_lengths(x, steps)
     y, h_n, c_n = stack(cell, x, h0.unsqueeze(0), None if c0 is None else c0.unsqueeze(0), params,
                         num_layers=1, bidirectional=False, bias=has_bias, dropout=0.0,
                         training=False, lengths=lengths)
     if reverse:
-        y = _reverse_within(y, steps)
+        y = reverse_within_lengths(y, steps)
     return y, h_n[0], None if c_n is None else c_n[0]
 
 

@@ -45,7 +45,7 @@ def lstm_cell(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None):
     return h_new, c_new
 
 
-def _reverse_within_lengths(seq: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+def reverse_within_lengths(seq: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Reverse each batch column's first lengths[b] steps, leaving its padding in place.
 
     The index map is its own inverse, so the same call undoes it.
@@ -77,7 +77,7 @@ def recurrent_direction(cell, x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=
         lengths = torch.full((x.shape[1],), T, dtype=torch.long)
     lengths = lengths.to(x.device)
     if reverse:
-        x = _reverse_within_lengths(x, lengths)
+        x = reverse_within_lengths(x, lengths)
     h, c, outputs = h0, c0, []
     for s in range(T):
         if cell == "lstm":
@@ -97,5 +97,5 @@ def recurrent_direction(cell, x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=
         outputs.append(torch.where(valid, h_new, torch.zeros_like(h_new)))
     y = torch.stack(outputs) if outputs else x.new_zeros((0, x.shape[1], h0.shape[1]))
     if reverse:
-        y = _reverse_within_lengths(y, lengths)
+        y = reverse_within_lengths(y, lengths)
     return y, h, c
