@@ -6,6 +6,12 @@ ships. Used by tests/test_compile_sm90.py (every kernel must compile for Hopper)
 bench/kernel_resources.py (the persistent kernels' registers, spills and occupancy on an H200).
 
 Must run without TRITON_INTERPRET=1: under the interpreter the kernels are not JITFunctions.
+
+Two ways in: compile_kernel() from constexprs and an I/O dtype name (the sm_90 compile test and
+bench/kernel_resources.py), and launch_resources() from a launcher's own keyword arguments
+(tensors, scalars, tile constexprs, num_warps/num_stages), specialised as Triton's runtime
+specialises them, which recgen.ops.tiles.capture uses to make the launchers' tile choices
+without a GPU.
 """
 
 from __future__ import annotations
@@ -59,6 +65,121 @@ def compile_kernel(fn, values: dict, io: str, num_warps: int = 4, arch: int = 90
                           options={"num_warps": num_warps, **({"num_stages": num_stages} if num_stages else {})})
 
 
+TORCH_TYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64", "int32": "i32",
+               "int64": "i64", "int8": "i8", "uint8": "u8", "bool": "i1"}
+OPTION_NAMES = ("num_warps", "num_stages", "launch_cooperative_grid")
+
+
+def _tensor_like(value) -> bool:
+    return hasattr(value, "dtype") and hasattr(value, "element_size")
+
+
+def identity(fn, args: dict) -> tuple:
+    """What Triton compiles `fn` for when launched with keyword `args`: (name, ((parameter,
+    spec), ...), options), where a constexpr's spec is its value and a runtime argument's is its
+    type with the runtime's specialisations: a tensor (real or fake) by dtype and whether its
+    first element is 16-byte aligned (allocations are; a view's offset may not be), an int by
+    width and whether it is 1 (then a constant) or a multiple of 16. Parameters missing from
+    `args` are left out (a launcher's arguments before its tiles are chosen)."""
+    specs = []
+    for p in fn.params:
+        if p.name not in args:
+            continue
+        value = args[p.name]
+        if p.is_constexpr:
+            specs.append((p.name, value))
+        elif _tensor_like(value):
+            aligned = value.storage_offset() * value.element_size() % 16 == 0
+            specs.append((p.name, "*" + TORCH_TYPES[str(value.dtype).removeprefix("torch.")] + ("D" if aligned else "")))
+        elif isinstance(value, bool):
+            specs.append((p.name, "i1"))
+        elif isinstance(value, int):
+            kind = "i64" if not -2 ** 31 <= value < 2 ** 31 else "i32"
+            specs.append((p.name, 1 if value == 1 else kind + ("D" if value % 16 == 0 else "")))
+        elif isinstance(value, float):
+            specs.append((p.name, "fp32"))
+        elif value is None:
+            specs.append((p.name, None))
+        else:
+            raise TypeError(f"{fn.__name__}: no Triton type for argument {p.name}={value!r}")
+    options = tuple((k, args[k]) for k in OPTION_NAMES if k in args)
+    return fn.__name__, tuple(specs), options
+
+
+def launch_resources(fn, args: dict, arch: int = 90):
+    """resource_usage() (spilled_bytes, registers, shared_bytes, num_warps) of `fn` compiled for
+    sm_`arch` from a launch's keyword `args`, through Triton's own argument binder and packing
+    (the runtime's specialisation, signature, attributes and options: the same source and
+    options, so the same compiled kernel and cache entry, as that launch on the GPU); None when
+    its shared memory exceeds what one program may have on Hopper."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    missing = [p.name for p in fn.params if p.name not in args]
+    if missing:
+        raise TypeError(f"{fn.__name__}: no value for {missing}")
+    target = GPUTarget("cuda", arch, 32)
+    backend = make_backend(target)
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    bound, specialization, options = binder(**args)
+    options, signature, constexprs, attrs = fn._pack_args(backend, args, bound, specialization, options)
+    compiled = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__)
+    usage = resource_usage(compiled)
+    if usage["shared_bytes"] > SM90_LIMITS["shared_per_block"]:
+        return None
+    return usage
+
+
+class _StandIn:
+    """A pointer argument rebuilt from an identity: its dtype, and an address aligned or not."""
+
+    def __init__(self, dtype, aligned: bool):
+        self.dtype, self._address = dtype, 0 if aligned else 8
+
+    def data_ptr(self) -> int:
+        return self._address
+
+
+def identity_resources(fn, kernel_identity: tuple, arch: int = 90):
+    """launch_resources() of `fn` for a launch that identity() described: arguments rebuilt with
+    the same dtypes and specialisations (recompiling a committed table's launches)."""
+    import torch
+
+    _, specs, options = kernel_identity
+    dtypes = {v: getattr(torch, k) for k, v in TORCH_TYPES.items()}
+    constexpr_names = {p.name for p in fn.params if p.is_constexpr}
+    args = dict(options)
+    for name, spec in specs:
+        if name in constexpr_names or not isinstance(spec, str):
+            args[name] = spec
+        elif spec.startswith("*"):
+            args[name] = _StandIn(dtypes[spec[1:].removesuffix("D")], spec.endswith("D"))
+        elif spec.startswith(("i32", "i64")):
+            args[name] = (16 if spec.endswith("D") else 17) + (2 ** 32 if spec.startswith("i64") else 0)
+        elif spec == "i1":
+            args[name] = True
+        else:
+            args[name] = 0.5
+    return launch_resources(fn, args, arch)
+
+
+KERNEL_MODULES = ("lstm", "gru", "rnn", "lstm_persistent", "gru_persistent", "rnn_persistent", "conv", "conv_bwd",
+                  "affine")
+
+
+def kernel_named(name: str):
+    """The @triton.jit function `name` of recgen.kernels."""
+    import importlib
+
+    for module in KERNEL_MODULES:
+        fn = getattr(importlib.import_module(f"recgen.kernels.{module}"), name, None)
+        if fn is not None:
+            return fn
+    raise LookupError(f"no kernel {name!r} in recgen.kernels")
+
+
 def resource_usage(compiled) -> dict:
     """Registers per thread, stack bytes per thread (spilled registers: these kernels have no
     local arrays) and shared memory bytes per program of a compiled kernel, read from its cubin."""
@@ -75,5 +196,5 @@ def resource_usage(compiled) -> dict:
     if found is None:
         raise RuntimeError(f"no resource line in cuobjdump's output:\n{dump}")
     regs, stack, static_shared = (int(v) for v in found.groups())
-    return {"registers": regs, "stack_bytes": stack, "shared_bytes": static_shared + compiled.metadata.shared,
-            "num_warps": compiled.metadata.num_warps}
+    return {"registers": regs, "stack_bytes": stack, "spilled_bytes": stack,
+            "shared_bytes": static_shared + compiled.metadata.shared, "num_warps": compiled.metadata.num_warps}

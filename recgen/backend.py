@@ -28,7 +28,7 @@ BACKENDS = ("auto", "triton", "torch", "reference")
 # (CPU, TRITON_INTERPRET=1), torch's native op, recgen's reference step loops.
 IMPLEMENTATIONS = ("kernels", "interpreter", "torch", "reference")
 
-_state = {"backend": None, "last": None}
+_state = {"backend": None, "last": None, "cpu_kernels": False}
 # Where a module's last implementation is kept: a plain instance attribute (not a parameter or
 # buffer, so state_dict is unchanged), written without nn.Module.__setattr__'s bookkeeping.
 _MODULE_KEY = "_recgen_implementation"
@@ -67,6 +67,24 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+@contextmanager
+def kernels_on_cpu():
+    """For a with block: CPU tensors go to the kernels' launchers without the interpreter
+    (recgen.ops.tiles.capture, which compiles the kernels and records their launches)."""
+    saved = _state["cpu_kernels"]
+    _state["cpu_kernels"] = True
+    try:
+        yield
+    finally:
+        _state["cpu_kernels"] = saved
+
+
+def kernels_runnable(tensor: torch.Tensor) -> bool:
+    """Whether the kernels can take data on `tensor.device`: CUDA, or the CPU under the
+    interpreter (or inside kernels_on_cpu)."""
+    return tensor.is_cuda or (tensor.is_cpu and (interpreting() or _state["cpu_kernels"]))
+
+
 def triton_available() -> bool:
     try:
         import triton
@@ -82,7 +100,7 @@ def implementation(tensor: torch.Tensor) -> str:
     choice = _state["backend"] or get_backend()
     if choice == "torch" or choice == "reference":
         return choice
-    runnable = tensor.is_cuda or (tensor.is_cpu and interpreting())
+    runnable = kernels_runnable(tensor)
     if choice == "auto" and tensor.dtype == torch.float64:
         return "torch"  # the kernels compute in float32: float64 is torch's op, at full precision
     if choice == "triton":

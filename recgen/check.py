@@ -72,14 +72,45 @@ def _block_errors(dtype, device):
         yield compare_block(block, torch.randn(2, cin, 7, 6), train, dtype, device, seed=k)
 
 
-def checks():
-    """(label, errors(dtype, device) -> iterable of {tensor: relative error}) for every op."""
-    ops = [(label, lambda dt, dev, c=cell, p=proj: _recurrent_errors(c, p, dt, dev)) for label, cell, proj in OPS]
+# Recurrence modes `recgen check --mode` can force (recgen.ops.config.forced_mode); 'auto' is
+# the launchers' own rule (resident at these sizes). Streamed tiles are forced at tl.dot's
+# minimum width, so that the small shapes still take several tiles per step.
+MODES = ("auto", "resident", "streamed", "persistent")
+STREAMED_BLOCK = 16
+
+
+def _in_mode(mode: str, errors_of):
+    """errors_of(dtype, device) run with the recurrence mode forced (none for 'auto')."""
+    def run(dtype, device):
+        import contextlib
+
+        from recgen.ops.config import forced_mode
+        forced = contextlib.nullcontext() if mode == "auto" else \
+            forced_mode(mode, STREAMED_BLOCK if mode == "streamed" else None)
+        with forced:
+            yield from errors_of(dtype, device)
+    return run
+
+
+def checks(modes=("auto",)):
+    """(label, errors(dtype, device) -> iterable of {tensor: relative error}) for every op, the
+    recurrences once per mode of `modes` (labelled `op[mode]` unless the mode is 'auto'; the
+    persistent mode for the ops that have it: every recurrence but the projected LSTM)."""
+    ops = []
+    for mode in modes:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+        for label, cell, proj in OPS:
+            if mode == "persistent" and proj:
+                continue
+            errors_of = _in_mode(mode, lambda dt, dev, c=cell, p=proj: _recurrent_errors(c, p, dt, dev))
+            ops.append((label if mode == "auto" else f"{label}[{mode}]", errors_of))
     return ops + [("fused_conv", _conv_errors), ("res_block", _block_errors)]
 
 
-def run_check(dtypes=None, out=None) -> bool:
-    """Run the grid; print one line per op and dtype; return True when everything passed."""
+def run_check(dtypes=None, out=None, modes=("auto",)) -> bool:
+    """Run the grid (the recurrences in each mode of `modes`); print one line per op and dtype;
+    return True when everything passed."""
     out = out or sys.stdout
     cuda = torch.cuda.is_available()
     if not cuda:
@@ -97,33 +128,38 @@ def run_check(dtypes=None, out=None) -> bool:
     print(f"recgen check on {name}: torch {torch.__version__}, triton {triton.__version__}", file=out)
     print("float32 at full precision: TF32 off for torch and recgen alike (recgen.testing.full_float32)", file=out)
     with full_float32(), backend("triton"):  # the kernels, whatever RECGEN_BACKEND says
-        ok = _run_checks(dtypes, device, out)
+        ok = _run_checks(dtypes, device, out, modes)
     print("all ops passed" if ok else "FAILURES above", file=out)
     return ok
 
 
-def _run_checks(dtypes, device, out) -> bool:
-    """One line per op and dtype (the worst error of any output or gradient); True if all pass."""
+def _run_checks(dtypes, device, out, modes=("auto",)) -> bool:
+    """One line per op and dtype (the worst error of any output or gradient); True if all pass.
+    A line passes only if its kernels ran: a persistent line only if persistent kernels did (a
+    plan the device cannot hold falls back to the single-program kernels, which fails it)."""
     from recgen.backend import implementation
     from recgen.ops import LAUNCH_COUNTS
     from recgen.testing import DTYPE_NAMES, TOLERANCES
 
     ok = True
     ran = implementation(torch.empty(0, device=device))  # 'kernels' on CUDA, else 'interpreter'
-    for label, errors_of in checks():
+    ops = checks(modes)
+    width = max(10, *(len(label) for label, _ in ops))
+    for label, errors_of in ops:
+        counted = (lambda name: name.endswith("_persistent")) if label.endswith("[persistent]") else bool
         for dtype in dtypes:
             start, worst, worst_name = time.perf_counter(), 0.0, ""
-            launches = sum(LAUNCH_COUNTS.values())
+            launches = sum(n for name, n in LAUNCH_COUNTS.items() if counted(name))
             for errors in errors_of(dtype, device):
                 for tensor_name, err in errors.items():
                     if not err <= worst:
                         worst, worst_name = err, tensor_name
-            launches = sum(LAUNCH_COUNTS.values()) - launches
+            launches = sum(n for name, n in LAUNCH_COUNTS.items() if counted(name)) - launches
             # A line passes only if the kernels ran: a comparison of the reference with itself
             # would show no error.
             passed = worst <= TOLERANCES[dtype] and launches > 0
             ok &= passed
-            print(f"{label:10s} {DTYPE_NAMES[dtype]:5s} max rel err {worst:.2e} ({worst_name or '-':14s}) "
+            print(f"{label:{width}s} {DTYPE_NAMES[dtype]:5s} max rel err {worst:.2e} ({worst_name or '-':14s}) "
                   f"tol {TOLERANCES[dtype]:.0e}  {'PASS' if passed else 'FAIL'}  ran: {ran} "
                   f"({launches} launches)  {time.perf_counter() - start:.1f}s", file=out)
     return ok

@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                            epilog=EXAMPLES["check"])
     check.add_argument("--dtype", action="append", choices=["fp32", "fp16", "bf16"],
                        help="dtype(s) to check (default: all the device supports well)")
+    check.add_argument("--mode", action="append", choices=["auto", "resident", "streamed", "persistent", "all"],
+                       help="recurrence mode(s) to check: auto (the launchers' rule, the default), a forced "
+                            "mode, or all of them")
     bench = sub.add_parser("bench", help="time recgen against cuDNN, torch.compile and peers on this machine",
                            epilog=EXAMPLES["bench"])
     bench.add_argument("--quick", action="store_true", help="the headline subset of the grid")
@@ -87,7 +90,9 @@ def main(argv=None) -> int:
         from recgen.check import run_check
         names = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
         dtypes = [names[d] for d in args.dtype] if args.dtype else None
-        return 0 if run_check(dtypes) else 1
+        from recgen.check import MODES
+        modes = MODES if "all" in (args.mode or ()) else tuple(dict.fromkeys(args.mode or ("auto",)))
+        return 0 if run_check(dtypes, modes=modes) else 1
     parser.error(f"unknown command {args.command}")  # argparse already rejects; kept explicit
     return 2
 

@@ -36,9 +36,14 @@ default).
 
 from __future__ import annotations
 
+import functools
 import itertools
+import json
 import math
+import os
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 # ---- hardware ---------------------------------------------------------------------------------
 
@@ -121,12 +126,15 @@ GRID = dict(op=("lstm", "gru", "rnn_tanh"), T=(64, 512), B=(1, 16, 64, 256),
             H=(128, 256, 512, 1024), dtype=("bf16", "fp32"))
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
-# ---- the resident / streamed rule (a copy of recgen/ops/config.py, which imports triton) ------
+# ---- the tiles the launchers choose on an H200 ---------------------------------------------------
+# The rule (recgen/ops/tiles.py) compiles its candidates and takes the first that spills nothing,
+# so a pure-Python model cannot repeat it: it reads the choices the launchers made on the bench
+# grid for sm_90 with the GPU machine's Triton (3.6), committed by bench/config_resources.py.
 
-RESIDENT_BUDGET_BYTES = 64 * 1024
-STREAM_BLOCK = 64
+CONFIG_TABLE = (Path(__file__).resolve().parents[1] / "bench" / "results" / "sm90-configs_2026-12-02"
+                / "configs-triton3.6.0.json")
 MIN_DOT = 16
-NUM_WARPS = 4
+KERNEL_NAMES = {"lstm": "lstm_fwd", "gru": "gru_fwd", "rnn_tanh": "rnn_fwd"}
 
 
 @dataclass(frozen=True)
@@ -136,7 +144,7 @@ class Mode:
     block_h: int
     block_p: int
     num_warps: int
-    weight_bytes: int   # padded recurrent weights one program would hold (the rule's quantity)
+    weight_bytes: int   # padded recurrent weights one program would hold
 
 
 def _pow2(n: int) -> int:
@@ -146,18 +154,37 @@ def _pow2(n: int) -> int:
     return max(MIN_DOT, p)
 
 
-def recurrence_mode(gates: int, hidden: int, width: int, dtype_bytes: int,
-                    has_proj: bool = False) -> Mode:
-    """recgen.ops.config.recurrence_config without torch/triton (no forced mode).
+@functools.lru_cache(maxsize=None)
+def chosen_tiles(path: str = str(CONFIG_TABLE)) -> dict:
+    """(cell, H, dtype) -> (RESIDENT, BLOCK_B, BLOCK_H, BLOCK_P, num_warps) of the forward
+    launched at B=16 on the bench grid (the single-program mode), from the committed capture."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: the committed tile capture (bench/config_resources.py) is read from a "
+                                "checkout of the repository; an installed wheel does not carry it")
+    with open(path) as f:
+        report = json.load(f)
+    tiles = {}
+    for launch in report["launches"]:
+        found = re.fullmatch(r"bench (\w+) B=16 I=(\d+) H=\d+ (\w+) fwd", launch["label"])
+        if found and launch["name"] == KERNEL_NAMES[found[1]]:
+            specs, options = dict(launch["identity"][1]), dict(launch["identity"][2])
+            tiles[(found[1], int(found[2]), found[3])] = (specs["RESIDENT"], specs["BLOCK_B"], specs["BLOCK_H"],
+                                                         specs["BLOCK_P"], options["num_warps"])
+    return tiles
 
-    >>> recurrence_mode(1, 128, 128, 2).resident, recurrence_mode(4, 128, 128, 2).resident
+
+def recurrence_mode(cell: str, hidden: int, dtype_bytes: int) -> Mode:
+    """The single-program tiles the launchers choose for `cell` at H = hidden (a bench-grid
+    size) on an H200 (chosen_tiles()).
+
+    >>> recurrence_mode("rnn_tanh", 128, 2).resident, recurrence_mode("lstm", 512, 2).resident
     (True, False)
     """
-    h_pad, p_pad = _pow2(hidden), _pow2(width)
-    weight_bytes = gates * h_pad * p_pad * dtype_bytes + (h_pad * p_pad * dtype_bytes if has_proj else 0)
-    if weight_bytes <= RESIDENT_BUDGET_BYTES:
-        return Mode(True, MIN_DOT, h_pad, p_pad, NUM_WARPS, weight_bytes)
-    return Mode(False, MIN_DOT, min(STREAM_BLOCK, h_pad), min(STREAM_BLOCK, p_pad), NUM_WARPS, weight_bytes)
+    dtype = {2: "bf16", 4: "fp32"}[dtype_bytes]
+    resident, block_b, block_h, block_p, warps = chosen_tiles()[(cell, hidden, dtype)]
+    h_pad = _pow2(hidden)
+    weight_bytes = CELLS[cell].gates * h_pad * h_pad * dtype_bytes
+    return Mode(resident, block_b, block_h, block_p, warps, weight_bytes)
 
 
 # ---- counts -------------------------------------------------------------------------------------
@@ -234,7 +261,7 @@ def kernel_step_bytes(cell: str, H: int, dtype_bytes: int, direction: str, rows:
     if direction not in ("fwd", "bwd"):
         raise ValueError(f"unknown direction {direction!r}; expected 'fwd' or 'bwd'")
     e, G = dtype_bytes, c.gates
-    mode = recurrence_mode(G, H, H, e)
+    mode = recurrence_mode(cell, H, e)
     n_h, n_p = math.ceil(H / mode.block_h), math.ceil(H / mode.block_p)
     weights = 0 if mode.resident else G * H * H * e
     params = G * H * e if (c.bias_in_kernel and direction == "fwd") else 0
@@ -287,7 +314,7 @@ def step(cell: str, B: int, H: int, dtype_bytes: int, direction: str = "fwd",
     """
     c = _check(cell)
     e, G = dtype_bytes, c.gates
-    mode = recurrence_mode(G, H, H, e)
+    mode = recurrence_mode(cell, H, e)
     k = 0 if direction == "fwd" else 1
     round_trips = 1 if direction == "fwd" else 2   # the backward also round-trips its dgates
     programs = math.ceil(B / mode.block_b)
@@ -368,7 +395,7 @@ def case(cell: str, T: int, B: int, I: int, H: int, dtype_bytes: int, pass_: str
     fwd = step(cell, B, H, dtype_bytes, "fwd", hw, save=pass_ == "fwdbwd", tf32=tf32)
     steps = [fwd] + ([step(cell, B, H, dtype_bytes, "bwd", hw, tf32=tf32)] if pass_ == "fwdbwd" else [])
     parts = parallel_parts(cell, T, B, I, H, dtype_bytes, pass_, hw)
-    mode = recurrence_mode(c.gates, H, H, dtype_bytes)
+    mode = recurrence_mode(cell, H, dtype_bytes)
     # A resident program loads its weights once per launch; a streamed one re-reads them (L2).
     preload = len(steps) * (mode.weight_bytes / hw.sm_l2_bw if mode.resident else 0.0)
     serial_floor = T * sum(s["floor_s"] for s in steps)
@@ -509,7 +536,7 @@ def mode_table(hw: Hardware = H200) -> str:
     lines = ["| cell | H | dtype | W_hh bytes (padded) | mode today | SMs to hold W_hh in shared memory |",
              "|---|---|---|---|---|---|"]
     for cell, H, dtype in itertools.product(GRID["op"], GRID["H"], GRID["dtype"]):
-        m = recurrence_mode(CELLS[cell].gates, H, H, DTYPE_BYTES[dtype])
+        m = recurrence_mode(cell, H, DTYPE_BYTES[dtype])
         sms = math.ceil(m.weight_bytes / hw.smem_per_block)
         lines.append(f"| {cell} | {H} | {dtype} | {m.weight_bytes:,} | "
                      f"{'resident' if m.resident else 'streamed'} | {sms} |")

@@ -148,3 +148,32 @@ def test_provider_takes_a_comma_list_and_always_times_the_baseline(monkeypatch):
     bad = subprocess.run([sys.executable, "-m", "recgen", "bench", "--provider", "recgen,cuda"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown provider(s) 'cuda'" in bad.stderr
+
+
+def _one_op_check(monkeypatch):
+    """recgen check reduced to one recurrence on one shape (T=4, B=17 over two tiles, H=8, with
+    lengths and the reverse direction), so forced modes are checked in seconds."""
+    import recgen.check as check
+    monkeypatch.setattr(check, "OPS", [("rnn_tanh", "rnn_tanh", 0)])
+    monkeypatch.setattr(check, "SHAPES", check.SHAPES[2:])
+    every = check.checks
+    monkeypatch.setattr(check, "checks", lambda modes=("auto",): [c for c in every(modes) if c[0].startswith("rnn")])
+
+
+def test_check_forces_each_recurrence_mode(monkeypatch, capsys):
+    _one_op_check(monkeypatch)
+    assert run_check([torch.float32], modes=("auto", "streamed", "persistent"))
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if " fp32 " in ln]
+    assert [ln.split()[0] for ln in lines][:3] == ["rnn_tanh", "rnn_tanh[streamed]", "rnn_tanh[persistent]"]
+    assert all("PASS" in ln and " 0 launches" not in ln for ln in lines[:3])
+
+
+def test_a_persistent_line_fails_when_the_persistent_kernels_did_not_run(monkeypatch, capsys):
+    """A plan the device cannot hold falls back to the single-program kernels: correct outputs,
+    but the persistent mode was not checked, so the line fails."""
+    import recgen.ops.persistent as persistent
+    _one_op_check(monkeypatch)
+    monkeypatch.setattr(persistent, "run_persistent", lambda *args, **kwargs: False)
+    assert not run_check([torch.float32], modes=("persistent",))
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("rnn_tanh[persistent]"))
+    assert "FAIL" in line and "(0 launches)" in line

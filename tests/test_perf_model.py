@@ -236,35 +236,17 @@ def test_to_markdown_has_one_line_per_case():
     assert "| lstm | 512 | 16 | 512 | bf16 | streamed |" in text
 
 
-def test_resident_points_of_the_grid():
-    """With a 64 KiB budget only rnn_tanh at H=128 runs resident; every LSTM and GRU streams."""
-    resident = {(c, H, d) for c, H, d in itertools.product(pm.GRID["op"], pm.GRID["H"], pm.GRID["dtype"])
-                if pm.recurrence_mode(pm.CELLS[c].gates, H, H, pm.DTYPE_BYTES[d]).resident}
-    assert resident == {("rnn_tanh", 128, "bf16"), ("rnn_tanh", 128, "fp32")}
-    assert "| rnn_tanh | 128 | fp32 | 65,536 | resident |" in pm.mode_table()
-
-
-# ---- the rule, against recgen/ops/config.py ----------------------------------------------------
-
-DTYPES = {torch.float32: 4, torch.bfloat16: 2, torch.float16: 2}
-SIZES = sorted(set(range(1, 70)) | {90, 91, 127, 128, 129, 181, 255, 256, 257, 300, 511, 512, 513, 1024})
-
-
-@pytest.mark.parametrize("gates", [1, 3, 4])
-@pytest.mark.parametrize("dtype", list(DTYPES), ids=lambda d: str(d).split(".")[-1])
-def test_mode_rule_matches_recurrence_config(gates, dtype):
-    from recgen.ops import config
-    assert (pm.RESIDENT_BUDGET_BYTES, pm.STREAM_BLOCK, pm.MIN_DOT) == \
-        (config.RESIDENT_BUDGET_BYTES, config.STREAM_BLOCK, config.MIN_DOT)
-    for hidden in SIZES:
-        for width, has_proj in [(hidden, False), (max(1, hidden // 2), True), (hidden + 3, True)]:
-            if gates != 4 and has_proj:
-                continue
-            want = config.recurrence_config(gates, hidden, width, dtype, has_proj)
-            got = pm.recurrence_mode(gates, hidden, width, DTYPES[dtype], has_proj)
-            assert (got.resident, got.block_b, got.block_h, got.block_p, got.num_warps) == \
-                (want.resident, want.block_b, want.block_h, want.block_p, want.num_warps), \
-                (gates, hidden, width, dtype, has_proj)
+def test_modes_are_the_launchers_choices_under_the_gpus_triton():
+    """The model's tiles are what the launchers chose on the bench grid with Triton 3.6
+    (bench/config_resources.py), and each is a candidate the rule offers today."""
+    from recgen.ops.config import recurrence_candidates
+    names = {"bf16": torch.bfloat16, "fp32": torch.float32}
+    for cell, H, dtype in itertools.product(pm.GRID["op"], pm.GRID["H"], pm.GRID["dtype"]):
+        mode = pm.recurrence_mode(cell, H, pm.DTYPE_BYTES[dtype])
+        offered = {(c["RESIDENT"], c["BLOCK_B"], c["BLOCK_H"], c["BLOCK_P"], c["num_warps"])
+                   for c in recurrence_candidates(pm.CELLS[cell].gates, H, H, names[dtype])}
+        assert (mode.resident, mode.block_b, mode.block_h, mode.block_p, mode.num_warps) in offered, (cell, H, dtype)
+    assert len(pm.chosen_tiles()) == len(pm.GRID["op"]) * len(pm.GRID["H"]) * len(pm.GRID["dtype"])
 
 
 def test_the_notes_carry_the_generated_tables():

@@ -8,6 +8,7 @@ from collections import Counter
 
 import torch
 
+from recgen.aot import identity as aot_identity
 from recgen.backend import interpreting
 from recgen.ops.library import traceable
 
@@ -56,6 +57,13 @@ def launch(name: str, kernel, grid, **kwargs) -> None:
     """Launch `kernel[grid](**kwargs)` and count it under `name`. An empty grid (an empty
     batch: nothing to compute, as torch returns empty outputs) launches nothing."""
     if 0 in grid:
+        return
+    from recgen.ops.tiles import capturing
+
+    recording = capturing()
+    if recording is not None:  # a tile capture: what would run, not run (no GPU to run it on)
+        recording.launches.append({"label": recording.label, "name": name, "kernel": kernel.__name__,
+                                   "grid": tuple(grid), "identity": aot_identity(kernel, kwargs)})
         return
     traceable(kernel)[grid](**kwargs)
     LAUNCH_COUNTS[name] += 1  # after the call: a launch the driver refused did not run

@@ -22,12 +22,13 @@ import torch
 import triton
 from torch import Tensor
 
-from recgen.backend import interpreting
-from recgen.ops._launch import ACT_CODES, check_power_of_two, launch, overriding, poisoned
+from recgen.backend import KERNEL_DTYPES, kernels_runnable
+from recgen.ops._launch import ACT_CODES, check_power_of_two, overriding, poisoned
+from recgen.ops.tiles import launch_chosen, tile_candidates
 from recgen.ops.library import absent_like, define, register_function
 from recgen.reference.conv import ACTIVATIONS
 
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+DTYPES = KERNEL_DTYPES
 MAX_BLOCK_C = 128        # channels per tile (a contiguous row in channels-last memory)
 TILE_ELEMENTS = 4096     # elements per program: BLOCK_P = TILE_ELEMENTS // BLOCK_C pixels
 MIN_BLOCK = 16
@@ -92,14 +93,15 @@ def affine_act_fwd(y, scale, shift, residual, act, slope):
     block_p, block_c = affine_blocks(C, H * W)
     tiles = triton.cdiv(H * W, block_p)
     optional = dict(scale_ptr=scale, shift_ptr=shift, res_ptr=residual)
-    launch(
-        "affine_act_fwd", _affine_act_fwd_kernel, (N * tiles, triton.cdiv(C, block_c)),
+    launch_chosen(
+        "affine_act_fwd", _affine_act_fwd_kernel, tile_candidates("affine", BLOCK_P=block_p, BLOCK_C=block_c),
+        (N * tiles, triton.cdiv(C, block_c)),
         y_ptr=y, **{k: y if v is None else v for k, v in optional.items()},  # y: unread stand-in
         out_ptr=out, slope=float(slope), C=C, W=W, HW=H * W, TILES=tiles,
         **_strides4(y, "y"), **_strides2(scale, "s"), **_strides2(shift, "t"), **_strides4(residual, "r"),
         **_strides4(out, "o"),
         HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, HAS_RESIDUAL=residual is not None,
-        ACT=ACT_CODES[act], BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4,
+        ACT=ACT_CODES[act],
     )
     return out
 
@@ -128,8 +130,9 @@ def affine_act_bwd(dout, out, y, scale, shift, residual, act, slope, grad_dtypes
     dshift_part = poisoned(torch.empty(**part)) if dshift_dtype is not None else None
     ptrs = dict(out_ptr=out, y_ptr=y, scale_ptr=scale, shift_ptr=shift, res_ptr=residual, dy_ptr=dy,
                 dres_ptr=dres, dscale_part_ptr=dscale_part, dshift_part_ptr=dshift_part)
-    launch(
-        "affine_act_bwd", _affine_act_bwd_kernel, (N * tiles, triton.cdiv(C, block_c)),
+    launch_chosen(
+        "affine_act_bwd", _affine_act_bwd_kernel, tile_candidates("affine", BLOCK_P=block_p, BLOCK_C=block_c),
+        (N * tiles, triton.cdiv(C, block_c)),
         dout_ptr=dout, **{k: dout if v is None else v for k, v in ptrs.items()},  # dout: unused stand-in
         slope=float(slope), C=C, W=W, HW=H * W, TILES=tiles,
         **_strides4(dout, "g"), **_strides4(out, "o"), **_strides4(dy if dy is not None else dres, "d"),
@@ -137,7 +140,6 @@ def affine_act_bwd(dout, out, y, scale, shift, residual, act, slope, grad_dtypes
         HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, HAS_RESIDUAL=residual is not None,
         HAS_DY=dy is not None, HAS_DRES=dres is not None, HAS_DSCALE=dscale_part is not None,
         HAS_DSHIFT=dshift_part is not None, ACT=ACT_CODES[act], MASK_FROM_Z=_mask_from_z(act, slope),
-        BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4,
     )
     # Deterministic reduction over the pixel tiles (zero tiles, an empty image, gives zeros).
     dscale = dscale_part.sum(dim=1).to(dscale_dtype) if dscale_part is not None else None
@@ -266,7 +268,7 @@ def affine_act(y, scale=None, shift=None, residual=None, act="none", slope=0.01)
         raise RuntimeError(f"affine_act: y must be a 4-D (N, C, H, W) tensor, got {got}")
     N, C = y.shape[:2]
     _check_tensor("y", y, y, {tuple(y.shape)}, "(N, C, H, W)")
-    if not (y.is_cuda or (y.device.type == "cpu" and interpreting())):
+    if not kernels_runnable(y):
         raise RuntimeError(f"affine_act: y must be a CUDA tensor (or a CPU tensor with TRITON_INTERPRET=1 "
                            f"set before importing recgen), got device {y.device}")
     vectors = {}

@@ -14,12 +14,13 @@ from __future__ import annotations
 import torch
 import triton
 
-from recgen.ops._launch import ACT_CODES, check_power_of_two, dot_flags, launch, new_output, overriding
+from recgen.ops._launch import ACT_CODES, check_power_of_two, dot_flags, new_output, overriding
+from recgen.backend import KERNEL_DTYPES
+from recgen.ops.tiles import MIN_DOT, launch_chosen, padded, tile_candidates
 from recgen.reference.conv import ACTIVATIONS, PADDING_MODES
 
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+DTYPES = KERNEL_DTYPES
 STRIDES = (1, 2)
-MIN_DOT = 16  # tl.dot needs at least 16 rows and columns
 
 _forced: dict = {"blocks": None}
 
@@ -34,9 +35,7 @@ def conv_blocks(M: int, CI: int, CO: int) -> tuple:
     """
     if _forced["blocks"] is not None:
         return _forced["blocks"]
-    block_m = min(128, max(MIN_DOT, triton.next_power_of_2(M)))
-    block_ci = min(32, max(MIN_DOT, triton.next_power_of_2(CI)))
-    block_co = min(64, max(MIN_DOT, triton.next_power_of_2(CO)))
+    block_m, block_ci, block_co = padded(M, 128), padded(CI, 32), padded(CO, 64)
     num_warps = 8 if block_m * block_co >= 128 * 64 else 4
     return block_m, block_ci, block_co, num_warps
 
@@ -152,6 +151,9 @@ def conv2d_fwd(x, weight, *, stride=1, padding_mode="zeros", upsample=False,
                                                   in_shift, in_act, out_scale, out_shift, residual, out_act)
     in_scale, in_shift, out_scale, out_shift = map(_float32, (in_scale, in_shift, out_scale, out_shift))
     block_m, block_ci, block_co, num_warps = conv_blocks(OH * OW, CI, CO)
+    candidates = tile_candidates("conv", num_warps, BLOCK_M=block_m, BLOCK_CI=block_ci, BLOCK_CO=block_co)
+    if _forced["blocks"] is not None:  # tests: exactly these tiles
+        candidates = candidates[:1]
     tiles = triton.cdiv(OH * OW, block_m)
     x_cl = x.contiguous(memory_format=torch.channels_last)
     w_kkio = weight.permute(2, 3, 1, 0).contiguous()  # (K, K, CI, CO): rows of B are (tap, ci)
@@ -162,8 +164,8 @@ def conv2d_fwd(x, weight, *, stride=1, padding_mode="zeros", upsample=False,
         part_sumsq = new_output((N, tiles, CO), torch.float32, x.device)
     dummy = out  # never read: its HAS_* flag is off
     res = residual if residual is not None else out
-    launch(
-        "conv2d_fwd", _conv2d_fwd_kernel, (N * tiles, triton.cdiv(CO, block_co)),
+    launch_chosen(
+        "conv2d_fwd", _conv2d_fwd_kernel, candidates, (N * tiles, triton.cdiv(CO, block_co)),
         x_ptr=x_cl, w_ptr=w_kkio,
         in_scale_ptr=in_scale if in_scale is not None else dummy,
         in_shift_ptr=in_shift if in_shift is not None else dummy,
@@ -180,7 +182,6 @@ def conv2d_fwd(x, weight, *, stride=1, padding_mode="zeros", upsample=False,
         HAS_IN_SCALE=in_scale is not None, HAS_IN_SHIFT=in_shift is not None, IN_ACT=ACT_CODES[in_act],
         HAS_OUT_SCALE=out_scale is not None, HAS_OUT_SHIFT=out_shift is not None,
         HAS_RESIDUAL=residual is not None, OUT_ACT=ACT_CODES[out_act], STATS=bool(stats),
-        BLOCK_M=block_m, BLOCK_CI=block_ci, BLOCK_CO=block_co, num_warps=num_warps,
         **dot_flags(x.dtype, "conv"),
     )
     if not stats:

@@ -19,13 +19,13 @@ import torch
 import triton
 from torch import Tensor
 
-from recgen.ops._launch import ACT_CODES, check_power_of_two, dot_flags, launch, new_output, overriding, poisoned
+from recgen.ops._launch import ACT_CODES, check_power_of_two, dot_flags, new_output, overriding, poisoned
+from recgen.ops.tiles import MIN_DOT, launch_chosen, padded, tile_candidates
 from recgen.ops.conv import conv_out_size
 from recgen.ops.library import absent_like, define
 from recgen.reference.conv import ACTIVATIONS, PADDING_MODES
 
 STRIDES = (1, 2)
-MIN_DOT = 16             # tl.dot needs at least 16 rows and columns
 MAX_CHANNEL_BLOCK = 64
 MAX_PIXEL_BLOCK = 64
 TARGET_PROGRAMS = 512    # about four waves of an H100/H200's 132 SMs
@@ -44,10 +44,6 @@ class ConvBwdConfig:
     r_per_split: int
 
 
-def _pow2(n: int, cap: int) -> int:
-    return min(cap, max(MIN_DOT, triton.next_power_of_2(n)))
-
-
 def conv_bwd_config(N: int, CI: int, CO: int, H: int, W: int, OH: int, OW: int, K: int) -> ConvBwdConfig:
     """Block sizes of both kernels and the weight gradient's reduction split.
 
@@ -59,10 +55,10 @@ def conv_bwd_config(N: int, CI: int, CO: int, H: int, W: int, OH: int, OW: int, 
     (each split costs a float32 partial of dw). Slices are whole BLOCK_R steps; none is empty.
     """
     block_c = _forced["channel_block"] or MAX_CHANNEL_BLOCK
-    block_ci, block_co = _pow2(CI, block_c), _pow2(CO, block_c)
-    block_p = _pow2(H * W, MAX_PIXEL_BLOCK)
+    block_ci, block_co = padded(CI, block_c), padded(CO, block_c)
+    block_p = padded(H * W, MAX_PIXEL_BLOCK)
     R = N * OH * OW
-    block_r = _pow2(R, 64)
+    block_r = padded(R, 64)
     chunks = triton.cdiv(R, block_r)
     tiles = K * K * triton.cdiv(CO, block_co) * triton.cdiv(CI, block_ci)
     split = _forced["split"] or min(triton.cdiv(TARGET_PROGRAMS, tiles), chunks // MIN_CHUNKS_PER_SPLIT)
@@ -149,8 +145,10 @@ def conv2d_bwd_data(dacc, x, weight, *, stride=1, padding_mode="zeros", upsample
     dscale = new_output((N, npt, CI), torch.float32, x.device) if in_scale is not None else None
     dshift = new_output((N, npt, CI), torch.float32, x.device) if in_shift is not None else None
     w_t = weight.detach().permute(2, 3, 0, 1).contiguous()  # (K, K, CO, CI)
-    launch(
-        op, _conv2d_bwd_data_kernel, (npt, triton.cdiv(CI, cfg.block_ci), N),
+    launch_chosen(
+        op, _conv2d_bwd_data_kernel,
+        tile_candidates("conv_bwd_data", BLOCK_P=cfg.block_p, BLOCK_CI=cfg.block_ci, BLOCK_CO=cfg.block_co),
+        (npt, triton.cdiv(CI, cfg.block_ci), N),
         dacc_ptr=dacc, w_ptr=w_t, x_ptr=x, in_scale_ptr=scale, in_shift_ptr=shift, dx_ptr=dx,
         dscale_ptr=dx if dscale is None else dscale, dshift_ptr=dx if dshift is None else dshift,
         CI=CI, CO=CO, H=H, W=W, OH=OH, OW=OW, NPT=npt,
@@ -158,7 +156,6 @@ def conv2d_bwd_data(dacc, x, weight, *, stride=1, padding_mode="zeros", upsample
         stride_xn=x.stride(0), stride_xc=x.stride(1), stride_xh=x.stride(2), stride_xw=x.stride(3),
         stride_gn=dx.stride(0), stride_gc=dx.stride(1), stride_gh=dx.stride(2), stride_gw=dx.stride(3),
         in_slope=float(in_slope), **_flags(stride, padding_mode, upsample, in_scale, in_shift, in_act, K),
-        BLOCK_P=cfg.block_p, BLOCK_CI=cfg.block_ci, BLOCK_CO=cfg.block_co, num_warps=4,
         **dot_flags(weight.dtype, "conv"),
     )
     return (dx, dscale.sum(dim=1) if dscale is not None else None,
@@ -184,14 +181,15 @@ def conv2d_bwd_weight(dacc, x, weight_shape, *, stride=1, padding_mode="zeros", 
     cfg = conv_bwd_config(N, CI, CO, H, W, OH, OW, K)
     parts = new_output((cfg.split, CO, CI, K, K), torch.float32, x.device)
     tiles = triton.cdiv(CO, cfg.block_co) * triton.cdiv(CI, cfg.block_ci)
-    launch(
-        op, _conv2d_bwd_weight_kernel, (tiles, K * K, cfg.split),
+    launch_chosen(
+        op, _conv2d_bwd_weight_kernel,
+        tile_candidates("conv_bwd_weight", BLOCK_CO=cfg.block_co, BLOCK_CI=cfg.block_ci, BLOCK_R=cfg.block_r),
+        (tiles, K * K, cfg.split),
         dacc_ptr=dacc, x_ptr=x, in_scale_ptr=scale, in_shift_ptr=shift, dw_ptr=parts,
         CI=CI, CO=CO, H=H, W=W, OH=OH, OW=OW, R=N * OH * OW, R_PER_SPLIT=cfg.r_per_split,
         stride_dn=dacc.stride(0), stride_dc=dacc.stride(1), stride_dh=dacc.stride(2), stride_dw=dacc.stride(3),
         stride_xn=x.stride(0), stride_xc=x.stride(1), stride_xh=x.stride(2), stride_xw=x.stride(3),
         in_slope=float(in_slope), **_flags(stride, padding_mode, upsample, in_scale, in_shift, in_act, K),
-        BLOCK_CO=cfg.block_co, BLOCK_CI=cfg.block_ci, BLOCK_R=cfg.block_r, num_warps=4,
         **dot_flags(x.dtype, "conv"),
     )
     if cfg.split == 1:  # a copy, not a view of the scratch buffer (op outputs must be fresh)

@@ -17,8 +17,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from recgen.ops._launch import dot_flags, launch, new_output
-from recgen.ops.config import persistent_or_config
+from recgen.ops._launch import dot_flags, new_output
+from recgen.ops.config import recurrence_config, run_recurrence
 from recgen.ops.persistent import gru_bwd_persistent, gru_fwd_persistent
 from recgen.ops.library import absent_like, check_saved, define, fresh, needs_saving, register_function
 from recgen.ops.recurrence import (
@@ -41,25 +41,26 @@ def gru_fwd(xw, h0, w_hh, b_hh, lengths, first_reverse, save=True):
 
     T, B, _ = xw.shape
     D, G3, H = w_hh.shape
-    out, cfg = persistent_or_config(lambda plans: gru_fwd_persistent(xw, h0, w_hh, b_hh, lengths, first_reverse, save,
-                                                                     plans), 3, H, H, w_hh.dtype, batch=B)
+    cfg = recurrence_config(3, H, H, w_hh.dtype, batch=B, persistent_capable=True)
+
+    def prepare():
+        y = new_output((T, B, D * H), xw.dtype, xw.device)
+        saved = new_output((D, T, B, 4 * H), torch.float32, xw.device) if save else None
+        w_hh_c = w_hh.contiguous()
+        return dict(
+            xw_ptr=xw, w_hh_ptr=w_hh_c, b_hh_ptr=w_hh_c if b_hh is None else b_hh.contiguous(),
+            lengths_ptr=lengths_arg(lengths, xw), y_ptr=y, saved_ptr=saved if save else y,
+            h_state_ptr=ping_pong_state(h0), T=T, B=B, H=H,
+            stride_xt=xw.stride(0), stride_xb=xw.stride(1), stride_yt=y.stride(0), stride_yb=y.stride(1),
+            first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None, HAS_BIAS=b_hh is not None,
+            SAVE=bool(save), **dot_flags(w_hh.dtype, "rnn"))
+
+    out, args = run_recurrence("gru_fwd", _gru_fwd_kernel, cfg, layer_grid(B, D), prepare,
+                               lambda plans: gru_fwd_persistent(xw, h0, w_hh, b_hh, lengths, first_reverse, save,
+                                                                plans))
     if out is not None:
         return out
-    y = new_output((T, B, D * H), xw.dtype, xw.device)
-    saved = new_output((D, T, B, 4 * H), torch.float32, xw.device) if save else None
-    h_state = ping_pong_state(h0)
-    w_hh_c = w_hh.contiguous()
-    launch(
-        "gru_fwd", _gru_fwd_kernel, layer_grid(B, cfg, D),
-        xw_ptr=xw, w_hh_ptr=w_hh_c, b_hh_ptr=w_hh_c if b_hh is None else b_hh.contiguous(),
-        lengths_ptr=lengths_arg(lengths, xw), y_ptr=y, saved_ptr=saved if save else y, h_state_ptr=h_state,
-        T=T, B=B, H=H,
-        stride_xt=xw.stride(0), stride_xb=xw.stride(1), stride_yt=y.stride(0), stride_yb=y.stride(1),
-        first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None, HAS_BIAS=b_hh is not None, SAVE=bool(save),
-        RESIDENT=cfg.resident, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_P=cfg.block_p,
-        num_warps=cfg.num_warps, **dot_flags(w_hh.dtype, "rnn"),
-    )
-    return y, h_state[:, T % 2], saved
+    return args["y_ptr"], args["h_state_ptr"][:, T % 2], args["saved_ptr"] if save else None
 
 
 def gru_bwd(dy, dhn, saved, h_prev, w_hh, lengths, first_reverse):
@@ -74,22 +75,23 @@ def gru_bwd(dy, dhn, saved, h_prev, w_hh, lengths, first_reverse):
 
     D, T, B, G4 = saved.shape
     H = G4 // 4
-    out, cfg = persistent_or_config(lambda plans: gru_bwd_persistent(dy, dhn, saved, h_prev, w_hh, lengths,
-                                                                     first_reverse, plans), 3, H, H, w_hh.dtype, batch=B)
+    cfg = recurrence_config(3, H, H, w_hh.dtype, batch=B, persistent_capable=True)
+
+    def prepare():
+        return dict(
+            dy_ptr=dy, saved_ptr=saved, h_prev_ptr=h_prev.contiguous(), w_hh_ptr=w_hh.contiguous(),
+            lengths_ptr=lengths_arg(lengths, saved),
+            dxw_ptr=new_output((D, T, B, 3 * H), torch.float32, saved.device),
+            dghn_ptr=new_output((D, T, B, H), torch.float32, saved.device), dh_state_ptr=ping_pong_state(dhn),
+            T=T, B=B, H=H, first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None,
+            **dot_flags(w_hh.dtype, "rnn"))
+
+    out, args = run_recurrence("gru_bwd", _gru_bwd_kernel, cfg, layer_grid(B, D), prepare,
+                               lambda plans: gru_bwd_persistent(dy, dhn, saved, h_prev, w_hh, lengths, first_reverse,
+                                                                plans))
     if out is not None:
         return out
-    dxw = new_output((D, T, B, 3 * H), torch.float32, saved.device)
-    dghn = new_output((D, T, B, H), torch.float32, saved.device)
-    dh_state = ping_pong_state(dhn)
-    launch(
-        "gru_bwd", _gru_bwd_kernel, layer_grid(B, cfg, D),
-        dy_ptr=dy, saved_ptr=saved, h_prev_ptr=h_prev.contiguous(), w_hh_ptr=w_hh.contiguous(),
-        lengths_ptr=lengths_arg(lengths, saved), dxw_ptr=dxw, dghn_ptr=dghn, dh_state_ptr=dh_state,
-        T=T, B=B, H=H, first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None,
-        RESIDENT=cfg.resident, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_P=cfg.block_p,
-        num_warps=cfg.num_warps, **dot_flags(w_hh.dtype, "rnn"),
-    )
-    return dxw, dghn, dh_state[:, T % 2]
+    return args["dxw_ptr"], args["dghn_ptr"], args["dh_state_ptr"][:, T % 2]
 
 
 def _gru_fwd_fake(xw, h0, w_hh, b_hh, lengths, first_reverse, save):

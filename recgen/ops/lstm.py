@@ -16,8 +16,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from recgen.ops._launch import dot_flags, launch, new_output
-from recgen.ops.config import persistent_or_config
+from recgen.ops._launch import dot_flags, new_output
+from recgen.ops.config import recurrence_config, run_recurrence
 from recgen.ops.persistent import lstm_bwd_persistent, lstm_fwd_persistent
 from recgen.ops.library import absent_like, check_saved, define, fresh, needs_saving, register_function
 from recgen.ops.recurrence import (
@@ -42,30 +42,31 @@ def lstm_fwd(xw, h0, c0, w_hh, w_hr, lengths, first_reverse, save=True):
     D, G4, P = w_hh.shape
     H = G4 // 4
     has_proj = w_hr is not None
-    out, cfg = persistent_or_config(lambda plans: lstm_fwd_persistent(xw, h0, c0, w_hh, lengths, first_reverse,
-                                                                      save, plans),
-                                    4, H, P, w_hh.dtype, has_proj, batch=B)
+    cfg = recurrence_config(4, H, P, w_hh.dtype, has_proj, batch=B, persistent_capable=not has_proj)
+
+    def prepare():
+        y = new_output((T, B, D * P), xw.dtype, xw.device)
+        gates = new_output((D, T, B, 4 * H), torch.float32, xw.device) if save else None
+        c_all = new_output((D, T, B, H), torch.float32, xw.device) if save else None
+        m_all = new_output((D, T, B, H), torch.float32, xw.device) if has_proj else None
+        return dict(
+            xw_ptr=xw, w_hh_ptr=w_hh.contiguous(), w_hr_ptr=w_hr.contiguous() if has_proj else w_hh,
+            lengths_ptr=lengths_arg(lengths, xw), y_ptr=y,
+            gates_ptr=gates if save else y, c_ptr=c_all if save else y,  # y: never written stand-ins
+            m_ptr=m_all if has_proj else y, h_state_ptr=ping_pong_state(h0),
+            c_state_ptr=c0.to(torch.float32, copy=True).contiguous(),
+            T=T, B=B, H=H, P=P,
+            stride_xt=xw.stride(0), stride_xb=xw.stride(1), stride_yt=y.stride(0), stride_yb=y.stride(1),
+            first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None, HAS_PROJ=has_proj,
+            SAVE=bool(save), **dot_flags(w_hh.dtype, "rnn"))
+
+    out, args = run_recurrence("lstm_fwd", _lstm_fwd_kernel, cfg, layer_grid(B, D), prepare,
+                               lambda plans: lstm_fwd_persistent(xw, h0, c0, w_hh, lengths, first_reverse, save, plans))
     if out is not None:
         return out
-    y = new_output((T, B, D * P), xw.dtype, xw.device)
-    gates = new_output((D, T, B, 4 * H), torch.float32, xw.device) if save else None
-    c_all = new_output((D, T, B, H), torch.float32, xw.device) if save else None
-    m_all = new_output((D, T, B, H), torch.float32, xw.device) if has_proj else None
-    h_state = ping_pong_state(h0)
-    c_state = c0.to(torch.float32, copy=True).contiguous()
-    launch(
-        "lstm_fwd", _lstm_fwd_kernel, layer_grid(B, cfg, D),
-        xw_ptr=xw, w_hh_ptr=w_hh.contiguous(), w_hr_ptr=w_hr.contiguous() if has_proj else w_hh,
-        lengths_ptr=lengths_arg(lengths, xw), y_ptr=y,
-        gates_ptr=gates if save else y, c_ptr=c_all if save else y,  # y: never written stand-ins
-        m_ptr=m_all if has_proj else y, h_state_ptr=h_state, c_state_ptr=c_state,
-        T=T, B=B, H=H, P=P,
-        stride_xt=xw.stride(0), stride_xb=xw.stride(1), stride_yt=y.stride(0), stride_yb=y.stride(1),
-        first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None, HAS_PROJ=has_proj,
-        SAVE=bool(save), RESIDENT=cfg.resident, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
-        BLOCK_P=cfg.block_p, num_warps=cfg.num_warps, **dot_flags(w_hh.dtype, "rnn"),
-    )
-    return y, h_state[:, T % 2], c_state, gates, c_all, m_all
+    y, written = args["y_ptr"], lambda key, present: args[key] if present else None
+    return (y, args["h_state_ptr"][:, T % 2], args["c_state_ptr"], written("gates_ptr", save),
+            written("c_ptr", save), written("m_ptr", has_proj))
 
 
 def lstm_bwd(dy, dhn, dcn, gates, c_all, c0, w_hh, w_hr, lengths, first_reverse):
@@ -82,26 +83,27 @@ def lstm_bwd(dy, dhn, dcn, gates, c_all, c0, w_hh, w_hr, lengths, first_reverse)
     H = G4 // 4
     P = w_hh.shape[2]
     has_proj = w_hr is not None
-    out, cfg = persistent_or_config(lambda plans: lstm_bwd_persistent(dy, dhn, dcn, gates, c_all, c0, w_hh, lengths,
-                                                                      first_reverse, plans),
-                                    4, H, P, w_hh.dtype, has_proj, batch=B)
+    cfg = recurrence_config(4, H, P, w_hh.dtype, has_proj, batch=B, persistent_capable=not has_proj)
+
+    def prepare():
+        dgates = new_output((D, T, B, 4 * H), torch.float32, gates.device)
+        dh_all = new_output((D, T, B, P), torch.float32, gates.device) if has_proj else None
+        return dict(
+            dy_ptr=dy, gates_ptr=gates, c_ptr=c_all, c0_ptr=c0.to(torch.float32).contiguous(),
+            w_hh_ptr=w_hh.contiguous(), w_hr_ptr=w_hr.contiguous() if has_proj else w_hh,
+            lengths_ptr=lengths_arg(lengths, gates), dgates_ptr=dgates,
+            dh_ptr=dh_all if has_proj else dgates, dh_state_ptr=ping_pong_state(dhn),
+            dc_state_ptr=dcn.to(torch.float32, copy=True).contiguous(),
+            T=T, B=B, H=H, P=P, first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None,
+            HAS_PROJ=has_proj, **dot_flags(w_hh.dtype, "rnn"))
+
+    out, args = run_recurrence("lstm_bwd", _lstm_bwd_kernel, cfg, layer_grid(B, D), prepare,
+                               lambda plans: lstm_bwd_persistent(dy, dhn, dcn, gates, c_all, c0, w_hh, lengths,
+                                                                 first_reverse, plans))
     if out is not None:
         return out
-    dgates = new_output((D, T, B, 4 * H), torch.float32, gates.device)
-    dh_all = new_output((D, T, B, P), torch.float32, gates.device) if has_proj else None
-    dh_state = ping_pong_state(dhn)
-    dc_state = dcn.to(torch.float32, copy=True).contiguous()
-    launch(
-        "lstm_bwd", _lstm_bwd_kernel, layer_grid(B, cfg, D),
-        dy_ptr=dy, gates_ptr=gates, c_ptr=c_all, c0_ptr=c0.to(torch.float32).contiguous(),
-        w_hh_ptr=w_hh.contiguous(), w_hr_ptr=w_hr.contiguous() if has_proj else w_hh,
-        lengths_ptr=lengths_arg(lengths, gates), dgates_ptr=dgates,
-        dh_ptr=dh_all if has_proj else dgates, dh_state_ptr=dh_state, dc_state_ptr=dc_state,
-        T=T, B=B, H=H, P=P, first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None,
-        HAS_PROJ=has_proj, RESIDENT=cfg.resident, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
-        BLOCK_P=cfg.block_p, num_warps=cfg.num_warps, **dot_flags(w_hh.dtype, "rnn"),
-    )
-    return dgates, dh_state[:, T % 2], dc_state, dh_all
+    return (args["dgates_ptr"], args["dh_state_ptr"][:, T % 2], args["dc_state_ptr"],
+            args["dh_ptr"] if has_proj else None)
 
 
 def _lstm_fwd_fake(xw, h0, c0, w_hh, w_hr, lengths, first_reverse, save):

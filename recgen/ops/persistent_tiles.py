@@ -158,18 +158,23 @@ def occupancy(registers: int, num_warps: int, shared_bytes: int, limits: dict) -
     return max(0, min(counts))
 
 
-def programs_per_sm(compiled, device: torch.device) -> int:
-    """How many programs of a compiled kernel one SM of `device` holds at once (occupancy() on
-    the limits the device reports)."""
+def device_limits(device: torch.device):
+    """(per-SM limits for occupancy(), SM count) of `device`, or None when a limit cannot be read
+    (never assume residency: the caller streams). Inside a tile capture: an H200's (sm_90)."""
+    from recgen.ops.tiles import capturing
+
+    if capturing() is not None:
+        from recgen.aot import SM90_LIMITS
+        return SM90_LIMITS, SM90_LIMITS["sms_h200"]
     props = torch.cuda.get_device_properties(device)
     needed = ("max_threads_per_multi_processor", "regs_per_multiprocessor", "shared_memory_per_multiprocessor")
-    if not all(hasattr(props, name) for name in needed) or not compiled.n_regs:
-        return 0  # a limit we cannot read: never assume residency (the caller streams)
+    if not all(hasattr(props, name) for name in needed):
+        return None
     limits = {"registers": props.regs_per_multiprocessor, "threads": props.max_threads_per_multi_processor,
               "shared_bytes": props.shared_memory_per_multiprocessor,
               "shared_per_block": getattr(props, "shared_memory_per_block_optin",
                                           props.shared_memory_per_multiprocessor)}
-    return occupancy(compiled.n_regs, compiled.metadata.num_warps, compiled.metadata.shared, limits)
+    return limits, props.multi_processor_count
 
 
 def fitted(plan: PersistentPlan, batch: int, hidden: int, directions: int, per_sm: int, sms: int):
@@ -204,10 +209,14 @@ def pick_plan(plans: tuple, fit, batch: int):
     program (its tiles times BLOCK_B); failing a spill-free one, the one that spills least; the
     first of equals; None if none fits. fit(plan): (spilled registers, the plan with its groups),
     or None when the device cannot hold it. Stops at the first spill-free plan stepping through
-    one tile of the smallest candidate height: no other can step through fewer rows."""
+    one tile of the smallest candidate height: no other can step through fewer rows; and once a
+    spill-free plan is found, skips (never compiles) the plans whose tiles alone have more rows
+    than it steps through, which could only rank below it."""
     best, best_rank = None, None
     fewest_rows = min((plan.block_b for plan in plans), default=0)
     for order, plan in enumerate(plans):
+        if best_rank is not None and best_rank[0] == 0 and plan.block_b > best_rank[1]:
+            continue  # steps through more rows than the spill-free best whatever it compiles to: not compiled
         found = fit(plan)
         if found is None:
             continue
@@ -221,33 +230,54 @@ def pick_plan(plans: tuple, fit, batch: int):
 
 
 def _fit_on_device(kernel, plan: PersistentPlan, shape: tuple, device: torch.device, args: dict):
-    """(registers spilled, `plan` with as many groups as fit) for `kernel` compiled with `plan`'s
-    tiles on `device`, or None when the device cannot hold it: too much shared memory per program
-    (Triton raises OutOfResources when the kernel is loaded), or not even one group per direction
+    """(bytes spilled per thread, `plan` with as many groups as fit) for `kernel` compiled with
+    `plan`'s tiles for `device` (recgen.ops.tiles.compiled_resources), or None when the device
+    cannot hold it: too much shared memory per program, or not even one group per direction
     resident at once."""
-    from triton.runtime.errors import OutOfResources
+    from recgen.ops.tiles import compiled_resources
 
     # The counters' size depends on the plan: a one-element stand-in (same dtype) to compile with.
     counters = torch.zeros(1, dtype=torch.int32, device=device)
-    compiled = kernel.warmup(grid=plan.grid(*shape), counter_ptr=counters, **args, **plan.launch_args(),
-                             **COOPERATIVE)
-    try:
-        compiled._init_handles()
-    except OutOfResources:
+    found = compiled_resources(kernel, dict(args, counter_ptr=counters, **plan.launch_args(), **COOPERATIVE))
+    device_facts = device_limits(device)
+    if found is None or device_facts is None or not found["registers"]:
         return None
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    plan = fitted(plan, *shape, programs_per_sm(compiled, device), sms)
-    return None if plan is None else (compiled.n_spills, plan)
+    limits, sms = device_facts
+    per_sm = occupancy(found["registers"], found["num_warps"], found["shared_bytes"], limits)
+    plan = fitted(plan, *shape, per_sm, sms)
+    return None if plan is None else (found["spilled_bytes"], plan)
 
 
 def choose_plan(name: str, kernel, plans: tuple, shape: tuple, device: torch.device, args: dict):
     """The plan a persistent launch of `kernel` uses (pick_plan on the compiled candidates: the
     rule in the module docstring), cached per launch key; None when no candidate fits the device.
     shape: (batch, hidden, directions)."""
+    from recgen.ops.tiles import capturing
+
     key = _plan_key(name, plans, shape, device, args)
     if key not in _CHOSEN:
-        _CHOSEN[key] = pick_plan(plans, lambda plan: _fit_on_device(kernel, plan, shape, device, args), shape[0])
+        tried = []
+
+        def fit(plan):
+            found = _fit_on_device(kernel, plan, shape, device, args)
+            tried.append((plan, found))
+            return found
+
+        _CHOSEN[key] = pick_plan(plans, fit, shape[0])
+        active = capturing()
+        if active is not None:  # what a tile capture reports: every plan compiled, and the choice
+            active.decisions.append({"label": active.label, "name": name, "kernel": kernel.__name__,
+                                     "tried": [(describe_plan(p, shape), None if f is None else f[0])
+                                               for p, f in tried],
+                                     "chosen": None if _CHOSEN[key] is None else describe_plan(_CHOSEN[key], shape)})
     return _CHOSEN[key]
+
+
+def describe_plan(plan: PersistentPlan, shape: tuple) -> str:
+    """A plan in a table: its tiles and, with groups fitted, its grid for shape (B, H, D)."""
+    grid = plan.grid(*shape)
+    return (f"persistent BLOCK_B={plan.block_b} BLOCK_H={plan.block_h} num_warps={plan.num_warps} "
+            f"groups={grid[2]} grid={grid}")
 
 
 def barrier_counters(grid: tuple, device: torch.device) -> torch.Tensor:

@@ -57,9 +57,12 @@ def summed_bias(b_ih, b_hh):
 # directions is one matmul whose last dimension holds the D gate blocks side by side, and the
 # output (T, B, D*P) is written by the kernels in place, as torch.nn lays it out.
 
-def layer_grid(batch: int, cfg, directions: int) -> tuple:
-    """One program per tile of cfg.block_b batch rows and per direction."""
-    return ((batch + cfg.block_b - 1) // cfg.block_b, directions)
+BATCH_ROWS = 16  # rows of a single-program tile (BLOCK_B): tl.dot's minimum, the batch padded to it
+
+
+def layer_grid(batch: int, directions: int) -> tuple:
+    """One program per tile of BATCH_ROWS batch rows and per direction."""
+    return ((batch + BATCH_ROWS - 1) // BATCH_ROWS, directions)
 
 
 def projected_inputs(x, w_ih, b_ih, b_hh, fold_hidden_bias: bool):

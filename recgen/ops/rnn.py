@@ -17,8 +17,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from recgen.ops._launch import dot_flags, launch, new_output
-from recgen.ops.config import persistent_or_config
+from recgen.ops._launch import dot_flags, new_output
+from recgen.ops.config import recurrence_config, run_recurrence
 from recgen.ops.persistent import rnn_bwd_persistent, rnn_fwd_persistent
 from recgen.ops.library import absent_like, check_saved, define, fresh, needs_saving, register_function
 from recgen.ops.recurrence import (
@@ -50,24 +50,24 @@ def rnn_fwd(xw, h0, w_hh, lengths, first_reverse, nonlinearity, save=True):
 
     T, B, _ = xw.shape
     D, H, _ = w_hh.shape
-    out, cfg = persistent_or_config(lambda plans: rnn_fwd_persistent(xw, h0, w_hh, lengths, first_reverse,
-                                                                     nonlinearity, save, plans),
-                                    1, H, H, w_hh.dtype, batch=B)
+    cfg = recurrence_config(1, H, H, w_hh.dtype, batch=B, persistent_capable=True)
+
+    def prepare():
+        y = new_output((T, B, D * H), xw.dtype, xw.device)
+        act = new_output((D, T, B, H), torch.float32, xw.device) if save else None
+        return dict(
+            xw_ptr=xw, w_hh_ptr=w_hh.contiguous(), lengths_ptr=lengths_arg(lengths, xw),
+            y_ptr=y, act_ptr=act if save else y, h_state_ptr=ping_pong_state(h0), T=T, B=B, H=H,
+            stride_xt=xw.stride(0), stride_xb=xw.stride(1), stride_yt=y.stride(0), stride_yb=y.stride(1),
+            first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None, RELU=relu, SAVE=bool(save),
+            **dot_flags(w_hh.dtype, "rnn"))
+
+    out, args = run_recurrence("rnn_fwd", _rnn_fwd_kernel, cfg, layer_grid(B, D), prepare,
+                               lambda plans: rnn_fwd_persistent(xw, h0, w_hh, lengths, first_reverse, nonlinearity,
+                                                                save, plans))
     if out is not None:
         return out
-    y = new_output((T, B, D * H), xw.dtype, xw.device)
-    act = new_output((D, T, B, H), torch.float32, xw.device) if save else None
-    h_state = ping_pong_state(h0)
-    launch(
-        "rnn_fwd", _rnn_fwd_kernel, layer_grid(B, cfg, D),
-        xw_ptr=xw, w_hh_ptr=w_hh.contiguous(), lengths_ptr=lengths_arg(lengths, xw),
-        y_ptr=y, act_ptr=act if save else y, h_state_ptr=h_state, T=T, B=B, H=H,
-        stride_xt=xw.stride(0), stride_xb=xw.stride(1), stride_yt=y.stride(0), stride_yb=y.stride(1),
-        first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None, RELU=relu, SAVE=bool(save),
-        RESIDENT=cfg.resident, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_P=cfg.block_p,
-        num_warps=cfg.num_warps, **dot_flags(w_hh.dtype, "rnn"),
-    )
-    return y, h_state[:, T % 2], act
+    return args["y_ptr"], args["h_state_ptr"][:, T % 2], args["act_ptr"] if save else None
 
 
 def rnn_bwd(dy, dhn, act, w_hh, lengths, first_reverse, nonlinearity):
@@ -81,21 +81,21 @@ def rnn_bwd(dy, dhn, act, w_hh, lengths, first_reverse, nonlinearity):
     from recgen.kernels.rnn import _rnn_bwd_kernel
 
     D, T, B, H = act.shape
-    out, cfg = persistent_or_config(lambda plans: rnn_bwd_persistent(dy, dhn, act, w_hh, lengths, first_reverse,
-                                                                     nonlinearity, plans),
-                                    1, H, H, w_hh.dtype, batch=B)
+    cfg = recurrence_config(1, H, H, w_hh.dtype, batch=B, persistent_capable=True)
+
+    def prepare():
+        return dict(
+            dy_ptr=dy, act_ptr=act, w_hh_ptr=w_hh.contiguous(), lengths_ptr=lengths_arg(lengths, act),
+            dpre_ptr=new_output((D, T, B, H), torch.float32, act.device), dh_state_ptr=ping_pong_state(dhn),
+            T=T, B=B, H=H, first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None, RELU=relu,
+            **dot_flags(w_hh.dtype, "rnn"))
+
+    out, args = run_recurrence("rnn_bwd", _rnn_bwd_kernel, cfg, layer_grid(B, D), prepare,
+                               lambda plans: rnn_bwd_persistent(dy, dhn, act, w_hh, lengths, first_reverse,
+                                                                nonlinearity, plans))
     if out is not None:
         return out
-    dpre = new_output((D, T, B, H), torch.float32, act.device)
-    dh_state = ping_pong_state(dhn)
-    launch(
-        "rnn_bwd", _rnn_bwd_kernel, layer_grid(B, cfg, D),
-        dy_ptr=dy, act_ptr=act, w_hh_ptr=w_hh.contiguous(), lengths_ptr=lengths_arg(lengths, act),
-        dpre_ptr=dpre, dh_state_ptr=dh_state, T=T, B=B, H=H, first_reverse=int(first_reverse),
-        HAS_LENGTHS=lengths is not None, RELU=relu, RESIDENT=cfg.resident, BLOCK_B=cfg.block_b,
-        BLOCK_H=cfg.block_h, BLOCK_P=cfg.block_p, num_warps=cfg.num_warps, **dot_flags(w_hh.dtype, "rnn"),
-    )
-    return dpre, dh_state[:, T % 2]
+    return args["dpre_ptr"], args["dh_state_ptr"][:, T % 2]
 
 
 def _rnn_fwd_fake(xw, h0, w_hh, lengths, first_reverse, nonlinearity, save):
