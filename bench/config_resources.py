@@ -35,6 +35,7 @@ import datetime
 import json
 import multiprocessing
 import os
+import re
 import sys
 import time
 
@@ -336,6 +337,31 @@ def prewarm(report: dict, workers: int) -> int:
     return len(identities)
 
 
+# The points docs/performance.md quotes: every recurrence of the bench grid at B=16 (training:
+# the saving forward and the backward), in the single-program and the persistent mode, and the
+# residual blocks at --quick's size.
+QUOTED = re.compile(r"bench (lstm|gru|rnn_tanh) B=16 I=\d+ H=\d+ \w+( persistent)? fwdbwd"
+                    r"|bench \w+block\w* N=8 C=128 H=64 W=64 train=True bf16 fwdbwd")
+
+
+def quoted_markdown(reports: list) -> str:
+    """The quoted subset of merged_markdown(): one line per (point, launch), each report's tiles
+    and registers / spilled bytes / shared bytes."""
+    versions = [r["triton"] for r in reports]
+    by_report = [{(row["label"], row["name"]): row for row in _chosen_rows(r)} for r in reports]
+    keys = [k for k in dict.fromkeys(k for rows in by_report for k in rows) if QUOTED.fullmatch(k[0])]
+    lines = ["| grid point (training) | launch | " + " | ".join(f"{v}: tiles | {v}: regs / spill / shared"
+                                                              for v in versions) + " |",
+             "|---|---|" + "---|---|" * len(versions)]
+    for key in keys:
+        cells = []
+        for rows in by_report:
+            row = rows.get(key)
+            cells += ["not captured", ""] if row is None else [row["tiles"], _resources_text(row["resources"])]
+        lines.append(f"| {key[0].removeprefix('bench ').removesuffix(' fwdbwd')} | {key[1]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", action="append", choices=GRIDS)
@@ -373,10 +399,11 @@ def main(argv=None) -> int:
         for path in args.merge:
             with open(path) as f:
                 reports.append(json.load(f))
-        path = os.path.join(args.out, "configs-sm90.md")
-        with open(path, "w") as f:
-            f.write(merged_markdown(reports))
-        print(f"wrote {path}")
+        for name, text in (("configs-sm90.md", merged_markdown(reports)), ("quoted-sm90.md", quoted_markdown(reports))):
+            path = os.path.join(args.out, name)
+            with open(path, "w") as f:
+                f.write(text)
+            print(f"wrote {path}")
         return 0
     os.environ.pop("TRITON_INTERPRET", None)
     import triton

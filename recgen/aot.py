@@ -70,8 +70,20 @@ TORCH_TYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float6
 OPTION_NAMES = ("num_warps", "num_stages", "launch_cooperative_grid")
 
 
-def _tensor_like(value) -> bool:
-    return hasattr(value, "dtype") and hasattr(value, "element_size")
+_PARAMS: dict = {}   # fn -> ((name, is_constexpr), ...): read once per kernel
+_TYPE_OF_DTYPE: dict = {}  # torch dtype -> Triton type name
+
+
+def _params(fn) -> tuple:
+    if fn not in _PARAMS:
+        _PARAMS[fn] = tuple((p.name, p.is_constexpr) for p in fn.params)
+    return _PARAMS[fn]
+
+
+def _type_name(dtype) -> str:
+    if dtype not in _TYPE_OF_DTYPE:
+        _TYPE_OF_DTYPE[dtype] = TORCH_TYPES[str(dtype).removeprefix("torch.")]
+    return _TYPE_OF_DTYPE[dtype]
 
 
 def identity(fn, args: dict) -> tuple:
@@ -80,28 +92,29 @@ def identity(fn, args: dict) -> tuple:
     type with the runtime's specialisations: a tensor (real or fake) by dtype and whether its
     first element is 16-byte aligned (allocations are; a view's offset may not be), an int by
     width and whether it is 1 (then a constant) or a multiple of 16. Parameters missing from
-    `args` are left out (a launcher's arguments before its tiles are chosen)."""
+    `args` are left out (a launcher's arguments before its tiles are chosen). Computed on every
+    launch that chooses tiles: kept to a few operations per argument."""
     specs = []
-    for p in fn.params:
-        if p.name not in args:
+    for name, is_constexpr in _params(fn):
+        if name not in args:
             continue
-        value = args[p.name]
-        if p.is_constexpr:
-            specs.append((p.name, value))
-        elif _tensor_like(value):
+        value = args[name]
+        if is_constexpr:
+            specs.append((name, value))
+        elif hasattr(value, "element_size"):
             aligned = value.storage_offset() * value.element_size() % 16 == 0
-            specs.append((p.name, "*" + TORCH_TYPES[str(value.dtype).removeprefix("torch.")] + ("D" if aligned else "")))
-        elif isinstance(value, bool):
-            specs.append((p.name, "i1"))
+            specs.append((name, "*" + _type_name(value.dtype) + ("D" if aligned else "")))
+        elif value is True or value is False:
+            specs.append((name, "i1"))
         elif isinstance(value, int):
             kind = "i64" if not -2 ** 31 <= value < 2 ** 31 else "i32"
-            specs.append((p.name, 1 if value == 1 else kind + ("D" if value % 16 == 0 else "")))
+            specs.append((name, 1 if value == 1 else kind + ("D" if value % 16 == 0 else "")))
         elif isinstance(value, float):
-            specs.append((p.name, "fp32"))
+            specs.append((name, "fp32"))
         elif value is None:
-            specs.append((p.name, None))
+            specs.append((name, None))
         else:
-            raise TypeError(f"{fn.__name__}: no Triton type for argument {p.name}={value!r}")
+            raise TypeError(f"{fn.__name__}: no Triton type for argument {name}={value!r}")
     options = tuple((k, args[k]) for k in OPTION_NAMES if k in args)
     return fn.__name__, tuple(specs), options
 

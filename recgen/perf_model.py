@@ -24,7 +24,7 @@ What is counted, and where each count comes from:
   prediction of today's kernels;
 - case(): the whole sequence, serial steps plus the parallel GEMMs and glue passes;
 - persistent_step(), persistent_table(): the persistent multi-program mode, per step, with the
-  plans the launcher's rule picks from the compiled kernels (bench/kernel_resources.py).
+  plans the launchers chose from the compiled kernels (bench/config_resources.py's `choices`).
 Float32 recurrence dots are counted on TF32 tensor cores (tf32=True, torch's default for its
 RNNs, which recgen's kernels follow); torch's GEMMs around them at full float32 (its matmul
 default).
@@ -459,7 +459,7 @@ def persistent_step(cell: str, H: int, dtype_bytes: int, direction: str, rows: i
 
 def persistent_table(choices: list, T: int = 512, hw: Hardware = H200) -> str:
     """Predicted time per step, persistent against today's single-program kernels, at the grid
-    points of `choices`: the rule's plans per (kernel, dtype, H, B), as bench/kernel_resources.py
+    points of `choices`: the rule's plans per (kernel, dtype, H, B), as bench/config_resources.py
     writes them from the compiled kernels ('dtype' bf16, or tf32: float32 with TF32 dots). One
     line per (cell, dtype, H, B) with both directions' plans known (plan: rows per program and
     step x hidden units per program); the T-step sums count the recurrence launches only (the
@@ -564,7 +564,7 @@ if __name__ == "__main__":
     import json
     import sys
 
-    if len(sys.argv) > 1:  # kernel-resources JSON files (bench/kernel_resources.py): the persistent table
+    if len(sys.argv) > 1:  # JSON files with `choices` (bench/config_resources.py): the persistent table
         rules = [ch for path in sys.argv[1:] for ch in json.load(open(path))["choices"]]
         print("## Persistent against today\n\n" + persistent_table(rules))
         sys.exit(0)

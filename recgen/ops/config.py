@@ -15,11 +15,11 @@ preference, resident before streamed, each at (warps, stages) in tiles.WARPS_STA
 runs the first whose compiled kernel spills no registers (failing all, the least spilling). A
 resident candidate is offered only while the padded weights fit the register file of one SM
 (RESIDENT_LIMIT_BYTES: no program can hold more on chip; below it the compiler decides).
-Streamed tiles are offered 64 wide, then 32 and 16. The persistent mode is taken where the
-launcher supports it and RECGEN_PERSISTENT=1 is set (opt-in until the mode has been run on a
-GPU; the launcher then picks its tiles from the compiled candidates, checking that the device
-holds the whole grid at once, and falls back to the single-program rule if none fits:
-recgen/ops/persistent_tiles.py). Under the interpreter the first candidate runs, and the
+Streamed tiles are offered 64 wide, then 32 and 16. With RECGEN_PERSISTENT=1 (opt-in until the
+mode has been run on a GPU), where the launcher has a persistent kernel and no resident
+candidate compiles spill-free, the persistent mode is tried instead (run_recurrence): its
+launcher picks its tiles from the compiled candidates, checking that the device holds the whole
+grid at once, and the single-program choice runs if none fits (recgen/ops/persistent_tiles.py). Under the interpreter the first candidate runs, and the
 persistent mode only when forced (tests), one launch per step.
 """
 

@@ -14,7 +14,8 @@ the compiler: the facts are read from the compiled kernel, in one of three ways:
 - from a resource table (`capture(table=...)`, tests/test_config_table.py): the committed
   table answers, and a candidate it lacks is an error (the table is out of date).
 
-Under the interpreter there is no compiler: the first candidate runs. A choice is made once per
+Without a compiler for the tensors' device (the interpreter, or a torch.compile trace with CPU
+fake tensors, which never launches) the first candidate is taken. A choice is made once per
 compiled-kernel identity (kernel, constexprs, tensor dtypes, integer specialisations, device,
 candidates): rejected candidates cost a compilation once, never a launch.
 """
@@ -211,14 +212,17 @@ def _device_of(args: dict) -> str:
 
 def choose_spilling(name: str, kernel, candidates: tuple, args: dict) -> tuple:
     """(the candidate `kernel` runs with for these launch arguments, its spilled bytes per
-    thread: None under the interpreter, which has no compiler), by the rule in the module
+    thread: None without a compiler for the tensors' device), by the rule in the module
     docstring, cached per compiled-kernel identity."""
     active = capturing()
-    if active is None and interpreting():
+    device = _device_of(args)
+    if active is None and (interpreting() or not device.startswith("cuda")):
+        # No compiler for this device: the interpreter, or a trace with CPU (fake) tensors that
+        # never launches.
         return candidates[0], None
     from recgen import aot
 
-    key = (name, aot.identity(kernel, args), _device_of(args), candidates)
+    key = (name, aot.identity(kernel, args), device, candidates)
     if key not in _CHOSEN:
         chosen, tried = pick(candidates, lambda c: compiled_resources(kernel, {**args, **c.args()}))
         _CHOSEN[key] = (chosen, dict(tried)[chosen]["spilled_bytes"])
