@@ -37,8 +37,13 @@ stage() {
   if [ "$limit" -lt 20 ]; then echo "$name skipped: $limit s left" >> "$out/stages.txt"; return; fi
   [ "$cap" -lt "$limit" ] && limit=$cap
   t0=$(date +%s)
-  timeout "$limit" "$@" > "$out/$name.txt" 2>&1
+  # Its own process group, killed whole afterwards: a stage cut at its cap leaves no compile
+  # workers running into the next one.
+  setsid timeout "$limit" "$@" > "$out/$name.txt" 2>&1 &
+  local pid=$!
+  wait "$pid"
   rc=$?
+  kill -9 -- "-$pid" 2> /dev/null
   echo "$name rc=$rc $(( $(date +%s) - t0 )) s (limit $limit s)" >> "$out/stages.txt"
 }
 

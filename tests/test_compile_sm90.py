@@ -63,17 +63,15 @@ if module == "affine":
                                          HAS_DSCALE=False, HAS_DSHIFT=False, ACT=1, BLOCK_P=16, BLOCK_C=4)),
     ]
 if module in ("lstm_persistent", "gru_persistent", "rnn_persistent"):
-    variants = [  # the persistent kernels at the issue's sizes: H = 512 and 1024 whole in BLOCK_P
-        ("sync-bf16-h512", "bf16", dict(GRID_SYNC=True, BLOCK_B=16, BLOCK_H=16, BLOCK_P=512, DOT_FP32=False,
-                                        INPUT_PRECISION="ieee")),
+    # The single launch with the barrier at the bench grid's sizes is compiled, with the launchers'
+    # own tiles, by tests/test_config_table.py (H 256 and 512, bf16); here the largest size,
+    # float32, and the other side of the optional features. (The one-step-per-launch form runs
+    # under the interpreter only.)
+    variants = [
         # GRU without b_hh, relu RNN (the LSTM kernels have neither flag).
-        ("sync-fp32-h1024-b64", "fp32", dict(GRID_SYNC=True, BLOCK_B=64, BLOCK_H=16, BLOCK_P=1024, DOT_FP32=True,
-                                             INPUT_PRECISION="tf32", HAS_LENGTHS=False, SAVE=False,
-                                             HAS_BIAS=False, RELU=True)),
-        # One step per launch (the interpreter's form): the LSTM's phase 1 alone, the others' phase 2.
-        ("per-step-fp16", "fp16", dict(GRID_SYNC=False, PHASES=1 if module == "lstm_persistent" else 2,
-                                       BLOCK_B=16, BLOCK_H=16, BLOCK_P=64, DOT_FP32=False,
-                                       INPUT_PRECISION="ieee")),
+        ("sync-fp32-h1024", "fp32", dict(GRID_SYNC=True, BLOCK_B=16, BLOCK_H=16, BLOCK_P=1024, DOT_FP32=True,
+                                         INPUT_PRECISION="tf32", HAS_LENGTHS=False, SAVE=False,
+                                         HAS_BIAS=False, RELU=True)),
     ]
     flags = dict(flags, PHASES=3)
     state_pointers = STATE_POINTERS  # the forwards exchange h_t in the weights' dtype
@@ -114,4 +112,4 @@ def test_kernel_compiles_for_sm90(module, name):
     run = subprocess.run([sys.executable, "-c", COMPILE, module, name], env=env, capture_output=True,
                          text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.count(f"compiled {name} ") == 3, run.stdout
+    assert run.stdout.count(f"compiled {name} ") == (1 if "persistent" in name else 3), run.stdout
