@@ -27,6 +27,7 @@ def test_check_passes_and_prints_one_line_per_op_and_dtype(capsys):
 
 
 def test_check_fails_when_an_error_exceeds_its_tolerance(monkeypatch, capsys):
+    _one_op_check(monkeypatch)
     monkeypatch.setitem(recgen.testing.TOLERANCES, torch.float32, 0.0)
     assert not run_check([torch.float32])
     out = capsys.readouterr().out
