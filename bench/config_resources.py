@@ -1,7 +1,7 @@
 """The tiles every launcher chooses on the bench and check grids, and what they compile to on an
 H200 (sm_90), under the Triton installed here, without a GPU.
 
-Each grid point runs through recgen's own modules and launchers inside recgen.ops.tiles.capture:
+Each grid point runs through recgen's own modules and launchers inside recgen.ops.common.tiling.capture:
 every tile choice is made from kernels compiled for sm_90 (registers, spills and shared memory
 read from the cubins, recgen/aot.py), and every launch is recorded instead of run. So the table
 says what the launchers would launch on the GPU machine with this Triton, by the same rule.
@@ -125,7 +125,7 @@ def capture_points(chunk: list) -> dict:
     """Run `chunk`'s points in one capture (never under the interpreter): their launches and
     decisions, and the resources of every kernel compiled."""
     os.environ.pop("TRITON_INTERPRET", None)
-    from recgen.ops.tiles import capture
+    from recgen.ops.common.tiling import capture
 
     results = []
     with capture() as state:
@@ -247,7 +247,7 @@ def replay(report: dict, grids, match: str | None = None) -> list:
     """Differences between the launches the rule makes now on `grids` (the table answering for
     the compiler) and the table's launches for the same points: [] when they agree."""
     os.environ.pop("TRITON_INTERPRET", None)
-    from recgen.ops.tiles import capture
+    from recgen.ops.common.tiling import capture
 
     table = {_frozen(e["identity"]): e["resources"] for e in report["compiled"]}
     with capture(table=table) as state:

@@ -37,9 +37,9 @@ KERNELS = {  # name: (module, function)
 HIDDEN = (128, 256, 512, 1024)
 BLOCK_B = (16, 32, 64)
 WARPS = (4, 8)
-COLUMNS = (16, 8)  # hidden units per program (recgen.ops.persistent_tiles.COLUMN_CHOICES)
+COLUMNS = (16, 8)  # hidden units per program (recgen.ops.recurrent.persistent.COLUMN_CHOICES)
 # tf32: float32 tensors with TF32 dots, what float32 layers run under torch's default flags
-# (recgen.ops._launch.torch_allows_tf32); fp32: full float32 dots (TF32 off).
+# (recgen.ops.common.launch.torch_allows_tf32); fp32: full float32 dots (TF32 off).
 DTYPES = ("bf16", "fp32", "tf32")
 GRID_BATCH = (1, 16, 64, 256)  # the benchmark grid's batch sizes (recgen.benchmark.RECURRENT_GRID)
 
@@ -50,8 +50,8 @@ def _measure(job: tuple) -> dict:
     import importlib
 
     from recgen.aot import compile_kernel, resource_usage
-    from recgen.ops.persistent import STATE_POINTERS
-    from recgen.ops.persistent_tiles import PIPELINE_STAGES
+    from recgen.ops.recurrent.persistent import STATE_POINTERS
+    from recgen.ops.recurrent.persistent import PIPELINE_STAGES
 
     module, name = KERNELS[kernel]
     fn = getattr(importlib.import_module(f"recgen.kernels.{module}"), name)
@@ -72,7 +72,7 @@ def _tiles_key(row: dict) -> tuple:
 
 def _with_occupancy(row: dict) -> dict:
     from recgen.aot import SM90_LIMITS
-    from recgen.ops.persistent_tiles import occupancy
+    from recgen.ops.recurrent.persistent import occupancy
 
     return dict(row, programs_per_sm=occupancy(row["registers"], row["num_warps"], row["shared_bytes"], SM90_LIMITS))
 
@@ -80,18 +80,19 @@ def _with_occupancy(row: dict) -> dict:
 def _fit(row: dict, plan, batch: int):
     """What the launcher's fit gives on an H200 from a probe row: (spilled bytes, plan with groups)."""
     from recgen.aot import SM90_LIMITS
-    from recgen.ops.persistent_tiles import fitted
+    from recgen.ops.recurrent.persistent import fitted
 
     plan = fitted(plan, batch, row["H"], 1, row["programs_per_sm"], SM90_LIMITS["sms_h200"])
     return None if plan is None else (row["stack_bytes"], plan)
 
 
 def rule_choices(rows: list) -> list:
-    """What the launcher's rule (recgen.ops.persistent_tiles.pick_plan) would choose on an H200 from
+    """What the launcher's rule (recgen.ops.recurrent.persistent.pick_plan) would choose on an H200 from
     these compile-time numbers, per (kernel, dtype, H, B) of the grid, one direction: the
     candidates in the launcher's order, each with the groups that fit, ranked by spilled bytes
     (the stack) and then rows per program and step."""
-    from recgen.ops.persistent_tiles import persistent_plans, pick_plan
+    from recgen.ops.common.tiling import persistent_plans
+    from recgen.ops.recurrent.persistent import pick_plan
 
     by_tiles = {_tiles_key(r): r for r in rows}
     choices = []

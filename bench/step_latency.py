@@ -7,7 +7,7 @@ grid barrier per step) against recgen's single-program modes and cuDNN, at batch
 The speed issue's notes (docs/performance.md) assume about 2 µs per dependent round trip; this
 measures it. Each row is an inference forward (no_grad) of one layer over T steps, timed by
 recgen.benchmark.time_step (warm-up first, CUDA synchronised, median of the rounds), divided by
-T. A persistent row names the tiles the launcher chose (recgen/ops/persistent_tiles.py), or says
+T. A persistent row names the tiles the launcher chose (recgen/ops/recurrent/persistent.py), or says
 that it fell back to the streamed kernel, as the launch counters show. Writes step-latency.json.
 """
 
@@ -42,8 +42,8 @@ def measure(cell: str, hidden: int, batch: int, steps: int, mode: str, device: s
 
     from recgen.benchmark import time_step
     from recgen.ops import LAUNCH_COUNTS
-    from recgen.ops import persistent_tiles
-    from recgen.ops.config import forced_mode
+    from recgen.ops.recurrent import persistent
+    from recgen.ops.common.tiling import forced_tiles
 
     cuda = device == "cuda"
     ref, rec = _modules(cell, hidden, device, dtype)
@@ -58,13 +58,13 @@ def measure(cell: str, hidden: int, batch: int, steps: int, mode: str, device: s
     row = {"cell": cell, "H": hidden, "B": batch, "T": steps, "mode": mode, "plan": None, "note": ""}
     before = dict(LAUNCH_COUNTS)
     if mode == "persistent":
-        with forced_mode("persistent"):
+        with forced_tiles(mode="persistent"):
             ms, _ = time_step(step, rounds, warmup, cuda)
         ran = LAUNCH_COUNTS[f"{base}_fwd_persistent"] > before.get(f"{base}_fwd_persistent", 0)
         fell_back = LAUNCH_COUNTS[f"{base}_fwd"] > before.get(f"{base}_fwd", 0)
         if fell_back or not ran:
             row["note"] = "fell back to the streamed kernel: no candidate tiles fit the device at once"
-        chosen = [plan for key, plan in persistent_tiles._CHOSEN.items()
+        chosen = [plan for key, plan in persistent._CHOSEN.items()
                   if key[0] == f"{base}_fwd_persistent" and ("B", batch) in key[1] and ("H", hidden) in key[1]]
         if chosen and chosen[-1] is not None:
             row["plan"] = {"block_b": chosen[-1].block_b, "num_warps": chosen[-1].num_warps,

@@ -10,7 +10,7 @@ Must run without TRITON_INTERPRET=1: under the interpreter the kernels are not J
 Two ways in: compile_kernel() from constexprs and an I/O dtype name (the sm_90 compile test and
 bench/kernel_resources.py), and launch_resources() from a launcher's own keyword arguments
 (tensors, scalars, tile constexprs, num_warps/num_stages), specialised as Triton's runtime
-specialises them, which recgen.ops.tiles.capture uses to make the launchers' tile choices
+specialises them, which recgen.ops.common.tiling.capture uses to make the launchers' tile choices
 without a GPU.
 """
 

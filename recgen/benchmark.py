@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 import recgen
-from recgen.ops.config import persistent_enabled
+from recgen.ops.recurrent.modes import persistent_enabled
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PROVIDERS = ("recgen", "cudnn", "compile", "flashrnn", "reference")
@@ -317,7 +317,7 @@ def tf32_note(family: str) -> str:
     """Which float32 products may use TF32 under torch's flags as the case ran: cuDNN's (torch.nn's
     RNNs or convolutions, and recgen's kernels standing in for them) and torch's matmuls (recgen's
     input projection). Timings of float32 rows depend on them."""
-    from recgen.ops._launch import torch_allows_tf32
+    from recgen.ops.common.launch import torch_allows_tf32
 
     op = "rnn" if family == "recurrent" else "conv"
     state = {True: "on", False: "off"}

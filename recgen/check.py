@@ -8,7 +8,6 @@ the grid is small). One line per op and dtype; exit status 1 on any failure.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 
@@ -72,7 +71,7 @@ def _block_errors(dtype, device):
         yield compare_block(block, torch.randn(2, cin, 7, 6), train, dtype, device, seed=k)
 
 
-# Recurrence modes `recgen check --mode` can force (recgen.ops.config.forced_mode); 'auto' is
+# Recurrence modes `recgen check --mode` can force (recgen.ops.common.tiling.forced_tiles); 'auto' is
 # the launchers' own rule (resident at these sizes). Streamed tiles are forced at tl.dot's
 # minimum width, so that the small shapes still take several tiles per step.
 MODES = ("auto", "resident", "streamed", "persistent")
@@ -84,9 +83,9 @@ def _in_mode(mode: str, errors_of):
     def run(dtype, device):
         import contextlib
 
-        from recgen.ops.config import forced_mode
+        from recgen.ops.common.tiling import forced_tiles
         forced = contextlib.nullcontext() if mode == "auto" else \
-            forced_mode(mode, STREAMED_BLOCK if mode == "streamed" else None)
+            forced_tiles(mode=mode, stream_block=STREAMED_BLOCK if mode == "streamed" else None)
         with forced:
             yield from errors_of(dtype, device)
     return run
@@ -113,14 +112,15 @@ def run_check(dtypes=None, out=None, modes=("auto",)) -> bool:
     return True when everything passed."""
     out = out or sys.stdout
     cuda = torch.cuda.is_available()
-    if not cuda:
-        os.environ["TRITON_INTERPRET"] = "1"  # read when the kernel modules are first imported
-    from recgen.backend import backend, triton_available
+    from recgen.backend import backend, interpreting, triton_available
     from recgen.testing import full_float32
 
     if not triton_available():
         print("recgen check: triton is not installed; only the reference path is available", file=out)
         return False
+    if not cuda and not interpreting():
+        raise RuntimeError("recgen check: no CUDA device, and TRITON_INTERPRET=1 was not set before the process "
+                           "started; the `recgen check` command sets it, run_check needs it set")
     device = "cuda" if cuda else "cpu"
     dtypes = dtypes or ([torch.float32, torch.float16, torch.bfloat16] if cuda else [torch.float32, torch.bfloat16])
     name = torch.cuda.get_device_name() if cuda else "CPU (Triton interpreter)"

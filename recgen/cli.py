@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 
 PROVIDER_NAMES = ("recgen", "cudnn", "torch", "compile", "flashrnn", "reference")
@@ -82,6 +83,14 @@ def main(argv=None) -> int:
         return 1
     if args.command in ("train", "sample"):
         return args.handler(args)
+    if args.command in ("bench", "check") and needs_interpreter():
+        # No CUDA: the kernels run under Triton's interpreter, which must be on before Triton
+        # first decorates them, so the command runs again in a process started with it.
+        import subprocess
+
+        argv = sys.argv[1:] if argv is None else list(argv)
+        return subprocess.run([sys.executable, "-m", "recgen", *argv],
+                              env={**os.environ, "TRITON_INTERPRET": "1"}).returncode
     if args.command == "bench":
         return _bench(args)
     if args.command == "check":
@@ -97,12 +106,16 @@ def main(argv=None) -> int:
     return 2
 
 
-def _bench(args) -> int:
-    import os
+def needs_interpreter() -> bool:
+    """No CUDA device, and this process was not started with TRITON_INTERPRET=1."""
+    import torch
 
+    return not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1"
+
+
+def _bench(args) -> int:
     import torch
     if not torch.cuda.is_available():
-        os.environ["TRITON_INTERPRET"] = "1"  # before any kernel module is imported
         print("No CUDA device: running the small CPU grid; CPU timings (recgen under Triton's "
               "interpreter, torch.nn on torch's CPU kernels, rows named 'torch') say nothing about "
               "kernel speed.")

@@ -9,15 +9,15 @@ import logging
 import torch
 from torch import nn
 
-from recgen import nn as rnn
+from recgen import nn as recgen_nn
 from recgen.nn._compile import allow_dynamo_rnn
 
 logger = logging.getLogger("recgen")
 
 # Exact torch classes only: a user's subclass may override forward, so it is left alone.
 SWAPS = {
-    torch.nn.RNN: rnn.RNN, torch.nn.GRU: rnn.GRU, torch.nn.LSTM: rnn.LSTM,
-    torch.nn.RNNCell: rnn.RNNCell, torch.nn.GRUCell: rnn.GRUCell, torch.nn.LSTMCell: rnn.LSTMCell,
+    torch.nn.RNN: recgen_nn.RNN, torch.nn.GRU: recgen_nn.GRU, torch.nn.LSTM: recgen_nn.LSTM,
+    torch.nn.RNNCell: recgen_nn.RNNCell, torch.nn.GRUCell: recgen_nn.GRUCell, torch.nn.LSTMCell: recgen_nn.LSTMCell,
 }
 
 
@@ -72,9 +72,9 @@ def _target_class(module):
     if type(module) in SWAPS:
         return SWAPS[type(module)]
     if _is_basic_block(module):
-        return rnn.FusedBasicBlock
+        return recgen_nn.FusedBasicBlock
     if _is_resnet_block(module):
-        return rnn.FusedResnetBlock
+        return recgen_nn.FusedResnetBlock
     return None
 
 

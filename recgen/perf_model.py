@@ -117,7 +117,7 @@ PASSES = ("fwd", "fwdbwd")
 F32 = 4  # the kernels keep state, saved tensors and gradients in float32
 
 # SAVE (kernels/*.py): the forward writes the saved columns only when something will be
-# differentiated (recgen.ops.library.needs_saving), so 'fwd' (no_grad) moves none of them and
+# differentiated (recgen.ops.common.library.needs_saving), so 'fwd' (no_grad) moves none of them and
 # 'fwdbwd' all. Not modelled here (H = P): with proj_size > 0 the LSTM writes m (H) either way,
 # since the projection reads it back in the same step.
 
@@ -127,7 +127,7 @@ GRID = dict(op=("lstm", "gru", "rnn_tanh"), T=(64, 512), B=(1, 16, 64, 256),
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
 # ---- the tiles the launchers choose on an H200 ---------------------------------------------------
-# The rule (recgen/ops/tiles.py) compiles its candidates and takes the first that spills nothing,
+# The rule (recgen/ops/common/tiling.py) compiles its candidates and takes the first that spills nothing,
 # so a pure-Python model cannot repeat it: it reads the choices the launchers made on the bench
 # grid for sm_90 with the GPU machine's Triton (3.6), committed by bench/config_resources.py.
 
@@ -294,7 +294,7 @@ def kernel_step_bytes(cell: str, H: int, dtype_bytes: int, direction: str, rows:
 def _matrix_rate(dtype_bytes: int, hw: Hardware, tf32: bool = False) -> float:
     """Chip FLOP/s of a matrix product: tensor cores for 16-bit operands; for float32, TF32
     tensor cores when allowed, else CUDA-core FMA. recgen's recurrence follows torch's flag for
-    its RNNs (TF32 by default: recgen.ops._launch.torch_allows_tf32); torch's matmuls (the input
+    its RNNs (TF32 by default: recgen.ops.common.launch.torch_allows_tf32); torch's matmuls (the input
     projection, the weight gradients) are full float32 by default."""
     if dtype_bytes == 2:
         return hw.tensor_flops

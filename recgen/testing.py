@@ -29,7 +29,7 @@ DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf
 @contextlib.contextmanager
 def full_float32():
     """No TF32 anywhere inside (torch's RNNs, convolutions and matmuls, and so recgen's kernels,
-    which follow torch's flags: recgen.ops._launch.torch_allows_tf32): float32 comparisons are
+    which follow torch's flags: recgen.ops.common.launch.torch_allows_tf32): float32 comparisons are
     against full float32, and TOLERANCES[torch.float32] assumes it. Restores the flags after."""
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
     # The ops' own settings override their backend's and the global one. (With these set, torch
@@ -114,7 +114,7 @@ def compare_fused_conv(x_shape, co, k, kwargs, present, dtype=torch.float32, dev
     """recgen's fused_conv2d (Triton, with autograd) vs the float64 reference: errors of the
     outputs and of the gradients of x, weight and the optional tensors named in `present`
     (in_scale, in_shift, out_scale, out_shift, residual)."""
-    from recgen.ops.fused_conv import fused_conv2d
+    from recgen.functional import fused_conv2d
     from recgen.reference.conv import fused_conv2d as reference_fused_conv2d
 
     gen = torch.Generator().manual_seed(seed)

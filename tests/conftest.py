@@ -14,13 +14,23 @@ if not CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import recgen  # noqa: E402
-from recgen.ops import _launch  # noqa: E402
+from recgen.ops.common import launch as _launch  # noqa: E402
 from recgen.testing import full_float32  # noqa: E402
 
 DEVICE = "cuda" if CUDA else "cpu"
 
 
+# Words in a test's file, name or id that put it in an op family: `pytest -k FAMILY` selects
+# every test of that family, whatever concern its file is grouped by.
+FAMILY_WORDS = {"lstm": ("lstm",), "gru": ("gru",), "rnn": ("rnn", "elman"),
+                "residual": ("residual", "block", "conv", "affine", "res_gan", "res-gan", "resnet")}
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        words = item.nodeid.lower()
+        item.extra_keyword_matches.update(family for family, found in FAMILY_WORDS.items()
+                                          if any(word in words for word in found))
     if CUDA:
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from recgen.ops import LAUNCH_COUNTS
-from recgen.ops.affine import affine_act, affine_blocks, forced_blocks
+from recgen.ops.common.tiling import affine_blocks, forced_tiles
+from recgen.ops.conv.affine import checked_affine_act as affine_act
 from recgen.reference.conv import affine_act as reference_affine_act
 from recgen.testing import DTYPE_NAMES, TOLERANCES, max_rel_error
 
@@ -91,7 +92,7 @@ def check(shape, act, slope, terms, dtype, device, blocks=None, vector=(None, No
     if blocks is None:
         errors = compare(inputs, act, slope, seed=seed, **kw)
     else:
-        with forced_blocks(*blocks):
+        with forced_tiles(affine=blocks):
             errors = compare(inputs, act, slope, seed=seed, **kw)
     tol = TOLERANCES[dtype]
     bad = {k: v for k, v in errors.items() if not v <= tol}
@@ -161,7 +162,7 @@ LAYOUTS = {
 @pytest.mark.parametrize("act,slope", [("relu", 0.01), ("leaky_relu", -0.3)], ids=["relu", "leaky-0.3"])
 def test_any_layout(layout, act, slope, device):
     inputs = LAYOUTS[layout](make_inputs((2, 5, 7, 10), ALL, torch.float32, device, seed=5))
-    with forced_blocks(*SMALL_TILES):
+    with forced_tiles(affine=SMALL_TILES):
         errors = compare(inputs, act, slope)
     assert max(errors.values()) <= TOLERANCES[torch.float32], errors
 
@@ -178,7 +179,7 @@ GRAD_LAYOUTS = {
 def test_any_gradient_layout(layout, device):
     grad_layout = GRAD_LAYOUTS[layout]
     inputs = make_inputs((2, 5, 7, 10), ALL, torch.float32, device, seed=6)
-    with forced_blocks(*SMALL_TILES):
+    with forced_tiles(affine=SMALL_TILES):
         errors = compare(inputs, "leaky_relu", 0.2, grad_layout=grad_layout)
     assert max(errors.values()) <= TOLERANCES[torch.float32], errors
 
@@ -188,7 +189,7 @@ def test_any_gradient_layout(layout, device):
 def test_some_inputs_require_grad(requires, act, slope, device):
     """Only the wanted gradients are computed (constexpr flags), and they are right."""
     inputs = make_inputs((2, 5, 7, 10), ALL, torch.float32, device, seed=7)
-    with forced_blocks(*SMALL_TILES):
+    with forced_tiles(affine=SMALL_TILES):
         errors = compare(inputs, act, slope, requires=requires)
     assert set(errors) == {"out"} | {f"d{n}" for n in requires}
     assert max(errors.values()) <= TOLERANCES[torch.float32], errors
@@ -220,7 +221,7 @@ def test_backward_is_deterministic(device):
     grads = []
     for _ in range(2):
         leaves = {n: v.clone().requires_grad_() for n, v in inputs.items()}
-        with forced_blocks(*SMALL_TILES):
+        with forced_tiles(affine=SMALL_TILES):
             affine_act(**leaves, act="relu").square().sum().backward()
         grads.append([leaves[n].grad for n in ("y", "scale", "shift", "residual")])
     for a, b in zip(*grads):

@@ -1,5 +1,5 @@
 """Residual blocks under torch.autocast follow the torch modules they replace (measured on torch
-2.13, see recgen/blocks.py): conv2d in the autocast dtype, batch/instance norm with float32
+2.13, see recgen/functional/residual.py): conv2d in the autocast dtype, batch/instance norm with float32
 statistics and a low-precision output, float32 running statistics, float32 parameter gradients,
 and a residual add that promotes (a low-precision norm2 output + a float32 identity skip is
 float32; with a projection skip the block's output stays low precision).
@@ -171,7 +171,7 @@ def test_bf16_input_with_float32_module(device):
 @pytest.mark.parametrize("train,expected", [(False, (2, 1)), (True, (2, 2))], ids=["eval", "train"])
 def test_wider_skip_passes_over_memory(train, expected, device):
     """A float32 identity skip under bf16 autocast: the residual add leaves conv2's epilogue
-    (eval) or norm2's pass (training) for one more elementwise pass, as recgen/blocks.py says."""
+    (eval) or norm2's pass (training) for one more elementwise pass, as recgen/functional/residual.py says."""
     block = recgen.nn.ResidualBlock(4, norm="batch").to(device).train(train)
     x = torch.randn(2, 4, 5, 6, device=device)
     before = LAUNCH_COUNTS["conv2d_fwd"], LAUNCH_COUNTS["affine_act_fwd"]

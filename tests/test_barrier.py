@@ -4,7 +4,7 @@ a group of two programs can only run out of polls (a deadlock without the bound)
 
 The barrier itself, from a test kernel: the wait that runs out takes exactly its budget, every
 later wait of the launch (any group) takes one poll, and the flag after the counters records
-the first target that ran out. Then the launchers (recgen/ops/persistent_tiles.py::run_persistent)
+the first target that ran out. Then the launchers (recgen/ops/recurrent/persistent.py::run_persistent)
 in the single-launch form the GPU runs (barrier_test_hook): a group of two programs returns and
 raises naming the kernel, the grid and the plan; a grid of one program per group (the barrier
 completes at its own arrival) computes what the reference does.
@@ -24,8 +24,8 @@ from recgen.backend import backend
 from recgen.functional import run_direction
 from recgen.kernels.lstm_persistent import BARRIER_RELEASED, _group_barrier
 from recgen.ops import LAUNCH_COUNTS
-from recgen.ops.config import forced_mode
-from recgen.ops.persistent_tiles import barrier_test_hook
+from recgen.ops.common.tiling import forced_tiles
+from recgen.ops.recurrent.persistent import barrier_test_hook
 from recgen.testing import TOLERANCES, compare_direction, random_direction_inputs
 
 DEADLINE_S = 300  # the machine may be loaded; a run that returns takes seconds
@@ -114,7 +114,7 @@ GARBAGE = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_forward_with_a_group_that_cannot_meet_raises(cell):
     before = LAUNCH_COUNTS[f"{cell}_fwd_persistent"]
-    with forced_mode("persistent"), barrier_test_hook(SPINS):
+    with forced_tiles(mode="persistent"), barrier_test_hook(SPINS):
         with pytest.raises(RuntimeError, match=rf"^{cell}_fwd_persistent \(_{cell}_fwd_persistent_kernel, "
                                                + TIMEOUT_PLAN):
             within_deadline(module_call(cell, 20, grad=False))
@@ -125,7 +125,7 @@ def test_forward_with_a_group_that_cannot_meet_raises(cell):
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_backward_with_a_group_that_cannot_meet_raises(cell):
     """The forward one launch per step (no barrier), the backward's single launch times out."""
-    with forced_mode("persistent"):
+    with forced_tiles(mode="persistent"):
         y = within_deadline(module_call(cell, 20, grad=True))[0]
         before = LAUNCH_COUNTS[f"{cell}_bwd_persistent"]
         with barrier_test_hook(SPINS), pytest.raises(
@@ -143,7 +143,7 @@ def test_single_launch_with_one_program_per_group_matches_reference(cell):
     inputs = random_direction_inputs(cell, 4, 20, 3, 16, generator=gen)
     base = cell.split("_")[0]
     before = dict(LAUNCH_COUNTS)
-    with forced_mode("persistent"), barrier_test_hook(SPINS):
+    with forced_tiles(mode="persistent"), barrier_test_hook(SPINS):
         errors = within_deadline(lambda: compare_direction(cell, inputs, lengths=torch.tensor([4, 1, 3] * 6 + [2, 4]),
                                                            reverse=True))
     for name in (f"{base}_fwd_persistent", f"{base}_bwd_persistent"):
@@ -162,6 +162,6 @@ def test_without_the_hook_the_interpreter_launches_per_step():
     before = LAUNCH_COUNTS["lstm_fwd_persistent"]
     inputs = random_direction_inputs("lstm", 4, 3, 5, 20, generator=torch.Generator().manual_seed(0))
     order = ["x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr"]
-    with forced_mode("persistent"), backend("triton"), torch.no_grad():
+    with forced_tiles(mode="persistent"), backend("triton"), torch.no_grad():
         run_direction("lstm", *[inputs[n] for n in order])
     assert LAUNCH_COUNTS["lstm_fwd_persistent"] == before + 4

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import recgen
-from recgen import blocks
+from recgen.functional import residual as blocks
 from recgen.check import HALF_BLOCK_OVERRIDES, half_precision_safe
 from recgen.ops import LAUNCH_COUNTS
 from recgen.reference import residual as reference

@@ -172,9 +172,9 @@ def test_check_forces_each_recurrence_mode(monkeypatch, capsys):
 def test_a_persistent_line_fails_when_the_persistent_kernels_did_not_run(monkeypatch, capsys):
     """A plan the device cannot hold falls back to the single-program kernels: correct outputs,
     but the persistent mode was not checked, so the line fails."""
-    import recgen.ops.persistent as persistent
+    import recgen.ops.recurrent.rnn as rnn_ops
     _one_op_check(monkeypatch)
-    monkeypatch.setattr(persistent, "run_persistent", lambda *args, **kwargs: False)
+    monkeypatch.setattr(rnn_ops, "run_persistent", lambda *args, **kwargs: False)
     assert not run_check([torch.float32], modes=("persistent",))
     line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("rnn_tanh[persistent]"))
     assert "FAIL" in line and "(0 launches)" in line

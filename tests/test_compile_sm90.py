@@ -19,8 +19,8 @@ COMPILE = r'''
 import importlib, sys
 import triton
 from recgen.aot import compile_kernel
-from recgen.ops.persistent import STATE_POINTERS
-from recgen.ops.persistent_tiles import PIPELINE_STAGES
+from recgen.ops.recurrent.persistent import STATE_POINTERS
+from recgen.ops.recurrent.persistent import PIPELINE_STAGES
 
 module, name = sys.argv[1], sys.argv[2]
 fn = getattr(importlib.import_module(f"recgen.kernels.{module}"), name)

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from recgen.ops import LAUNCH_COUNTS
-from recgen.ops.conv_bwd import conv2d_bwd_data, conv2d_bwd_weight, conv_bwd_config, forced_config
+from recgen.ops.common.tiling import conv_bwd_config, forced_tiles
+from recgen.ops.conv.conv2d_bwd import conv2d_bwd_data, conv2d_bwd_weight
 from recgen.reference.conv import fused_conv2d
 from recgen.testing import DTYPE_NAMES, TOLERANCES, max_rel_error
 
@@ -94,7 +95,7 @@ def _check(size, K, stride, padding, upsample, prologue, dtype, device, memory_f
     x = inp["x"].contiguous(memory_format=memory_format)
     dacc = dacc.contiguous(memory_format=memory_format)
     before = LAUNCH_COUNTS["conv2d_bwd_data"], LAUNCH_COUNTS["conv2d_bwd_weight"]
-    with forced_config(**mode) if mode else contextlib.nullcontext():
+    with forced_tiles(**mode) if mode else contextlib.nullcontext():
         dx, d_scale, d_shift = conv2d_bwd_data(dacc, x, inp["weight"], in_scale=inp["in_scale"],
                                                in_shift=inp["in_shift"], **geometry, **prologue_args)
         dw = conv2d_bwd_weight(dacc, x, inp["weight"].shape, in_scale=inp["in_scale"],
@@ -145,10 +146,10 @@ def test_split_reduction_and_small_blocks(split, device):
     """The weight gradient's reduction split into uneven slices (the last ends in a partial
     block), with 16-wide channel blocks: several CI and CO blocks in both kernels."""
     size = (2, 20, 18, 4, 5)  # R = 2 * 8 * 10 = 160 positions: 3 steps of 64, the last partial
-    with forced_config(split=split, channel_block=16):
+    with forced_tiles(conv_bwd_split=split, conv_bwd_channel_block=16):
         cfg = conv_bwd_config(2, 20, 18, 4, 5, 8, 10, 3)
     assert (cfg.block_ci, cfg.block_co, cfg.split) == (16, 16, split)
-    _check(size, 3, 1, "reflect", True, "relu", torch.float32, device, mode=dict(split=split, channel_block=16))
+    _check(size, 3, 1, "reflect", True, "relu", torch.float32, device, mode=dict(conv_bwd_split=split, conv_bwd_channel_block=16))
 
 
 def test_config_rule():
@@ -161,7 +162,7 @@ def test_config_rule():
     small = conv_bwd_config(1, 3, 5, 2, 3, 2, 3, 1)
     assert (small.block_p, small.block_ci, small.block_co, small.block_r) == (16, 16, 16, 16)
     with pytest.raises(ValueError, match="channel_block must be a power of two >= 16, got 24"):
-        with forced_config(channel_block=24):
+        with forced_tiles(conv_bwd_channel_block=24):
             pass
 
 

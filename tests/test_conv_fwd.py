@@ -1,4 +1,4 @@
-"""The fused conv forward (recgen.ops.conv.conv2d_fwd, one Triton launch) against the float64
+"""The fused conv forward (recgen.ops.conv.conv2d.conv2d_fwd, one Triton launch) against the float64
 reference recgen.reference.conv.fused_conv2d on the same dtype-rounded inputs: the output and,
 with stats, the per-(image, channel) sums of z and z*z. Outputs and partial-statistics buffers
 are NaN-poisoned before launch (conftest), so an unwritten element fails the comparison.
@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from recgen.ops import LAUNCH_COUNTS
-from recgen.ops.conv import conv2d_fwd, conv_blocks, forced_blocks
+from recgen.ops.common.tiling import conv_blocks, forced_tiles
+from recgen.ops.conv.conv2d import conv2d_fwd
 from recgen.reference.conv import fused_conv2d
 from recgen.testing import DTYPE_NAMES, TOLERANCES, max_rel_error
 
@@ -126,7 +127,7 @@ def check(spec, device, **layouts):
     ref = fused_conv2d(**{k: v.to(torch.float64) if isinstance(v, torch.Tensor) else v for k, v in args.items()})
     before = LAUNCH_COUNTS["conv2d_fwd"]
     if spec["blocks"]:
-        with forced_blocks(*spec["blocks"]):
+        with forced_tiles(conv=spec["blocks"]):
             got = conv2d_fwd(**args)
     else:
         got = conv2d_fwd(**args)
@@ -185,10 +186,10 @@ def test_default_blocks_rule():
     assert conv_blocks(70, 3, 5) == (128, 16, 16, 4)
     assert conv_blocks(4096, 256, 256) == (128, 32, 64, 8)
     assert conv_blocks(1, 40, 20) == (16, 32, 32, 4)
-    with forced_blocks(16, 16, 16):
+    with forced_tiles(conv=(16, 16, 16)):
         assert conv_blocks(4096, 256, 256) == (16, 16, 16, 4)
     with pytest.raises(ValueError, match="power of two"):
-        with forced_blocks(8, 16, 16):
+        with forced_tiles(conv=(8, 16, 16)):
             pass
 
 

@@ -10,7 +10,7 @@ import torch
 
 import recgen
 from recgen.ops import LAUNCH_COUNTS
-from recgen.ops.config import forced_mode
+from recgen.ops.common.tiling import forced_tiles
 from recgen.testing import TOLERANCES, max_rel_error
 
 pytestmark = pytest.mark.gpu
@@ -93,7 +93,7 @@ def test_cuda_graph_captures_a_persistent_step_with_the_barrier_check_on(monkeyp
         y.square().sum().backward()
         return y
 
-    with forced_mode("persistent"):
+    with forced_tiles(mode="persistent"):
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -189,7 +189,7 @@ def test_offsets_past_2_31_elements_with_gradients(mode, monkeypatch):
     w = torch.randn(T, B, H, device="cuda")  # the loss's weight: every dy nonzero
     before = dict(LAUNCH_COUNTS)
     kernels = ("lstm_fwd", "lstm_bwd") if mode == "streamed" else ("lstm_fwd_persistent", "lstm_bwd_persistent")
-    with forced_mode(mode):
+    with forced_tiles(mode=mode):
         y, (h, c) = rec(x)
         (y * w).sum().backward()
     torch.cuda.synchronize()

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from recgen.ops import LAUNCH_COUNTS
-from recgen.ops.config import forced_mode, recurrence_config
+from recgen.ops.common.tiling import forced_tiles
+from recgen.ops.recurrent.modes import recurrence_config
 from recgen.testing import DTYPE_NAMES, TOLERANCES, compare_direction, max_rel_error, random_direction_inputs
 
 CELLS = [("lstm", 0), ("lstm", 3), ("gru", 0), ("rnn_tanh", 0), ("rnn_relu", 0)]
@@ -39,7 +40,7 @@ def _check(cell, proj, shape, reverse, dtype, device, bias=True, mode=None):
                                      device=device, generator=gen)
     family = FAMILY[cell]
     before = LAUNCH_COUNTS[f"{family}_fwd"], LAUNCH_COUNTS[f"{family}_bwd"]
-    with forced_mode(*mode) if mode else contextlib.nullcontext():
+    with forced_tiles(mode=mode[0], stream_block=mode[1]) if mode else contextlib.nullcontext():
         errors = compare_direction(cell, inputs, torch.tensor(lengths) if lengths else None, reverse)
     # The Triton path ran, once forward and once backward: no silent fallback.
     assert (LAUNCH_COUNTS[f"{family}_fwd"], LAUNCH_COUNTS[f"{family}_bwd"]) == (before[0] + 1, before[1] + 1)
@@ -81,12 +82,12 @@ def test_default_rule_streams_large_hidden(device):
     _check("lstm", 0, (2, 2, 3, 160, None), False, torch.float32, device)
 
 
-def test_forced_mode_validates():
+def test_forced_tiles_validate():
     with pytest.raises(ValueError, match="unknown recurrence mode 'fast'"):
-        with forced_mode("fast"):
+        with forced_tiles(mode="fast"):
             pass
     with pytest.raises(ValueError, match="block must be a power of two >= 16, got 24"):
-        with forced_mode("streamed", 24):
+        with forced_tiles(mode="streamed", stream_block=24):
             pass
 
 
@@ -147,7 +148,7 @@ def test_bidirectional_layer_is_one_launch(cell, proj, mode, device):
 
     family = FAMILY[cell]
     before = LAUNCH_COUNTS[f"{family}_fwd"], LAUNCH_COUNTS[f"{family}_bwd"]
-    with forced_mode(*mode) if mode else contextlib.nullcontext(), backend("triton"):
+    with forced_tiles(mode=mode[0], stream_block=mode[1]) if mode else contextlib.nullcontext(), backend("triton"):
         out_t = [o for o in run(tri) if o is not None]
         grads = [torch.rand_like(o) - 0.5 for o in out_t]
         torch.autograd.backward(out_t, grads)

@@ -15,7 +15,7 @@ import torch
 
 import recgen
 from recgen.ops import LAUNCH_COUNTS
-from recgen.ops import library
+from recgen.ops.common import library
 from recgen.testing import TOLERANCES, max_rel_error
 
 TOL = TOLERANCES[torch.float32]
@@ -93,7 +93,7 @@ def test_opcheck_rnn(device, nonlinearity, D, lengths, grad):
 
 def test_function_apply_matches_the_op(device):
     """LSTMFunction.apply and torch.ops.recgen.lstm_fwd share one backward: same gradients."""
-    from recgen.ops.lstm import LSTMFunction
+    from recgen.ops.recurrent.lstm import LSTMFunction
 
     base = _lstm_args(2, 4, 3, 5, 5, False, None, True, device)
     grads = []
@@ -139,7 +139,7 @@ def test_inference_skips_the_saved_tensors(device, cell):
 
 
 def test_backward_without_saved_tensors_says_why(device):
-    from recgen.ops.lstm import LSTMFunction
+    from recgen.ops.recurrent.lstm import LSTMFunction
 
     args = _leaf(_lstm_args(1, 2, 2, 3, 3, False, None, True, device)[:-1] + (False,))
     y = LSTMFunction.apply(*args)[0]
@@ -159,20 +159,8 @@ def test_registration_kind():
 
 def test_registration_falls_back_to_custom_op_without_triton_op(monkeypatch):
     """A torch without torch.library.triton_op (before 2.6) gets custom_ops."""
-    monkeypatch.delenv("RECGEN_TORCH_OP", raising=False)
     monkeypatch.delattr(torch.library, "triton_op")
     assert library.registration_kind() == "custom_op"
-    monkeypatch.setenv("RECGEN_TORCH_OP", "triton_op")
-    with pytest.raises(RuntimeError, match="no torch.library.triton_op"):
-        library.registration_kind()
-
-
-def test_registration_kind_override(monkeypatch):
-    monkeypatch.setenv("RECGEN_TORCH_OP", "custom_op")
-    assert library.registration_kind() == "custom_op"
-    monkeypatch.setenv("RECGEN_TORCH_OP", "cuda_graph")
-    with pytest.raises(ValueError, match="RECGEN_TORCH_OP.*cuda_graph"):
-        library.registration_kind()
 
 
 RECURRENT_OPS = {"lstm_fwd", "lstm_bwd", "gru_fwd", "gru_bwd", "rnn_fwd", "rnn_bwd"}
@@ -181,7 +169,7 @@ RECURRENT_OPS = {"lstm_fwd", "lstm_bwd", "gru_fwd", "gru_bwd", "rnn_fwd", "rnn_b
 def test_triton_op_registration_traces_every_kernel():
     """Without the interpreter (as on a GPU) the ops are triton_ops whose launchers torch.compile
     traces: every op's kernels appear in the functionalised graph (tests/scripts/trace_triton_ops.py)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "RECGEN_TORCH_OP")}
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     script = os.path.join(os.path.dirname(__file__), "scripts", "trace_triton_ops.py")
     done = subprocess.run([sys.executable, script], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -190,24 +178,28 @@ def test_triton_op_registration_traces_every_kernel():
     assert all(int(n) >= 1 for n in kernels.values()), kernels
 
 
-def test_interpreter_turned_on_after_import_runs_eagerly():
-    """`recgen check` on a machine without CUDA imports recgen, then turns the interpreter on:
-    Triton must not have been imported yet (its own jit functions would not be interpreted),
-    and the ops, registered on first use, are then custom_ops whose kernels run eagerly."""
-    code = (
-        "import os, sys, torch, recgen\n"
-        "assert 'triton' not in sys.modules\n"
-        "os.environ['TRITON_INTERPRET'] = '1'\n"
-        "m = recgen.nn.GRU(3, 4)\n"
-        "x = torch.randn(2, 1, 3, requires_grad=True)\n"
-        "with recgen.backend.backend('triton'):\n"
-        "    m(x)[0].sum().backward()\n"
-        "print(recgen.ops.library.kind(), recgen.ops.LAUNCH_COUNTS['gru_fwd'], recgen.ops.LAUNCH_COUNTS['gru_bwd'])\n"
-    )
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "RECGEN_TORCH_OP")}
+def test_import_does_not_import_triton():
+    """No work at import time: Triton is imported when an op first registers."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = "import sys, recgen, recgen.nn, recgen.functional\nassert 'triton' not in sys.modules, 'triton imported'\n"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split() == ["custom_op", "1", "1"]
+
+
+def test_check_without_cuda_runs_again_under_the_interpreter(monkeypatch):
+    """`recgen check` and `recgen bench` on a machine without CUDA start themselves again with
+    TRITON_INTERPRET=1 (the interpreter cannot be turned on once Triton has decorated the
+    kernels); the child's exit status is the command's."""
+    from recgen import cli
+
+    started = []
+    monkeypatch.delenv("TRITON_INTERPRET")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(subprocess, "run", lambda cmd, env: started.append((cmd, env)) or
+                        subprocess.CompletedProcess(cmd, 3))
+    assert cli.main(["check", "--dtype", "fp32"]) == 3
+    (cmd, env), = started
+    assert cmd == [sys.executable, "-m", "recgen", "check", "--dtype", "fp32"] and env["TRITON_INTERPRET"] == "1"
 
 
 # --------------------------------------------------------------------------- torch.compile

@@ -1,4 +1,4 @@
-"""The residual-block ops in torch.library (recgen/ops/library.py): torch.ops.recgen.fused_conv2d,
+"""The residual-block ops in torch.library (recgen/ops/common/library.py): torch.ops.recgen.fused_conv2d,
 conv2d_bwd_data, conv2d_bwd_weight, affine_act and affine_act_bwd pass torch.library.opcheck
 (schema, fake tensors, autograd registration, AOT dispatch), and torch.compile(fullgraph=True)
 traces fused_conv2d, affine_act and residual blocks without graph breaks, with the Triton
@@ -18,7 +18,8 @@ from torch import nn
 
 import recgen
 from recgen import functional
-from recgen.ops import LAUNCH_COUNTS, library
+from recgen.ops import LAUNCH_COUNTS
+from recgen.ops.common import library
 from recgen.testing import TOLERANCES, max_rel_error, randomise_norms
 
 recgen.ops.register_all()  # the tests call torch.ops.recgen.* directly
@@ -39,7 +40,7 @@ def _tensors(*shapes, grad=False, seed=0):
 # --------------------------------------------------------------------------------- opcheck
 
 def _opcheck(op, args):
-    """torch.library.opcheck, plus: every output is a fresh tensor, sharing memory with no input
+    """torch.library.opcheck, plus: every output is a owned_copy tensor, sharing memory with no input
     and no other output (opcheck only looks at inputs)."""
     torch.library.opcheck(op, args)
     outs = op(*args)
@@ -61,7 +62,7 @@ CONV_CASES = {
 
 
 def _out_hw(stride, upsample):
-    from recgen.ops.conv import conv_out_size
+    from recgen.ops.conv.conv2d import conv_out_size
     return conv_out_size(H, K, stride, upsample), conv_out_size(W, K, stride, upsample)
 
 
@@ -123,7 +124,7 @@ import torch
 from torch._functorch.aot_autograd import aot_function
 
 import recgen
-from recgen.ops import library
+from recgen.ops.common import library
 
 recgen.ops.register_all()
 assert library.kind() == "triton_op", library.kind()
@@ -175,7 +176,7 @@ def test_triton_op_registration_traces_every_kernel():
     launchers' annotations), and AOTAutograd traces each launcher with fake tensors into a
     functional graph holding its kernel. Run in a subprocess without TRITON_INTERPRET; the graphs
     are never run (there is no GPU here)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "RECGEN_TORCH_OP")}
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run([sys.executable, "-c", TRACE_TRITON_OPS], capture_output=True, text=True, env=env,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

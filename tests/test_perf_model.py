@@ -1,6 +1,6 @@
 """recgen.perf_model: the counts on hand-computed small cases, the step floors on the issue's
 target point, the grid table's coverage, and the resident/streamed rule against
-recgen.ops.config.recurrence_config (the one place the kernels' mode is chosen)."""
+recgen.ops.recurrent.modes.recurrence_config (the one place the kernels' mode is chosen)."""
 
 import doctest
 import json
@@ -241,7 +241,7 @@ def test_to_markdown_has_one_line_per_case():
 def test_modes_are_the_launchers_choices_under_the_gpus_triton():
     """The model's tiles are what the launchers chose on the bench grid with Triton 3.6
     (bench/config_resources.py), and each is a candidate the rule offers today."""
-    from recgen.ops.config import recurrence_candidates
+    from recgen.ops.common.tiling import recurrence_candidates
     names = {"bf16": torch.bfloat16, "fp32": torch.float32}
     for cell, H, dtype in itertools.product(pm.GRID["op"], pm.GRID["H"], pm.GRID["dtype"]):
         mode = pm.recurrence_mode(cell, H, pm.DTYPE_BYTES[dtype])

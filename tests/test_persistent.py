@@ -13,8 +13,8 @@ import torch
 
 import recgen
 from recgen.ops import LAUNCH_COUNTS
-from recgen.ops.config import forced_mode, recurrence_config
-from recgen.ops.persistent_tiles import persistent_plans
+from recgen.ops.common.tiling import forced_tiles, persistent_plans
+from recgen.ops.recurrent.modes import recurrence_config
 from recgen.testing import TOLERANCES, compare_direction, max_rel_error, random_direction_inputs
 
 
@@ -38,7 +38,7 @@ def test_persistent_forward_matches_reference(device, T, B, I, H, lengths, rever
     inputs = random_direction_inputs("lstm", T, B, I, H, device=device, generator=gen)
     lengths = None if lengths is None else torch.tensor(lengths)
     before = dict(LAUNCH_COUNTS)
-    with forced_mode("persistent"):
+    with forced_tiles(mode="persistent"):
         errors = compare_direction("lstm", inputs, lengths=lengths, reverse=reverse)
     for name in ("lstm_fwd_persistent", "lstm_bwd_persistent"):
         assert LAUNCH_COUNTS[name] > before.get(name, 0), f"{name} did not run"
@@ -62,7 +62,7 @@ def test_persistent_gru_rnn_match_reference(device, cell, bias, T, B, I, H, leng
     lengths = None if lengths is None else torch.tensor(lengths)
     base = cell.split("_")[0]
     before = dict(LAUNCH_COUNTS)
-    with forced_mode("persistent"):
+    with forced_tiles(mode="persistent"):
         errors = compare_direction(cell, inputs, lengths=lengths, reverse=reverse)
     for name in (f"{base}_fwd_persistent", f"{base}_bwd_persistent"):
         assert LAUNCH_COUNTS[name] > before.get(name, 0), f"{name} did not run"
@@ -93,7 +93,7 @@ def test_persistent_plan_shapes(device, cell, packed, reverse, forced, B, grid, 
     lengths = torch.tensor(lengths) if packed else None
     base = cell.split("_")[0]
     before = dict(LAUNCH_COUNTS)
-    with forced_mode("persistent", **forced):
+    with forced_tiles(mode="persistent", **forced):
         assert recurrence_config(1, 20, 20, torch.float32, batch=B, persistent_capable=True).persistent[0] \
             .grid(B, 20, 1) == grid
         errors = compare_direction(cell, inputs, lengths=lengths, reverse=reverse)
@@ -111,7 +111,7 @@ def test_persistent_module_bidirectional_and_no_grad(device):
     rec = recgen.nn.LSTM(3, 18, num_layers=2, bidirectional=True).to(device)
     rec.load_state_dict(ref.state_dict())
     x = torch.randn(4, 2, 3, device=device)
-    with forced_mode("persistent"):
+    with forced_tiles(mode="persistent"):
         before = LAUNCH_COUNTS["lstm_fwd_persistent"]
         with torch.no_grad():
             y, (h, c) = rec(x)
@@ -138,7 +138,7 @@ def test_persistent_gru_rnn_module_bidirectional_and_no_grad(device, cls, kwargs
     rec.load_state_dict(ref.state_dict())
     base = cls.__name__.lower()
     x = torch.randn(4, 2, 3, device=device)
-    with forced_mode("persistent"):
+    with forced_tiles(mode="persistent"):
         before = dict(LAUNCH_COUNTS)
         with torch.no_grad():
             y, h = rec(x)
@@ -161,7 +161,7 @@ def test_mode_rule():
     """Persistent only for a launcher that has it (the LSTM without projection, GRU, RNN), only
     when forced or opted in on a GPU; its candidate tiles cover H in blocks of 16 columns, then
     of 8 (the fallback)."""
-    with forced_mode("persistent"):
+    with forced_tiles(mode="persistent"):
         assert recurrence_config(4, 1024, 1024, torch.bfloat16, batch=40, persistent_capable=True).persistent \
             == persistent_plans(40, 1024)
         assert recurrence_config(4, 1024, 1024, torch.bfloat16, persistent_capable=False).persistent is None
@@ -178,7 +178,7 @@ def test_mode_rule():
     assert plans[-1].grid(40, 1000, 2) == (125, 2, 1)
     assert {p.block_h for p in persistent_plans(40, 1000, columns=8)} == {8}
     with pytest.raises(ValueError, match="columns must be 0 .* got 4"):
-        forced_mode("persistent", columns=4)
+        forced_tiles(mode="persistent", columns=4)
     # Never more rows per program than the batch needs.
     assert {p.block_b for p in persistent_plans(1, 100)} == {16}
     assert {p.block_b for p in persistent_plans(17, 100)} == {16, 32}
@@ -200,7 +200,7 @@ def test_persistent_single_launch_on_gpu(H, B, dtype, groups):
     x = torch.randn(64, B, H, device="cuda", dtype=dtype)
     before = dict(LAUNCH_COUNTS)
     x_rec, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
-    with forced_mode("persistent", groups=groups):
+    with forced_tiles(mode="persistent", groups=groups):
         y, (h, c) = rec(x_rec)
         y.float().square().sum().backward()
     torch.cuda.synchronize()
@@ -231,7 +231,7 @@ def test_persistent_gru_rnn_single_launch_on_gpu(cls, kwargs, H, B, dtype):
     x = torch.randn(64, B, H, device="cuda", dtype=dtype)
     before = dict(LAUNCH_COUNTS)
     x_rec, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
-    with forced_mode("persistent"):
+    with forced_tiles(mode="persistent"):
         y, h = rec(x_rec)
         (y.float().square().sum() + h.float().sum()).backward()
     torch.cuda.synchronize()
@@ -259,7 +259,7 @@ def test_persistent_float32_h1024_on_gpu(cls):
     x = torch.randn(32, 16, 1024, device="cuda")
     before = dict(LAUNCH_COUNTS)
     x_rec, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
-    with forced_mode("persistent"):
+    with forced_tiles(mode="persistent"):
         out = rec(x_rec)
         out[0].square().sum().backward()
     torch.cuda.synchronize()

@@ -1,4 +1,4 @@
-"""How the persistent mode picks its tiles (recgen/ops/persistent_tiles.py), on the CPU: the
+"""How the persistent mode picks its tiles (recgen/ops/recurrent/persistent.py), on the CPU: the
 occupancy arithmetic on Hopper's limits, the preference rule, and the choice among compiled
 candidates with a stand-in for Triton's compiled kernels and the device's properties (the real
 ones run in the gpu tests of tests/test_persistent.py)."""
@@ -11,8 +11,9 @@ import torch
 from triton.runtime.errors import OutOfResources
 
 from recgen.aot import SM90_LIMITS
-from recgen.ops import persistent_tiles
-from recgen.ops.persistent_tiles import PersistentPlan, choose_plan, fitted, occupancy, persistent_plans, pick_plan
+from recgen.ops.recurrent import persistent
+from recgen.ops.common.tiling import PersistentPlan, persistent_plans
+from recgen.ops.recurrent.persistent import choose_plan, fitted, occupancy, pick_plan
 
 # What torch reports for an H100/H200 (cudaDeviceProp), as the launcher reads it.
 HOPPER = SimpleNamespace(multi_processor_count=132, max_threads_per_multi_processor=2048,
@@ -101,7 +102,7 @@ class StandInKernel:
 
 def test_choose_plan_skips_what_the_device_cannot_hold_and_caches(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: HOPPER)
-    monkeypatch.setattr(persistent_tiles, "_CHOSEN", {})
+    monkeypatch.setattr(persistent, "_CHOSEN", {})
     kernel = StandInKernel({
         (16, 4): (255, 99328, 64),    # fits, but spills
         (16, 8): (255, 263168, 0),    # too much shared memory: OutOfResources when loaded
@@ -130,7 +131,7 @@ def test_choose_plan_skips_what_the_device_cannot_hold_and_caches(monkeypatch):
 
 def test_choose_plan_stops_at_one_spill_free_16_row_tile(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: HOPPER)
-    monkeypatch.setattr(persistent_tiles, "_CHOSEN", {})
+    monkeypatch.setattr(persistent, "_CHOSEN", {})
     kernel = StandInKernel({(16, 4): (255, 99328, 64), (16, 8): (190, 83456, 0)})
     chosen = choose_plan("k", kernel, persistent_plans(64, 512), (64, 512, 1), torch.device("cpu"), {})
     assert (chosen.block_b, chosen.block_h, chosen.num_warps, chosen.groups) == (16, 16, 8, 4)
@@ -142,7 +143,7 @@ def test_choose_plan_loops_over_tiles_when_a_group_per_tile_does_not_fit(monkeyp
     programs, two groups of 64, each stepping through 8 tiles. Every candidate ends up at 128
     rows per program and step, so the first is taken."""
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: HOPPER)
-    monkeypatch.setattr(persistent_tiles, "_CHOSEN", {})
+    monkeypatch.setattr(persistent, "_CHOSEN", {})
     kernel = StandInKernel({key: (255, 165376, 0) for b in (16, 32, 64) for w in (4, 8)
                             for key in ((b, w), (b, w, 8))})
     plans = persistent_plans(256, 1024)
@@ -158,7 +159,7 @@ def test_choose_plan_loops_over_tiles_when_a_group_per_tile_does_not_fit(monkeyp
 
 def test_choose_plan_none_when_nothing_fits(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: HOPPER)
-    monkeypatch.setattr(persistent_tiles, "_CHOSEN", {})
+    monkeypatch.setattr(persistent, "_CHOSEN", {})
     too_big = StandInKernel({key: (255, 263168, 0) for b in (16, 32, 64) for w in (4, 8)
                              for key in ((b, w), (b, w, 8))})
     assert choose_plan("k", too_big, persistent_plans(64, 1024), (64, 1024, 1), torch.device("cpu"), {}) is None
@@ -174,7 +175,7 @@ def test_choose_plan_falls_back_to_eight_columns(monkeypatch):
     one group. Where the 16-unit candidates only spill (the bf16 LSTM backward at H=1024), a
     spill-free 8-unit one beats them; a spilling one does not beat a smaller spill."""
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: HOPPER)
-    monkeypatch.setattr(persistent_tiles, "_CHOSEN", {})
+    monkeypatch.setattr(persistent, "_CHOSEN", {})
     fp32 = StandInKernel({**{(b, w): (255, 280000, 0) for b in (16, 32, 64) for w in (4, 8)},
                           (16, 4, 8): (255, 150000, 512), (16, 8, 8): (200, 150000, 0)})
     chosen = choose_plan("k", fp32, persistent_plans(16, 1024), (16, 1024, 1), torch.device("cpu"), {"B": 16})
@@ -212,9 +213,9 @@ def standin_gpu(monkeypatch):
     """The launcher as on a GPU: the interpreter switched off, Hopper's properties, the driver's
     error texts, nothing chosen yet. Returns the candidates, shape and device of a launch."""
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: HOPPER)
-    monkeypatch.setattr(persistent_tiles, "_CHOSEN", {})
-    monkeypatch.setattr(persistent_tiles, "interpreting", lambda: False)
-    monkeypatch.setattr(persistent_tiles, "cuda_error_texts", DRIVER_ERRORS.__getitem__)
+    monkeypatch.setattr(persistent, "_CHOSEN", {})
+    monkeypatch.setattr(persistent, "interpreting", lambda: False)
+    monkeypatch.setattr(persistent, "cuda_error_texts", DRIVER_ERRORS.__getitem__)
     return persistent_plans(16, 512), (16, 512, 1), torch.device("cpu")
 
 
@@ -229,29 +230,29 @@ def test_run_persistent_launches_cooperatively_and_streams_when_refused(monkeypa
     plans, shape, cpu = standin_gpu(monkeypatch)
     kernel = StandInKernel({(16, 4): (255, 99328, 0)})
     before = LAUNCH_COUNTS["standin"]
-    assert persistent_tiles.run_persistent("standin", kernel, plans, shape, 8, cpu, {"B": 16})
+    assert persistent.run_persistent("standin", kernel, plans, shape, 8, cpu, {"B": 16})
     (grid, kwargs), = kernel.launches
     assert grid == (32, 1, 1) and kwargs["launch_cooperative_grid"] is True and kwargs["GRID_SYNC"] is True
     assert (kwargs["step_begin"], kwargs["step_end"]) == (0, 8) and kwargs["counter_ptr"].tolist() == [0, 0]
-    assert kwargs["spin_limit"] == persistent_tiles.SPIN_LIMIT == 2 ** 24
+    assert kwargs["spin_limit"] == persistent.SPIN_LIMIT == 2 ** 24
     assert LAUNCH_COUNTS["standin"] == before + 1
 
     refused = StandInKernel({(16, 4): (255, 99328, 0)}, refuse="Triton Error [CUDA]: too many blocks in "
                                                                "cooperative launch")
-    assert not persistent_tiles.run_persistent("refused", refused, plans, shape, 8, cpu, {"B": 16})
+    assert not persistent.run_persistent("refused", refused, plans, shape, 8, cpu, {"B": 16})
     assert LAUNCH_COUNTS["refused"] == 0 and refused.compiled == [(16, 4)]
-    assert not persistent_tiles.run_persistent("refused", refused, plans, shape, 8, cpu, {"B": 16})
+    assert not persistent.run_persistent("refused", refused, plans, shape, 8, cpu, {"B": 16})
     assert refused.compiled == [(16, 4)]  # the key now streams: nothing compiled again
 
     broken = StandInKernel({(16, 4): (255, 99328, 0)}, refuse="Triton Error [CUDA]: an illegal memory access")
     with pytest.raises(RuntimeError, match="illegal memory access"):
-        persistent_tiles.run_persistent("broken", broken, plans, shape, 8, cpu, {"B": 16})
+        persistent.run_persistent("broken", broken, plans, shape, 8, cpu, {"B": 16})
 
     # A Triton without cooperative launches: the persistent mode is not used at all.
-    assert persistent_tiles.cooperative_launch_supported()  # this Triton (3.9) has them
-    monkeypatch.setattr(persistent_tiles, "cooperative_launch_supported", lambda: False)
+    assert persistent.cooperative_launch_supported()  # this Triton (3.9) has them
+    monkeypatch.setattr(persistent, "cooperative_launch_supported", lambda: False)
     old = StandInKernel({})
-    assert not persistent_tiles.run_persistent("old", old, plans, shape, 8, cpu, {"B": 16})
+    assert not persistent.run_persistent("old", old, plans, shape, 8, cpu, {"B": 16})
     assert old.compiled == [] and old.launches == []
 
 
@@ -267,11 +268,11 @@ def test_refused_cooperative_launch_is_recognised_by_its_error_code(monkeypatch,
     plans, shape, cpu = standin_gpu(monkeypatch)
     kernel = StandInKernel({(16, 4): (255, 99328, 0)}, refuse=message)
     if refused:
-        assert not persistent_tiles.run_persistent("refused", kernel, plans, shape, 8, cpu, {"B": 16})
-        assert persistent_tiles.is_cuda_error(RuntimeError(message), 720)
+        assert not persistent.run_persistent("refused", kernel, plans, shape, 8, cpu, {"B": 16})
+        assert persistent.is_cuda_error(RuntimeError(message), 720)
     else:
         with pytest.raises(RuntimeError) as raised:
-            persistent_tiles.run_persistent("refused", kernel, plans, shape, 8, cpu, {"B": 16})
+            persistent.run_persistent("refused", kernel, plans, shape, 8, cpu, {"B": 16})
         assert str(raised.value) == message
 
 
@@ -293,11 +294,11 @@ def test_timed_out_barrier_raises_with_kernel_grid_and_plan(monkeypatch, env):
     detail = r": the grid barrier of step 2 \(of 8\) ran out of its 16777216 polls" if env == "1" else \
         r": a grid barrier ran out of its 16777216 polls"
     with pytest.raises(RuntimeError, match="^" + PLAN_TEXT + detail):
-        persistent_tiles.run_persistent("standin", kernel, plans, shape, 8, cpu, {"B": 16})
+        persistent.run_persistent("standin", kernel, plans, shape, 8, cpu, {"B": 16})
     assert len(read) == (env == "1")  # the host reads the flag only when asked to
     # A launch whose barriers all completed passes either check.
     fine = StandInKernel({(16, 4): (255, 99328, 0)})
-    assert persistent_tiles.run_persistent("standin", fine, plans, shape, 8, cpu, {"B": 16})
+    assert persistent.run_persistent("standin", fine, plans, shape, 8, cpu, {"B": 16})
 
 
 def test_no_persistent_launch_where_the_barrier_targets_could_reach_the_release_value(monkeypatch):
@@ -305,7 +306,7 @@ def test_no_persistent_launch_where_the_barrier_targets_could_reach_the_release_
     plans, _, cpu = standin_gpu(monkeypatch)
     kernel = StandInKernel({(16, 4): (255, 99328, 0)})
     # 1024 hidden units: at most 128 column blocks (8 units each); 2**23 steps reach 2**30.
-    assert not persistent_tiles.run_persistent("long", kernel, persistent_plans(16, 1024), (16, 1024, 1), 2 ** 23,
+    assert not persistent.run_persistent("long", kernel, persistent_plans(16, 1024), (16, 1024, 1), 2 ** 23,
                                                cpu, {"B": 16})
     assert kernel.compiled == [] and kernel.launches == []
 
@@ -321,9 +322,9 @@ def test_driver_error_texts_and_a_real_refused_cooperative_launch():
     def _noop(x_ptr):
         tl.store(x_ptr + tl.program_id(0), 1)
 
-    name, description = persistent_tiles.cuda_error_texts(720)
+    name, description = persistent.cuda_error_texts(720)
     assert name == "CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE" and description
     x = torch.zeros(2 ** 22, dtype=torch.int32, device="cuda")
     with pytest.raises(RuntimeError) as raised:
         _noop[(2 ** 22,)](x, launch_cooperative_grid=True)
-    assert persistent_tiles.is_cuda_error(raised.value, 720), str(raised.value)
+    assert persistent.is_cuda_error(raised.value, 720), str(raised.value)

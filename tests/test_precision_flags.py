@@ -1,12 +1,12 @@
 """recgen's float32 dots follow the TF32 flag of the torch op each kernel stands in for
-(recgen.ops._launch.torch_allows_tf32, dot_flags), and full_float32 turns TF32 off for torch and
+(recgen.ops.common.launch.torch_allows_tf32, dot_flags), and full_float32 turns TF32 off for torch and
 recgen alike, then restores the flags."""
 
 import pytest
 import torch
 
-from recgen.ops import _launch
-from recgen.ops._launch import dot_flags, torch_allows_tf32
+from recgen.ops.common import launch as _launch
+from recgen.ops.common.launch import dot_flags, torch_allows_tf32
 from recgen.ops import LAUNCH_COUNTS
 from recgen.testing import TF32_TOLERANCE, TOLERANCES, compare_direction, full_float32, random_direction_inputs
 

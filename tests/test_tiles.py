@@ -1,10 +1,10 @@
-"""recgen.ops.tiles: the rule that picks a launch's tiles from the compiled candidates."""
+"""recgen.ops.common.tiling: the rule that picks a launch's tiles from the compiled candidates."""
 
 import pytest
 import torch
 
-from recgen.ops.config import RESIDENT_LIMIT_BYTES, recurrence_candidates
-from recgen.ops.tiles import DEFAULT_STAGES, Tiles, padded, pick, tile_candidates, warps_stages
+from recgen.ops.common.tiling import RESIDENT_LIMIT_BYTES, recurrence_candidates
+from recgen.ops.common.tiling import DEFAULT_STAGES, Tiles, padded, pick, tile_candidates, warps_stages
 
 
 def _resources(spilled):

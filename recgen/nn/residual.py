@@ -1,4 +1,4 @@
-"""Residual convolution blocks running recgen's fused conv kernels (recgen/blocks.py).
+"""Residual convolution blocks running recgen's fused conv kernels (recgen/functional/residual.py).
 
 ResidualBlock is recgen's generic block; FusedBasicBlock and FusedResnetBlock are what
 recgen.convert turns torchvision's BasicBlock and the CycleGAN/pix2pix ResnetBlock into: they
@@ -7,7 +7,7 @@ replace only forward.
 
 Under torch.autocast the blocks do what the torch modules they replace do (conv2d in the
 autocast dtype, norms with float32 statistics, the residual add promoting to the wider of the
-conv output and the identity skip: details in recgen/blocks.py), so output dtypes, float32
+conv output and the identity skip: details in recgen/functional/residual.py), so output dtypes, float32
 parameter gradients and float32 running statistics are torch's.
 """
 
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recgen import blocks
+from recgen.functional.residual import residual_block, torch_memory_format
 from recgen.backend import implementation, record
 from recgen.nn._checks import autocast_off
 from recgen.reference import residual as reference
@@ -121,14 +121,14 @@ class _FusedForward:
             record("torch", self)
             return self._torch_forward(x)
         record(impl, self)
-        parts["dropout_format"] = blocks.torch_memory_format(x, parts["norm1"])  # torch's masks
+        parts["dropout_format"] = torch_memory_format(x, parts["norm1"])  # torch's masks
         x = x.contiguous(memory_format=torch.channels_last)
         if cast is None:
-            return blocks.residual_block(x, training=self.training, **parts)
+            return residual_block(x, training=self.training, **parts)
         # The pipeline casts explicitly, as torch's modules are cast under autocast; recgen's
         # own torch ops (statistics math, casts) must not be re-cast by it.
         with autocast_off(x.device.type):
-            return blocks.residual_block(x, training=self.training, compute_dtype=cast, **parts)
+            return residual_block(x, training=self.training, compute_dtype=cast, **parts)
 
 
 class ResidualBlock(_FusedForward, nn.Module):

@@ -29,9 +29,6 @@ class _RecurrentForward:
         super().__setstate__(state)
         allow_dynamo_rnn()
 
-    def _cell_name(self) -> str:
-        return {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}[self.mode]
-
     def _zero_state(self, batch, width, like):
         D = 2 if self.bidirectional else 1
         return torch.zeros(self.num_layers * D, batch, width, dtype=like.dtype, device=like.device)
@@ -133,13 +130,15 @@ class _RecurrentForward:
             check_weights(name, zip(self._flat_weights_names, params), x)
 
         with autocast_off(x.device.type):
-            y, h_n, c_n = functional.recurrent_stack(
-                self._cell_name(), x, states[0], states[1] if is_lstm else None, params,
-                num_layers=self.num_layers, bidirectional=self.bidirectional, bias=self.bias,
-                proj_size=self.proj_size, dropout=float(self.dropout), training=self.training,
-                lengths=lengths)
+            options = dict(num_layers=self.num_layers, bidirectional=self.bidirectional, bias=self.bias,
+                           dropout=float(self.dropout), training=self.training, lengths=lengths)
+            if is_lstm:
+                y, hidden = functional.lstm(x, (states[0], states[1]), params, proj_size=self.proj_size, **options)
+            elif self.mode == "GRU":
+                y, hidden = functional.gru(x, states[0], params, **options)
+            else:
+                y, hidden = functional.rnn(x, states[0], params, nonlinearity=self.nonlinearity, **options)
         record(impl, self)
-        hidden = (h_n, c_n) if is_lstm else h_n
 
         if packed:
             out = pack_padded_sequence(y, lengths)

@@ -4,15 +4,15 @@ The op modules (lstm, gru, rnn, fused_conv, affine) register torch.ops.recgen.* 
 first imported, which recgen's functions do on first use (and torch.compile while tracing).
 They are not imported with the package: importing them imports Triton, and `recgen check`
 must be able to turn Triton's interpreter on after `import recgen` on a machine without CUDA.
-`import recgen.ops.lstm` (etc.) registers an op explicitly; `register_all()` registers every one.
+`import recgen.ops.recurrent.lstm` (etc.) registers an op explicitly; `register_all()` registers every one.
 """
 
-from recgen.ops._launch import LAUNCH_COUNTS
+from recgen.ops.common.launch import LAUNCH_COUNTS
 
 __all__ = ["LAUNCH_COUNTS", "register_all"]
 
 
-OP_MODULES = ("lstm", "gru", "rnn", "fused_conv", "affine")
+OP_MODULES = ("recurrent.lstm", "recurrent.gru", "recurrent.rnn", "conv.conv2d", "conv.conv2d_bwd", "conv.affine")
 
 
 def register_all() -> None:

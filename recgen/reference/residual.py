@@ -25,7 +25,7 @@ def conv_same(x, weight, bias, stride, padding_mode):
 def residual_block(x, conv1, norm1, conv2, norm2, skip_conv, skip_norm, *, training, stride=1,
                    padding_mode="zeros", upsample=False, activation="relu", negative_slope=0.01,
                    out_activation=True, residual_scale=1.0, dropout=0.0):
-    """Same arguments as recgen.blocks.residual_block (conv* carry .weight and .bias)."""
+    """Same arguments as recgen.functional.residual.residual_block (conv* carry .weight and .bias)."""
     if upsample:
         x = F.interpolate(x, scale_factor=2, mode="nearest")
     ident = lambda t: t  # noqa: E731

@@ -9,7 +9,7 @@ import torch
 from torch._functorch.aot_autograd import aot_function
 
 import recgen.ops
-from recgen.ops import library
+from recgen.ops.common import library
 
 recgen.ops.register_all()
 

@@ -10,7 +10,7 @@ import torch
 
 from recgen.aot import identity as aot_identity
 from recgen.backend import interpreting
-from recgen.ops.library import traceable
+from recgen.ops.common.library import kernel_for_launch
 
 LAUNCH_COUNTS: Counter = Counter()
 # Outputs are NaN-poisoned under the interpreter and when tests switch this on (on the GPU it
@@ -35,7 +35,7 @@ def poisoned(out: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def overriding(state: dict, **updates):
+def temporarily_set(state: dict, **updates):
     """Set entries of a module-level override dict (forced modes and tile sizes, used by tests
     and benchmarks) for the duration of a with block, then restore them."""
     saved = dict(state)
@@ -47,25 +47,19 @@ def overriding(state: dict, **updates):
         state.update(saved)
 
 
-def check_power_of_two(name: str, value, minimum: int = 1) -> None:
-    """Tile sizes are constexpr powers of two; tl.dot operands need at least 16."""
-    if value is not None and (value < minimum or value & (value - 1)):
-        raise ValueError(f"{name} must be a power of two >= {minimum}, got {value}")
-
-
 def launch(name: str, kernel, grid, **kwargs) -> None:
     """Launch `kernel[grid](**kwargs)` and count it under `name`. An empty grid (an empty
     batch: nothing to compute, as torch returns empty outputs) launches nothing."""
     if 0 in grid:
         return
-    from recgen.ops.tiles import capturing
+    from recgen.ops.common.tiling import capturing
 
     recording = capturing()
     if recording is not None:  # a tile capture: what would run, not run (no GPU to run it on)
         recording.launches.append({"label": recording.label, "name": name, "kernel": kernel.__name__,
                                    "grid": tuple(grid), "identity": aot_identity(kernel, kwargs)})
         return
-    traceable(kernel)[grid](**kwargs)
+    kernel_for_launch(kernel)[grid](**kwargs)
     LAUNCH_COUNTS[name] += 1  # after the call: a launch the driver refused did not run
 
 

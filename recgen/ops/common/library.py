@@ -8,8 +8,8 @@ Every launcher that starts a kernel is registered as `torch.ops.recgen.<name>`:
   interpreter (TRITON_INTERPRET=1), whose kernels read tensor memory and so cannot be traced
   with fake tensors. The op is then opaque to the compiler, which still compiles the model
   around it without a graph break.
-RECGEN_TORCH_OP=custom_op forces the second form (a way out should a torch release trace a
-launcher wrongly). The choice is made once, when the first op registers (see kind()).
+The choice is made once, when the first op registers (see kind()); the interpreter is on or off
+for the whole process (TRITON_INTERPRET is read when Triton first decorates the kernels).
 
 Differentiable ops get their autograd with `torch.library.register_autograd`, from the
 setup_context/backward of the op's autograd Function (LSTMFunction, ...), so eager calls,
@@ -18,26 +18,15 @@ setup_context/backward of the op's autograd Function (LSTMFunction, ...), so eag
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from recgen.backend import interpreting
 
 NAMESPACE = "recgen"
-KINDS = ("triton_op", "custom_op")
 
 
 def registration_kind() -> str:
     """'triton_op' or 'custom_op' (see the module docstring)."""
-    forced = os.environ.get("RECGEN_TORCH_OP")
-    if forced is not None:
-        if forced not in KINDS:
-            raise ValueError(f"RECGEN_TORCH_OP: expected one of {KINDS}, got {forced!r}")
-        if forced == "triton_op" and not hasattr(torch.library, "triton_op"):
-            raise RuntimeError(f"RECGEN_TORCH_OP=triton_op: torch {torch.__version__} has no "
-                               "torch.library.triton_op")
-        return forced
     if hasattr(torch.library, "triton_op") and hasattr(torch.library, "wrap_triton") and not interpreting():
         return "triton_op"
     return "custom_op"
@@ -47,15 +36,14 @@ _chosen: dict = {}
 
 
 def kind() -> str:
-    """The registration form of recgen's ops: registration_kind() when the first op registers
-    (an op module's first import, after `recgen check` may have turned the interpreter on),
-    then fixed for the process, as the registrations are."""
+    """The registration form of recgen's ops: registration_kind() when the first op registers (an
+    op module's first import), then fixed for the process, as the registrations are."""
     if "kind" not in _chosen:
         _chosen["kind"] = registration_kind()
     return _chosen["kind"]
 
 
-def define(name: str, schema: str, fake):
+def register_op(name: str, schema: str, fake):
     """Decorator: register `fn` as torch.ops.recgen.<name> with `schema` (in the form kind()
     gives); `fake` computes output metadata for the custom_op form. Ops never
     mutate their inputs: every output is a fresh tensor.
@@ -86,23 +74,20 @@ def register_function(name: str, function: type) -> None:
                                     setup_context=function.setup_context)
 
 
-def traceable(kernel):
-    """The kernel as called by launchers: through wrap_triton for triton_op registration (a plain
-    call outside tracing), the kernel itself otherwise. A process that turns the interpreter on
-    after importing recgen (as `recgen check` does on a machine without CUDA) keeps triton_ops
-    whose kernels are interpreted: they are called directly (eager works; such a process cannot
-    torch.compile them)."""
-    return torch.library.wrap_triton(kernel) if kind() == "triton_op" and not interpreting() else kernel
+def kernel_for_launch(kernel):
+    """The kernel as launchers call it: through wrap_triton for the triton_op form (so that
+    torch.compile traces the launch; a plain call outside tracing), the kernel itself otherwise."""
+    return torch.library.wrap_triton(kernel) if kind() == "triton_op" else kernel
 
 
-def absent_like(t: torch.Tensor) -> torch.Tensor:
+def missing_output(t: torch.Tensor) -> torch.Tensor:
     """What an op returns in place of an output that does not exist (a schema returns Tensors,
     not None): an empty float32 tensor on t's device. Callers know from the inputs whether the
     output exists (e.g. w_hr is None)."""
     return t.new_empty(0, dtype=torch.float32)
 
 
-def fresh(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def owned_copy(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """t in `dtype`, contiguous, never a view of a launcher's scratch buffer (op outputs must
     have the strides the fake gives them, and must not alias one another)."""
     return t.to(dtype, memory_format=torch.contiguous_format, copy=True)

@@ -42,7 +42,50 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from recgen import functional
+from recgen.backend import implementation, record
+from recgen.reference import conv as reference_conv
+
+
+
+def fused_conv2d(x, weight, *, stride=1, padding_mode="zeros", upsample=False, in_scale=None,
+                 in_shift=None, in_act="none", in_slope=0.01, out_scale=None, out_shift=None,
+                 residual=None, out_act="none", out_slope=0.01, stats=False):
+    """Convolution with fused prologue/epilogue (semantics: recgen.reference.conv.fused_conv2d),
+    on the Triton path (torch.ops.recgen.fused_conv2d, differentiable in every tensor) or the
+    reference as the backend decides (the reference is made of torch's own conv2d and
+    elementwise ops, so it is also the `torch` backend's). Zero-size images or channels take the
+    reference, so the result or error is exactly torch's. Returns out, or (out, sum, sumsq) with
+    stats=True."""
+    kwargs = dict(stride=stride, padding_mode=padding_mode, upsample=upsample, in_scale=in_scale,
+                  in_shift=in_shift, in_act=in_act, in_slope=in_slope, out_scale=out_scale, out_shift=out_shift,
+                  residual=residual, out_act=out_act, out_slope=out_slope, stats=stats)
+    degenerate = (isinstance(x, torch.Tensor) and x.dim() == 4 and isinstance(weight, torch.Tensor)
+                  and weight.dim() == 4 and 0 in (x.shape[2], x.shape[3], weight.shape[0], weight.shape[1]))
+    impl = implementation(x)
+    if impl not in ("kernels", "interpreter") or degenerate:
+        record("reference" if impl == "reference" else "torch")
+        return reference_conv.fused_conv2d(x, weight, **kwargs)
+    record(impl)
+    from recgen.ops.conv.conv2d import check_schema_arguments  # registers torch.ops.recgen.fused_conv2d
+
+    check_schema_arguments(**kwargs)
+    out, z_sum, z_sumsq = torch.ops.recgen.fused_conv2d(
+        x, weight, in_scale, in_shift, out_scale, out_shift, residual, stride, padding_mode, bool(upsample),
+        in_act, float(in_slope), out_act, float(out_slope), bool(stats))
+    return (out, z_sum, z_sumsq) if stats else out
+
+
+def affine_act(y, scale=None, shift=None, residual=None, act="none", slope=0.01):
+    """out = act(y * scale[n, c] + shift[n, c] + residual) (recgen.reference.conv.affine_act), on
+    the Triton path (recgen.ops.conv.affine.checked_affine_act, then torch.ops.recgen.affine_act)
+    or the reference as the backend decides."""
+    impl = implementation(y)
+    if impl in ("kernels", "interpreter"):
+        from recgen.ops.conv.affine import checked_affine_act
+        record(impl)
+        return checked_affine_act(y, scale, shift, residual, act, slope)
+    record("reference" if impl == "reference" else "torch")
+    return reference_conv.affine_act(y, scale, shift, residual, act, slope)
 
 
 @dataclass
@@ -121,7 +164,7 @@ def _norm_conv(x, conv: ConvParams, norm, *, stride=1, padding_mode="zeros",
     (image, channel) still to apply to y (batch or instance statistics)."""
     pro = prologue or {}
     if uses_batch_statistics(norm):
-        y, z_sum, z_sumsq = functional.fused_conv2d(
+        y, z_sum, z_sumsq = fused_conv2d(
             x, conv.weight, stride=stride, padding_mode=padding_mode, upsample=upsample, **pro,
             out_shift=conv.bias, stats=True)
         scale, shift = affine_from_stats(norm, z_sum, z_sumsq, y.shape[2] * y.shape[3])
@@ -131,7 +174,7 @@ def _norm_conv(x, conv: ConvParams, norm, *, stride=1, padding_mode="zeros",
         scale = torch.full_like(shift if shift is not None else conv.weight[:, 0, 0, 0], out_scale_mul) \
             if scale is None else scale * out_scale_mul
         shift = None if shift is None else shift * out_scale_mul
-    y = functional.fused_conv2d(
+    y = fused_conv2d(
         x, conv.weight, stride=stride, padding_mode=padding_mode, upsample=upsample, **pro,
         out_scale=scale, out_shift=shift, residual=residual, out_act=act, out_slope=slope)
     return y, None
@@ -187,13 +230,13 @@ def residual_block(x, conv1: ConvParams, norm1, conv2: ConvParams, norm2, skip_c
     else:
         skip, pending = _norm_conv(x, skip_conv, skip_norm, stride=stride, upsample=upsample)
         if pending is not None:
-            skip = functional.affine_act(skip, pending[0], pending[1])
+            skip = affine_act(skip, pending[0], pending[1])
     y1, pending1 = _norm_conv(x, conv1, norm1, stride=stride, padding_mode=padding_mode,
                               upsample=upsample, **({} if uses_batch_statistics(norm1) else act_kw))
     prologue = None
     if pending1 is not None:
         if dropout > 0 and training:
-            y1 = _dropout_as_torch(functional.affine_act(y1, *pending1, **act_kw), dropout, dropout_format)
+            y1 = _dropout_as_torch(affine_act(y1, *pending1, **act_kw), dropout, dropout_format)
         else:
             prologue = dict(in_scale=pending1[0], in_shift=pending1[1], in_act=activation,
                             in_slope=negative_slope)
@@ -206,12 +249,12 @@ def residual_block(x, conv1: ConvParams, norm1, conv2: ConvParams, norm2, skip_c
         y2, pending2 = _norm_conv(y1, conv2, norm2, padding_mode=padding_mode, prologue=prologue,
                                   out_scale_mul=residual_scale)
         if pending2 is not None:
-            y2 = functional.affine_act(y2, pending2[0], pending2[1])
-        return functional.affine_act(skip.to(out_dtype), residual=y2, act=out_act, slope=negative_slope)
+            y2 = affine_act(y2, pending2[0], pending2[1])
+        return affine_act(skip.to(out_dtype), residual=y2, act=out_act, slope=negative_slope)
     y2, pending2 = _norm_conv(y1, conv2, norm2, padding_mode=padding_mode,
                               prologue=prologue, act=out_act, slope=negative_slope,
                               out_scale_mul=residual_scale, residual=skip)
     if pending2 is None:
         return y2
-    return functional.affine_act(y2, pending2[0], pending2[1], residual=skip, act=out_act,
+    return affine_act(y2, pending2[0], pending2[1], residual=skip, act=out_act,
                                  slope=negative_slope)

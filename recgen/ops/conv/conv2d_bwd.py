@@ -1,8 +1,8 @@
 """Backward of the convolution inside fused_conv2d: launchers of the data- and weight-gradient kernels.
 
-Name chain: _conv2d_bwd_data_kernel / _conv2d_bwd_weight_kernel -> conv2d_bwd_data /
-conv2d_bwd_weight -> torch.ops.recgen.conv2d_bwd_data / conv2d_bwd_weight (recgen/ops/library.py;
-not differentiable) -> FusedConv2dFunction.backward (recgen/ops/fused_conv.py).
+Name chain: _conv2d_bwd_data_kernel / _conv2d_bwd_weight_kernel (kernels/conv_bwd.py) ->
+conv2d_bwd_data / conv2d_bwd_weight -> torch.ops.recgen.conv2d_bwd_data / conv2d_bwd_weight (not
+differentiable) -> FusedConv2dFunction.backward (recgen/ops/conv/conv2d.py).
 
 Both take dacc, the gradient of the conv accumulator acc (N, CO, OH, OW) of
 recgen.reference.conv.fused_conv2d (the epilogue's backward is the caller's), and the forward's
@@ -12,70 +12,17 @@ sums go to float32 buffers that torch sums, so results are deterministic.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import torch
 import triton
 from torch import Tensor
 
-from recgen.ops._launch import ACT_CODES, check_power_of_two, dot_flags, new_output, overriding, poisoned
-from recgen.ops.tiles import MIN_DOT, launch_chosen, padded, tile_candidates
-from recgen.ops.conv import conv_out_size
-from recgen.ops.library import absent_like, define
+from recgen.ops.common.launch import ACT_CODES, dot_flags, new_output, poisoned
+from recgen.ops.common.library import missing_output, register_op
+from recgen.ops.common.tiling import conv_bwd_config, launch_chosen
+from recgen.ops.conv.geometry import STRIDES, conv_out_size
 from recgen.reference.conv import ACTIVATIONS, PADDING_MODES
-
-STRIDES = (1, 2)
-MAX_CHANNEL_BLOCK = 64
-MAX_PIXEL_BLOCK = 64
-TARGET_PROGRAMS = 512    # about four waves of an H100/H200's 132 SMs
-MIN_CHUNKS_PER_SPLIT = 8  # a weight-gradient program reduces at least 8 * BLOCK_R positions
-
-_forced: dict = {"split": None, "channel_block": None}
-
-
-@dataclass(frozen=True)
-class ConvBwdConfig:
-    block_p: int    # input pixels per data-gradient program
-    block_ci: int   # input channels per program (both kernels)
-    block_co: int   # output channels per chunk (data) or per program (weight)
-    block_r: int    # reduction positions per step of the weight-gradient loop
-    split: int      # weight-gradient programs along the reduction N * OH * OW
-    r_per_split: int
-
-
-def conv_bwd_config(N: int, CI: int, CO: int, H: int, W: int, OH: int, OW: int, K: int) -> ConvBwdConfig:
-    """Block sizes of both kernels and the weight gradient's reduction split.
-
-    Rule: every block is the next power of two of its dimension, at least 16 (tl.dot), capped at
-    64 (a 64 x 64 float32 accumulator per program). The weight gradient has only
-    K*K * cdiv(CO, BLOCK_CO) * cdiv(CI, BLOCK_CI) output tiles, often too few programs to fill the
-    GPU, so its reduction over R = N*OH*OW is split into SPLIT slices: enough to reach about
-    TARGET_PROGRAMS programs, but never slices shorter than MIN_CHUNKS_PER_SPLIT steps of BLOCK_R
-    (each split costs a float32 partial of dw). Slices are whole BLOCK_R steps; none is empty.
-    """
-    block_c = _forced["channel_block"] or MAX_CHANNEL_BLOCK
-    block_ci, block_co = padded(CI, block_c), padded(CO, block_c)
-    block_p = padded(H * W, MAX_PIXEL_BLOCK)
-    R = N * OH * OW
-    block_r = padded(R, 64)
-    chunks = triton.cdiv(R, block_r)
-    tiles = K * K * triton.cdiv(CO, block_co) * triton.cdiv(CI, block_ci)
-    split = _forced["split"] or min(triton.cdiv(TARGET_PROGRAMS, tiles), chunks // MIN_CHUNKS_PER_SPLIT)
-    split = max(1, min(split, chunks))
-    per_split = triton.cdiv(max(chunks, 1), split)
-    split = triton.cdiv(max(chunks, 1), per_split)
-    return ConvBwdConfig(block_p, block_ci, block_co, block_r, split, per_split * block_r)
-
-
-def forced_config(split: int | None = None, channel_block: int | None = None):
-    """Force the weight gradient's split (at most one per BLOCK_R step) and cap the channel blocks
-    of every conv backward launch in a with block; used by tests and bench."""
-    if split is not None and split < 1:
-        raise ValueError(f"split must be >= 1, got {split}")
-    check_power_of_two("channel_block", channel_block, MIN_DOT)
-    return overriding(_forced, split=split, channel_block=channel_block)
-
 
 def _new_like(x: torch.Tensor) -> torch.Tensor:
     """An output with x's memory layout (channels-last stays channels-last), NaN-poisoned in tests."""
@@ -147,7 +94,7 @@ def conv2d_bwd_data(dacc, x, weight, *, stride=1, padding_mode="zeros", upsample
     w_t = weight.detach().permute(2, 3, 0, 1).contiguous()  # (K, K, CO, CI)
     launch_chosen(
         op, _conv2d_bwd_data_kernel,
-        tile_candidates("conv_bwd_data", BLOCK_P=cfg.block_p, BLOCK_CI=cfg.block_ci, BLOCK_CO=cfg.block_co),
+        cfg.data_tiles(),
         (npt, triton.cdiv(CI, cfg.block_ci), N),
         dacc_ptr=dacc, w_ptr=w_t, x_ptr=x, in_scale_ptr=scale, in_shift_ptr=shift, dx_ptr=dx,
         dscale_ptr=dx if dscale is None else dscale, dshift_ptr=dx if dshift is None else dshift,
@@ -183,7 +130,7 @@ def conv2d_bwd_weight(dacc, x, weight_shape, *, stride=1, padding_mode="zeros", 
     tiles = triton.cdiv(CO, cfg.block_co) * triton.cdiv(CI, cfg.block_ci)
     launch_chosen(
         op, _conv2d_bwd_weight_kernel,
-        tile_candidates("conv_bwd_weight", BLOCK_CO=cfg.block_co, BLOCK_CI=cfg.block_ci, BLOCK_R=cfg.block_r),
+        cfg.weight_tiles(),
         (tiles, K * K, cfg.split),
         dacc_ptr=dacc, x_ptr=x, in_scale_ptr=scale, in_shift_ptr=shift, dw_ptr=parts,
         CI=CI, CO=CO, H=H, W=W, OH=OH, OW=OW, R=N * OH * OW, R_PER_SPLIT=cfg.r_per_split,
@@ -197,8 +144,8 @@ def conv2d_bwd_weight(dacc, x, weight_shape, *, stride=1, padding_mode="zeros", 
     return parts.sum(dim=0).to(x.dtype)
 
 
-# torch.library registration (recgen/ops/library.py). The ops are not differentiable: they are
-# FusedConv2dFunction's backward. Absent prologue gradients come back as absent_like(x).
+# torch.library registration (recgen/ops/common/library.py). The ops are not differentiable: they are
+# FusedConv2dFunction's backward. Absent prologue gradients come back as missing_output(x).
 # Integers are SymInt: triton_op infers the schema from the annotations, and `int` there means SymInt.
 _BWD_ARGS = ("Tensor? in_scale, Tensor? in_shift, SymInt stride, str padding_mode, bool upsample, "
              "str in_act, float in_slope")
@@ -210,11 +157,11 @@ def _conv2d_bwd_data_fake(dacc, x, weight, in_scale, in_shift, stride, padding_m
     N, CI = _geometry(op, dacc, x, weight.shape, stride, padding_mode, upsample, in_act)[:2]
     _vector(op, "in_scale", in_scale, (N, CI), x)
     _vector(op, "in_shift", in_shift, (N, CI), x)
-    vector = (lambda t: absent_like(x) if t is None else x.new_empty((N, CI), dtype=torch.float32))
+    vector = (lambda t: missing_output(x) if t is None else x.new_empty((N, CI), dtype=torch.float32))
     return torch.empty_like(x), vector(in_scale), vector(in_shift)
 
 
-@define("conv2d_bwd_data", f"(Tensor dacc, Tensor x, Tensor weight, {_BWD_ARGS}) -> (Tensor, Tensor, Tensor)",
+@register_op("conv2d_bwd_data", f"(Tensor dacc, Tensor x, Tensor weight, {_BWD_ARGS}) -> (Tensor, Tensor, Tensor)",
         _conv2d_bwd_data_fake)
 def conv2d_bwd_data_op(dacc: Tensor, x: Tensor, weight: Tensor, in_scale: Optional[Tensor], in_shift: Optional[Tensor],
                        stride: int, padding_mode: str, upsample: bool, in_act: str, in_slope: float
@@ -224,7 +171,7 @@ def conv2d_bwd_data_op(dacc: Tensor, x: Tensor, weight: Tensor, in_scale: Option
     dx, d_scale, d_shift = conv2d_bwd_data(dacc, x, weight, stride=stride, padding_mode=padding_mode,
                                            upsample=upsample, in_scale=in_scale, in_shift=in_shift,
                                            in_act=in_act, in_slope=in_slope)
-    return (dx, absent_like(x) if d_scale is None else d_scale, absent_like(x) if d_shift is None else d_shift)
+    return (dx, missing_output(x) if d_scale is None else d_scale, missing_output(x) if d_shift is None else d_shift)
 
 
 def _conv2d_bwd_weight_fake(dacc, x, weight_shape, in_scale, in_shift, stride, padding_mode, upsample, in_act,
@@ -236,7 +183,7 @@ def _conv2d_bwd_weight_fake(dacc, x, weight_shape, in_scale, in_shift, stride, p
     return x.new_empty(tuple(weight_shape))
 
 
-@define("conv2d_bwd_weight", f"(Tensor dacc, Tensor x, SymInt[] weight_shape, {_BWD_ARGS}) -> Tensor",
+@register_op("conv2d_bwd_weight", f"(Tensor dacc, Tensor x, SymInt[] weight_shape, {_BWD_ARGS}) -> Tensor",
         _conv2d_bwd_weight_fake)
 def conv2d_bwd_weight_op(dacc: Tensor, x: Tensor, weight_shape: List[int], in_scale: Optional[Tensor],
                          in_shift: Optional[Tensor], stride: int, padding_mode: str, upsample: bool, in_act: str,

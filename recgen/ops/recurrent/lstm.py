@@ -1,12 +1,18 @@
-"""LSTM recurrence: launchers and the autograd Function.
+"""The LSTM recurrence: launchers, torch.library ops and the autograd Function.
 
-Name chain: _lstm_fwd_kernel / _lstm_bwd_kernel -> lstm_fwd / lstm_bwd -> torch.ops.recgen.lstm_fwd /
-lstm_bwd (recgen/ops/library.py), with LSTMFunction as lstm_fwd's autograd -> lstm_layer (one layer, all its directions in one launch) / lstm_direction
--> recgen.functional.lstm -> recgen.nn.LSTM.
+Name chain, as called: _lstm_fwd_kernel (kernels/lstm.py) -> lstm_fwd ->
+torch.ops.recgen.lstm_fwd (lstm_fwd_op; its autograd: LSTMFunction) -> lstm_layer (one layer, all
+its directions in one launch) -> recgen.functional.lstm -> recgen.nn.LSTM; the cell modules reach
+lstm_layer through lstm_direction. Backward: LSTMFunction.backward -> torch.ops.recgen.lstm_bwd ->
+lstm_bwd -> _lstm_bwd_kernel. In the persistent mode (modes.py) lstm_fwd and lstm_bwd call
+lstm_fwd_persistent / lstm_bwd_persistent (below) (without projection), which run
+_lstm_fwd_persistent_kernel / _lstm_bwd_persistent_kernel (kernels/lstm_persistent.py) or
+decline, and then the single-program kernel runs.
 
 Tensors of a layer's D directions are stacked on a leading axis (D = 2 for bidirectional):
 h0 (D, B, P), c0 (D, B, H), w_hh (D, 4H, P), w_hr (D, P, H); xw (T, B, D*4H) and y (T, B, D*P)
 hold the directions side by side, as torch.nn lays out a bidirectional output.
+
 """
 
 from __future__ import annotations
@@ -16,13 +22,13 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from recgen.ops._launch import dot_flags, new_output
-from recgen.ops.config import recurrence_config, run_recurrence
-from recgen.ops.persistent import lstm_bwd_persistent, lstm_fwd_persistent
-from recgen.ops.library import absent_like, check_saved, define, fresh, needs_saving, register_function
-from recgen.ops.recurrence import (
+from recgen.ops.common.launch import dot_flags, launch, new_output
+from recgen.ops.recurrent.modes import choose_mode, recurrence_config
+from recgen.ops.recurrent.persistent import exchange_state, run_persistent
+from recgen.ops.common.library import missing_output, check_saved, register_op, owned_copy, needs_saving, register_function
+from recgen.ops.recurrent.shared import (
     bmm_t, direction_major, h_prev_directions, layer_grid, lengths_arg, ping_pong_state,
-    projected_inputs, stacked, time_major, zeros_if_none,
+    projected_inputs, stacked, directions_side_by_side, zeros_if_none,
 )
 
 
@@ -60,10 +66,15 @@ def lstm_fwd(xw, h0, c0, w_hh, w_hr, lengths, first_reverse, save=True):
             first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None, HAS_PROJ=has_proj,
             SAVE=bool(save), **dot_flags(w_hh.dtype, "rnn"))
 
-    out, args = run_recurrence("lstm_fwd", _lstm_fwd_kernel, cfg, layer_grid(B, D), prepare,
-                               lambda plans: lstm_fwd_persistent(xw, h0, c0, w_hh, lengths, first_reverse, save, plans))
-    if out is not None:
-        return out
+    args = prepare()
+    tiles, try_persistent = choose_mode("lstm_fwd", _lstm_fwd_kernel, cfg, args)
+    if try_persistent:
+        args = None  # released before the persistent launcher allocates its own outputs
+        out = lstm_fwd_persistent(xw, h0, c0, w_hh, lengths, first_reverse, save, cfg.persistent)
+        if out is not None:
+            return out
+        args = prepare()
+    launch("lstm_fwd", _lstm_fwd_kernel, layer_grid(B, D), **args, **tiles.args())
     y, written = args["y_ptr"], lambda key, present: args[key] if present else None
     return (y, args["h_state_ptr"][:, T % 2], args["c_state_ptr"], written("gates_ptr", save),
             written("c_ptr", save), written("m_ptr", has_proj))
@@ -97,13 +108,73 @@ def lstm_bwd(dy, dhn, dcn, gates, c_all, c0, w_hh, w_hr, lengths, first_reverse)
             T=T, B=B, H=H, P=P, first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None,
             HAS_PROJ=has_proj, **dot_flags(w_hh.dtype, "rnn"))
 
-    out, args = run_recurrence("lstm_bwd", _lstm_bwd_kernel, cfg, layer_grid(B, D), prepare,
-                               lambda plans: lstm_bwd_persistent(dy, dhn, dcn, gates, c_all, c0, w_hh, lengths,
-                                                                 first_reverse, plans))
-    if out is not None:
-        return out
+    args = prepare()
+    tiles, try_persistent = choose_mode("lstm_bwd", _lstm_bwd_kernel, cfg, args)
+    if try_persistent:
+        args = None  # released before the persistent launcher allocates its own outputs
+        out = lstm_bwd_persistent(dy, dhn, dcn, gates, c_all, c0, w_hh, lengths, first_reverse, cfg.persistent)
+        if out is not None:
+            return out
+        args = prepare()
+    launch("lstm_bwd", _lstm_bwd_kernel, layer_grid(B, D), **args, **tiles.args())
     return (args["dgates_ptr"], args["dh_state_ptr"][:, T % 2], args["dc_state_ptr"],
             args["dh_ptr"] if has_proj else None)
+
+
+# ---- the persistent mode (recgen/ops/recurrent/persistent.py): the same inputs and outputs ----
+
+
+def lstm_fwd_persistent(xw, h0, c0, w_hh, lengths, first_reverse, save, plans: tuple):
+    """lstm_fwd (recgen/ops/recurrent/lstm.py) in the persistent mode, without projection: the same inputs
+    and outputs. plans: the candidate tiles (recgen.ops.common.tiling.persistent_plans). Returns None,
+    having launched nothing, when none of them fits the device at once, or while torch.compile
+    traces with fake tensors (no compiled kernel to measure): the caller then runs the streamed
+    kernel."""
+    from recgen.kernels.lstm_persistent import _lstm_fwd_persistent_kernel
+
+    T, B, _ = xw.shape
+    D, G4, H = w_hh.shape
+    y = new_output((T, B, D * H), xw.dtype, xw.device)
+    gates = new_output((D, T, B, 4 * H), torch.float32, xw.device) if save else None
+    c_all = new_output((D, T, B, H), torch.float32, xw.device) if save else None
+    h_state, h_carry = exchange_state(h0, w_hh.dtype)
+    c_state = c0.to(torch.float32, copy=True).contiguous()
+    args = dict(
+        xw_ptr=xw, w_hh_ptr=w_hh.contiguous(), lengths_ptr=lengths_arg(lengths, xw), y_ptr=y,
+        gates_ptr=gates if save else y, c_ptr=c_all if save else y, h_state_ptr=h_state,
+        h_carry_ptr=h_carry, c_state_ptr=c_state, T=T, B=B, H=H,
+        stride_xt=xw.stride(0), stride_xb=xw.stride(1), stride_yt=y.stride(0), stride_yb=y.stride(1),
+        first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None, SAVE=bool(save),
+        **dot_flags(w_hh.dtype, "rnn"),
+    )
+    # Under the interpreter (one program at a time, so no barrier could complete) run_persistent
+    # runs one launch per step: launches are ordered, so each step sees the previous step's h.
+    if not run_persistent("lstm_fwd_persistent", _lstm_fwd_persistent_kernel, plans, (B, H, D), T, xw.device,
+                          args):
+        return None
+    return y, h_carry, c_state, gates, c_all, None
+
+
+def lstm_bwd_persistent(dy, dhn, dcn, gates, c_all, c0, w_hh, lengths, first_reverse, plans: tuple):
+    """lstm_bwd (recgen/ops/recurrent/lstm.py) in the persistent mode, without projection: the same inputs
+    and outputs. Returns None, having launched nothing, where lstm_fwd_persistent would."""
+    from recgen.kernels.lstm_persistent import _lstm_bwd_persistent_kernel
+
+    D, T, B, G4 = gates.shape
+    H = G4 // 4
+    dgates = new_output((D, T, B, 4 * H), torch.float32, gates.device)
+    dh_state = ping_pong_state(dhn)
+    dc_state = dcn.to(torch.float32, copy=True).contiguous()
+    args = dict(
+        dy_ptr=dy, gates_ptr=gates, c_ptr=c_all, c0_ptr=c0.to(torch.float32).contiguous(),
+        w_hh_ptr=w_hh.contiguous(), lengths_ptr=lengths_arg(lengths, gates), dgates_ptr=dgates,
+        dh_state_ptr=dh_state, dc_state_ptr=dc_state, T=T, B=B, H=H,
+        first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None, **dot_flags(w_hh.dtype, "rnn"),
+    )
+    if not run_persistent("lstm_bwd_persistent", _lstm_bwd_persistent_kernel, plans, (B, H, D), T, gates.device, args,
+                          phases=True):
+        return None
+    return dgates, dh_state[:, T % 2], dc_state, None
 
 
 def _lstm_fwd_fake(xw, h0, c0, w_hh, w_hr, lengths, first_reverse, save):
@@ -112,12 +183,12 @@ def _lstm_fwd_fake(xw, h0, c0, w_hh, w_hr, lengths, first_reverse, save):
     H = G4 // 4
     saved = dict(dtype=torch.float32)
     return (xw.new_empty((T, B, D * P)), xw.new_empty((D, B, P)), xw.new_empty((D, B, H)),
-            xw.new_empty((D, T, B, 4 * H), **saved) if save else absent_like(xw),
-            xw.new_empty((D, T, B, H), **saved) if save else absent_like(xw),
-            xw.new_empty((D, T, B, H), **saved) if w_hr is not None else absent_like(xw))
+            xw.new_empty((D, T, B, 4 * H), **saved) if save else missing_output(xw),
+            xw.new_empty((D, T, B, H), **saved) if save else missing_output(xw),
+            xw.new_empty((D, T, B, H), **saved) if w_hr is not None else missing_output(xw))
 
 
-@define("lstm_fwd", "(Tensor xw, Tensor h0, Tensor c0, Tensor w_hh, Tensor? w_hr, Tensor? lengths, "
+@register_op("lstm_fwd", "(Tensor xw, Tensor h0, Tensor c0, Tensor w_hh, Tensor? w_hr, Tensor? lengths, "
         "bool first_reverse, bool save) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)", _lstm_fwd_fake)
 def lstm_fwd_op(xw: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional[Tensor],
                 lengths: Optional[Tensor], first_reverse: bool, save: bool
@@ -126,8 +197,8 @@ def lstm_fwd_op(xw: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Optional
     saved ones that do not exist (m when not projecting; all when save=False). Returns y, h_n,
     c_n, gates, c, m; differentiable in xw, h0, c0, w_hh, w_hr when save=True."""
     y, hn, cn, gates, c_all, m_all = lstm_fwd(xw, h0, c0, w_hh, w_hr, lengths, first_reverse, save)
-    placeholder = absent_like(xw)
-    return (y, fresh(hn, xw.dtype), fresh(cn, xw.dtype), gates if save else placeholder,
+    placeholder = missing_output(xw)
+    return (y, owned_copy(hn, xw.dtype), owned_copy(cn, xw.dtype), gates if save else placeholder,
             c_all if save else placeholder.clone(), m_all if m_all is not None else placeholder.clone())
 
 
@@ -135,10 +206,10 @@ def _lstm_bwd_fake(dy, dhn, dcn, gates, c_all, c0, w_hh, w_hr, lengths, first_re
     D, T, B, G4 = gates.shape  # gates is float32, so are these
     P = w_hh.shape[2]
     return (gates.new_empty(gates.shape), gates.new_empty((D, B, P)), gates.new_empty((D, B, G4 // 4)),
-            gates.new_empty((D, T, B, P)) if w_hr is not None else absent_like(gates))
+            gates.new_empty((D, T, B, P)) if w_hr is not None else missing_output(gates))
 
 
-@define("lstm_bwd", "(Tensor dy, Tensor dhn, Tensor dcn, Tensor gates, Tensor c_all, Tensor c0, "
+@register_op("lstm_bwd", "(Tensor dy, Tensor dhn, Tensor dcn, Tensor gates, Tensor c_all, Tensor c0, "
         "Tensor w_hh, Tensor? w_hr, Tensor? lengths, bool first_reverse) -> (Tensor, Tensor, Tensor, Tensor)",
         _lstm_bwd_fake)
 def lstm_bwd_op(dy: Tensor, dhn: Tensor, dcn: Tensor, gates: Tensor, c_all: Tensor, c0: Tensor, w_hh: Tensor,
@@ -146,8 +217,8 @@ def lstm_bwd_op(dy: Tensor, dhn: Tensor, dcn: Tensor, gates: Tensor, c_all: Tens
                 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """torch.ops.recgen.lstm_bwd: lstm_bwd with an empty dh_all when not projecting."""
     dgates, dh0, dc0, dh_all = lstm_bwd(dy, dhn, dcn, gates, c_all, c0, w_hh, w_hr, lengths, first_reverse)
-    return (dgates, fresh(dh0, torch.float32), fresh(dc0, torch.float32),
-            dh_all if dh_all is not None else absent_like(gates))
+    return (dgates, owned_copy(dh0, torch.float32), owned_copy(dc0, torch.float32),
+            dh_all if dh_all is not None else missing_output(gates))
 
 
 class LSTMFunction(torch.autograd.Function):
@@ -190,7 +261,7 @@ class LSTMFunction(torch.autograd.Function):
             dw_hh = bmm_t(dgates, h_prev).to(w_hh.dtype)
         if w_hr is not None and ctx.needs_input_grad[4]:
             dw_hr = bmm_t(dh_all, m_all).to(w_hr.dtype)
-        return (time_major(dgates).to(y.dtype), dh0.to(h0.dtype), dc0.to(c0.dtype), dw_hh, dw_hr,
+        return (directions_side_by_side(dgates).to(y.dtype), dh0.to(h0.dtype), dc0.to(c0.dtype), dw_hh, dw_hr,
                 None, None, None)
 
 

@@ -1,4 +1,4 @@
-"""Functional entry points: multi-layer, bidirectional recurrences and single cells.
+"""Functional recurrences: multi-layer, bidirectional stacks (lstm, gru, rnn) and single cells.
 
 Each call runs the implementation the backend picks for its data (recgen.backend): the Triton
 path (per layer, the input projection of all directions as one matmul, then one kernel launch
@@ -31,13 +31,13 @@ def run_direction(cell, x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, 
         return recurrent_direction(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
     check_kernel_dtype(x, cell)
     if cell == "lstm":
-        from recgen.ops.lstm import lstm_direction
+        from recgen.ops.recurrent.lstm import lstm_direction
         return lstm_direction(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
     if cell == "gru":
-        from recgen.ops.gru import gru_direction
+        from recgen.ops.recurrent.gru import gru_direction
         y, h_n = gru_direction(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
         return y, h_n, None
-    from recgen.ops.rnn import rnn_direction
+    from recgen.ops.recurrent.rnn import rnn_direction
     y, h_n = rnn_direction(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, cell[len("rnn_"):])
     return y, h_n, None
 
@@ -89,12 +89,12 @@ def run_layer(cell, x, h0, c0, groups, lengths=None):
         return y, torch.stack([o[1] for o in outs]), c_n
     w_ih, w_hh, b_ih, b_hh, w_hr = (list(column) for column in zip(*groups))
     if cell == "lstm":
-        from recgen.ops.lstm import lstm_layer
+        from recgen.ops.recurrent.lstm import lstm_layer
         return lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths)
     if cell == "gru":
-        from recgen.ops.gru import gru_layer
+        from recgen.ops.recurrent.gru import gru_layer
         return (*gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths), None)
-    from recgen.ops.rnn import rnn_layer
+    from recgen.ops.recurrent.rnn import rnn_layer
     return (*rnn_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, nonlinearity=cell[len("rnn_"):]), None)
 
 
@@ -132,7 +132,7 @@ def recurrent_stack(cell, x, h0, c0, params, *, num_layers=1, bidirectional=Fals
     return layer_in, torch.cat(h_out), c_final
 
 
-def _time_major(x, batch_first):
+def _swap_batch_first(x, batch_first):
     return x.transpose(0, 1) if batch_first else x
 
 
@@ -142,20 +142,20 @@ def lstm(input, hx, params, *, num_layers=1, bidirectional=False, bias=True, pro
 
     >>> y, (h, c) = recgen.functional.lstm(x, (h0, c0), list(module._flat_weights))
     """
-    y, h, c = recurrent_stack("lstm", _time_major(input, batch_first), hx[0], hx[1], params,
+    y, h, c = recurrent_stack("lstm", _swap_batch_first(input, batch_first), hx[0], hx[1], params,
                               num_layers=num_layers, bidirectional=bidirectional, bias=bias,
                               proj_size=proj_size, dropout=dropout, training=training,
                               lengths=lengths)
-    return _time_major(y, batch_first), (h, c)
+    return _swap_batch_first(y, batch_first), (h, c)
 
 
 def gru(input, hx, params, *, num_layers=1, bidirectional=False, bias=True, dropout=0.0,
         training=False, batch_first=False, lengths=None):
     """Multi-layer GRU. input: (T, B, I) ((B, T, I) with batch_first); hx: (L*D, B, H)."""
-    y, h, _ = recurrent_stack("gru", _time_major(input, batch_first), hx, None, params,
+    y, h, _ = recurrent_stack("gru", _swap_batch_first(input, batch_first), hx, None, params,
                               num_layers=num_layers, bidirectional=bidirectional, bias=bias,
                               dropout=dropout, training=training, lengths=lengths)
-    return _time_major(y, batch_first), h
+    return _swap_batch_first(y, batch_first), h
 
 
 def rnn(input, hx, params, *, nonlinearity="tanh", num_layers=1, bidirectional=False, bias=True,
@@ -163,10 +163,10 @@ def rnn(input, hx, params, *, nonlinearity="tanh", num_layers=1, bidirectional=F
     """Multi-layer Elman RNN with tanh or relu. input: (T, B, I); hx: (L*D, B, H)."""
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
-    y, h, _ = recurrent_stack(f"rnn_{nonlinearity}", _time_major(input, batch_first), hx, None,
+    y, h, _ = recurrent_stack(f"rnn_{nonlinearity}", _swap_batch_first(input, batch_first), hx, None,
                               params, num_layers=num_layers, bidirectional=bidirectional,
                               bias=bias, dropout=dropout, training=training, lengths=lengths)
-    return _time_major(y, batch_first), h
+    return _swap_batch_first(y, batch_first), h
 
 
 def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
@@ -192,32 +192,3 @@ def rnn_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh"):
         return torch_native.cell_step(f"rnn_{nonlinearity}", input, (hx,), w_ih, w_hh, b_ih, b_hh)
     return run_direction(f"rnn_{nonlinearity}", input.unsqueeze(0), hx, None, w_ih, w_hh,
                          b_ih, b_hh)[1]
-
-
-def fused_conv2d(x, weight, **kwargs):
-    """Convolution with fused prologue/epilogue (semantics: recgen.reference.conv.fused_conv2d),
-    on the Triton path or the reference as the backend decides (the reference is made of torch's
-    own conv2d and elementwise ops, so it is also the `torch` backend's). Zero-size images or
-    channels take the reference, so the result or error is exactly torch's."""
-    degenerate = (isinstance(x, torch.Tensor) and x.dim() == 4 and isinstance(weight, torch.Tensor)
-                  and weight.dim() == 4 and 0 in (x.shape[2], x.shape[3], weight.shape[0], weight.shape[1]))
-    impl = implementation(x)
-    if impl in ("kernels", "interpreter") and not degenerate:
-        from recgen.ops.fused_conv import fused_conv2d as triton_fused_conv2d
-        record(impl)
-        return triton_fused_conv2d(x, weight, **kwargs)
-    record("reference" if impl == "reference" else "torch")
-    from recgen.reference.conv import fused_conv2d as reference_fused_conv2d
-    return reference_fused_conv2d(x, weight, **kwargs)
-
-
-def affine_act(y, scale=None, shift=None, residual=None, act="none", slope=0.01):
-    """out = act(y * scale[n, c] + shift[n, c] + residual) (recgen.reference.conv.affine_act)."""
-    impl = implementation(y)
-    if impl in ("kernels", "interpreter"):
-        from recgen.ops.affine import affine_act as triton_affine_act
-        record(impl)
-        return triton_affine_act(y, scale, shift, residual, act, slope)
-    record("reference" if impl == "reference" else "torch")
-    from recgen.reference.conv import affine_act as reference_affine_act
-    return reference_affine_act(y, scale, shift, residual, act, slope)

@@ -1,10 +1,13 @@
-"""Elman RNN recurrence (tanh or relu): launchers and the autograd Function.
+"""The Elman RNN recurrence (tanh or relu): launchers, torch.library ops and the autograd Function.
 
-Name chain: _rnn_fwd_kernel / _rnn_bwd_kernel -> rnn_fwd / rnn_bwd -> torch.ops.recgen.rnn_fwd /
-rnn_bwd (recgen/ops/library.py), with RNNFunction as rnn_fwd's autograd -> rnn_layer (one layer, all its directions in one launch) / rnn_direction
--> recgen.functional.rnn -> recgen.nn.RNN.
-In the persistent mode (recgen/ops/config.py) rnn_fwd / rnn_bwd run _rnn_fwd_persistent_kernel /
-_rnn_bwd_persistent_kernel through rnn_fwd_persistent / rnn_bwd_persistent (recgen/ops/persistent.py).
+Name chain, as called: _rnn_fwd_kernel (kernels/rnn.py) -> rnn_fwd ->
+torch.ops.recgen.rnn_fwd (rnn_fwd_op; its autograd: RNNFunction) -> rnn_layer (one layer, all its
+directions in one launch) -> recgen.functional.rnn -> recgen.nn.RNN; the cell modules reach
+rnn_layer through rnn_direction. Backward: RNNFunction.backward -> torch.ops.recgen.rnn_bwd ->
+rnn_bwd -> _rnn_bwd_kernel. In the persistent mode (modes.py) rnn_fwd and rnn_bwd call
+rnn_fwd_persistent / rnn_bwd_persistent (below), which run _rnn_fwd_persistent_kernel /
+_rnn_bwd_persistent_kernel (kernels/rnn_persistent.py) or decline, and then the single-
+program kernel runs.
 
 Tensors of a layer's D directions are stacked on a leading axis: h0 (D, B, H), w_hh (D, H, H);
 xw (T, B, D*H) and y (T, B, D*H) hold the directions side by side.
@@ -17,13 +20,13 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from recgen.ops._launch import dot_flags, new_output
-from recgen.ops.config import recurrence_config, run_recurrence
-from recgen.ops.persistent import rnn_bwd_persistent, rnn_fwd_persistent
-from recgen.ops.library import absent_like, check_saved, define, fresh, needs_saving, register_function
-from recgen.ops.recurrence import (
+from recgen.ops.common.launch import dot_flags, launch, new_output
+from recgen.ops.recurrent.modes import choose_mode, recurrence_config
+from recgen.ops.recurrent.persistent import exchange_state, run_persistent
+from recgen.ops.common.library import missing_output, check_saved, register_op, owned_copy, needs_saving, register_function
+from recgen.ops.recurrent.shared import (
     bmm_t, direction_major, h_prev_directions, layer_grid, lengths_arg, ping_pong_state,
-    projected_inputs, stacked, time_major, zeros_if_none,
+    projected_inputs, stacked, directions_side_by_side, zeros_if_none,
 )
 
 NONLINEARITIES = ("tanh", "relu")
@@ -62,11 +65,15 @@ def rnn_fwd(xw, h0, w_hh, lengths, first_reverse, nonlinearity, save=True):
             first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None, RELU=relu, SAVE=bool(save),
             **dot_flags(w_hh.dtype, "rnn"))
 
-    out, args = run_recurrence("rnn_fwd", _rnn_fwd_kernel, cfg, layer_grid(B, D), prepare,
-                               lambda plans: rnn_fwd_persistent(xw, h0, w_hh, lengths, first_reverse, nonlinearity,
-                                                                save, plans))
-    if out is not None:
-        return out
+    args = prepare()
+    tiles, try_persistent = choose_mode("rnn_fwd", _rnn_fwd_kernel, cfg, args)
+    if try_persistent:
+        args = None  # released before the persistent launcher allocates its own outputs
+        out = rnn_fwd_persistent(xw, h0, w_hh, lengths, first_reverse, nonlinearity, save, cfg.persistent)
+        if out is not None:
+            return out
+        args = prepare()
+    launch("rnn_fwd", _rnn_fwd_kernel, layer_grid(B, D), **args, **tiles.args())
     return args["y_ptr"], args["h_state_ptr"][:, T % 2], args["act_ptr"] if save else None
 
 
@@ -90,42 +97,93 @@ def rnn_bwd(dy, dhn, act, w_hh, lengths, first_reverse, nonlinearity):
             T=T, B=B, H=H, first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None, RELU=relu,
             **dot_flags(w_hh.dtype, "rnn"))
 
-    out, args = run_recurrence("rnn_bwd", _rnn_bwd_kernel, cfg, layer_grid(B, D), prepare,
-                               lambda plans: rnn_bwd_persistent(dy, dhn, act, w_hh, lengths, first_reverse,
-                                                                nonlinearity, plans))
-    if out is not None:
-        return out
+    args = prepare()
+    tiles, try_persistent = choose_mode("rnn_bwd", _rnn_bwd_kernel, cfg, args)
+    if try_persistent:
+        args = None  # released before the persistent launcher allocates its own outputs
+        out = rnn_bwd_persistent(dy, dhn, act, w_hh, lengths, first_reverse, nonlinearity, cfg.persistent)
+        if out is not None:
+            return out
+        args = prepare()
+    launch("rnn_bwd", _rnn_bwd_kernel, layer_grid(B, D), **args, **tiles.args())
     return args["dpre_ptr"], args["dh_state_ptr"][:, T % 2]
+
+
+# ---- the persistent mode (recgen/ops/recurrent/persistent.py): the same inputs and outputs ----
+
+
+def rnn_fwd_persistent(xw, h0, w_hh, lengths, first_reverse, nonlinearity, save, plans: tuple):
+    """rnn_fwd (recgen/ops/recurrent/rnn.py) in the persistent mode: the same inputs and outputs. Returns
+    None, having launched nothing, where lstm_fwd_persistent would."""
+    from recgen.kernels.rnn_persistent import _rnn_fwd_persistent_kernel
+
+    relu = _relu_flag(nonlinearity)
+    T, B, _ = xw.shape
+    D, H, _ = w_hh.shape
+    y = new_output((T, B, D * H), xw.dtype, xw.device)
+    act = new_output((D, T, B, H), torch.float32, xw.device) if save else None
+    h_state, h_carry = exchange_state(h0, w_hh.dtype)
+    args = dict(
+        xw_ptr=xw, w_hh_ptr=w_hh.contiguous(), lengths_ptr=lengths_arg(lengths, xw), y_ptr=y,
+        act_ptr=act if save else y, h_state_ptr=h_state, h_carry_ptr=h_carry, T=T, B=B, H=H,
+        stride_xt=xw.stride(0), stride_xb=xw.stride(1), stride_yt=y.stride(0), stride_yb=y.stride(1),
+        first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None, RELU=relu, SAVE=bool(save),
+        **dot_flags(w_hh.dtype, "rnn"),
+    )
+    if not run_persistent("rnn_fwd_persistent", _rnn_fwd_persistent_kernel, plans, (B, H, D), T, xw.device,
+                          args):
+        return None
+    return y, h_carry, act
+
+
+def rnn_bwd_persistent(dy, dhn, act, w_hh, lengths, first_reverse, nonlinearity, plans: tuple):
+    """rnn_bwd (recgen/ops/recurrent/rnn.py) in the persistent mode: the same inputs and outputs (dpre,
+    dh0). Returns None, having launched nothing, where lstm_fwd_persistent would."""
+    from recgen.kernels.rnn_persistent import _rnn_bwd_persistent_kernel
+
+    relu = _relu_flag(nonlinearity)
+    D, T, B, H = act.shape
+    dpre = new_output((D, T, B, H), torch.float32, act.device)
+    dh_state = ping_pong_state(dhn)
+    args = dict(
+        dy_ptr=dy, act_ptr=act, w_hh_ptr=w_hh.contiguous(), lengths_ptr=lengths_arg(lengths, act),
+        dpre_ptr=dpre, dh_state_ptr=dh_state, T=T, B=B, H=H,
+        first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None, RELU=relu, **dot_flags(w_hh.dtype, "rnn"),
+    )
+    if not run_persistent("rnn_bwd_persistent", _rnn_bwd_persistent_kernel, plans, (B, H, D), T, act.device, args,
+                          phases=True):
+        return None
+    return dpre, dh_state[:, T % 2]
 
 
 def _rnn_fwd_fake(xw, h0, w_hh, lengths, first_reverse, nonlinearity, save):
     T, B, _ = xw.shape
     D, H, _ = w_hh.shape
     return (xw.new_empty((T, B, D * H)), xw.new_empty((D, B, H)),
-            xw.new_empty((D, T, B, H), dtype=torch.float32) if save else absent_like(xw))
+            xw.new_empty((D, T, B, H), dtype=torch.float32) if save else missing_output(xw))
 
 
-@define("rnn_fwd", "(Tensor xw, Tensor h0, Tensor w_hh, Tensor? lengths, bool first_reverse, "
+@register_op("rnn_fwd", "(Tensor xw, Tensor h0, Tensor w_hh, Tensor? lengths, bool first_reverse, "
         "str nonlinearity, bool save) -> (Tensor, Tensor, Tensor)", _rnn_fwd_fake)
 def rnn_fwd_op(xw: Tensor, h0: Tensor, w_hh: Tensor, lengths: Optional[Tensor], first_reverse: bool,
                nonlinearity: str, save: bool) -> Tuple[Tensor, Tensor, Tensor]:
     """torch.ops.recgen.rnn_fwd: rnn_fwd with h_n in xw's dtype. Returns y, h_n, act (empty with
     save=False); differentiable in xw, h0, w_hh when save=True."""
     y, hn, act = rnn_fwd(xw, h0, w_hh, lengths, first_reverse, nonlinearity, save)
-    return y, fresh(hn, xw.dtype), act if save else absent_like(xw)
+    return y, owned_copy(hn, xw.dtype), act if save else missing_output(xw)
 
 
 def _rnn_bwd_fake(dy, dhn, act, w_hh, lengths, first_reverse, nonlinearity):
     return act.new_empty(act.shape), act.new_empty((act.shape[0],) + act.shape[2:])
 
 
-@define("rnn_bwd", "(Tensor dy, Tensor dhn, Tensor act, Tensor w_hh, Tensor? lengths, bool first_reverse, "
+@register_op("rnn_bwd", "(Tensor dy, Tensor dhn, Tensor act, Tensor w_hh, Tensor? lengths, bool first_reverse, "
         "str nonlinearity) -> (Tensor, Tensor)", _rnn_bwd_fake)
 def rnn_bwd_op(dy: Tensor, dhn: Tensor, act: Tensor, w_hh: Tensor, lengths: Optional[Tensor], first_reverse: bool,
                nonlinearity: str) -> Tuple[Tensor, Tensor]:
     """torch.ops.recgen.rnn_bwd: rnn_bwd (dpre, dh0 float32)."""
     dpre, dh0 = rnn_bwd(dy, dhn, act, w_hh, lengths, first_reverse, nonlinearity)
-    return dpre, fresh(dh0, torch.float32)
+    return dpre, owned_copy(dh0, torch.float32)
 
 
 class RNNFunction(torch.autograd.Function):
@@ -161,12 +219,12 @@ class RNNFunction(torch.autograd.Function):
         D = w_hh.shape[0]
         dpre, dh0 = torch.ops.recgen.rnn_bwd(direction_major(zeros_if_none(dy, y), D), zeros_if_none(dhn, h0),
                                              act, w_hh, lengths, ctx.first_reverse, ctx.nonlinearity)
-        dxw = time_major(dpre).to(y.dtype) if ctx.needs_input_grad[0] else None
+        dxw = directions_side_by_side(dpre).to(y.dtype) if ctx.needs_input_grad[0] else None
         dh0 = dh0.to(h0.dtype) if ctx.needs_input_grad[1] else None
         dw_hh = None
         if ctx.needs_input_grad[2]:
             # The float32 activations rather than y: the exact states the forward read.
-            act_td = time_major(act)
+            act_td = directions_side_by_side(act)
             h_prev = h_prev_directions(act_td, h0.to(torch.float32), lengths, ctx.first_reverse)
             dw_hh = bmm_t(dpre, h_prev).to(w_hh.dtype)
         return dxw, dh0, dw_hh, None, None, None, None

@@ -48,23 +48,15 @@ import dataclasses
 import functools
 import os
 import re
-from dataclasses import dataclass
 
 import torch
 import triton
 
 from recgen.backend import interpreting
-from recgen.ops._launch import launch, overriding
+from recgen.ops.common.launch import launch, temporarily_set
+from recgen.ops.common.tiling import PersistentPlan
+from recgen.ops.recurrent.shared import ping_pong_state
 
-# Hidden units (of every gate) per program, preferred first; 8 is the fallback of the rule above
-# (tl.dot takes N=8: Triton pads small N for the tensor cores).
-COLUMN_CHOICES = (16, 8)
-BLOCK_B_CHOICES = (16, 32, 64)  # batch rows per program, smallest first (more, smaller groups)
-WARP_CHOICES = (4, 8)
-# No software pipelining: Triton would multi-buffer the batch-tile loop's loads in shared memory
-# (3 stages: the LSTM backward at H=512 needs 330 KB instead of 99 KB, more than an SM has), and
-# nothing is gained: each step's loads wait on the grid barrier anyway (bench/kernel_resources.py).
-PIPELINE_STAGES = 1
 # The single launch with the grid barrier is cooperative (CU_LAUNCH_ATTRIBUTE_COOPERATIVE): the
 # driver guarantees that all its programs run at once, or refuses the launch, so a grid that is
 # not co-resident (the occupancy check wrong, or SMs taken by other work) fails instead of
@@ -93,7 +85,7 @@ def barrier_test_hook(spin_limit: int, single_launch: bool = True):
     checks."""
     if spin_limit < 1:
         raise ValueError(f"spin_limit must be >= 1, got {spin_limit}")
-    return overriding(_BARRIER, spin_limit=spin_limit, interpreted_single_launch=single_launch)
+    return temporarily_set(_BARRIER, spin_limit=spin_limit, interpreted_single_launch=single_launch)
 
 
 def cooperative_launch_supported() -> bool:
@@ -102,44 +94,14 @@ def cooperative_launch_supported() -> bool:
     return "launch_cooperative_grid" in {f.name for f in dataclasses.fields(CUDAOptions)}
 
 
-@dataclass(frozen=True)
-class PersistentPlan:
-    block_b: int      # batch rows per program
-    block_h: int      # hidden units (of every gate) per program
-    block_p: int      # the whole recurrent width, padded: h_{t-1} is read whole
-    num_warps: int
-    groups: int = 0   # program groups per direction, each looping over its share of the batch
-                      # tiles; 0: one group per tile
-
-    def tiles(self, batch: int) -> int:
-        return triton.cdiv(batch, self.block_b)
-
-    def grid(self, batch: int, hidden: int, directions: int) -> tuple:
-        groups = min(self.groups or self.tiles(batch), self.tiles(batch))
-        return (triton.cdiv(hidden, self.block_h), directions, groups)
-
-    def rows_per_step(self, batch: int) -> int:
-        """Batch rows one program works through per step (its tiles, one after another)."""
-        return triton.cdiv(self.tiles(batch), self.grid(batch, 1, 1)[2]) * self.block_b
-
-    def launch_args(self) -> dict:
-        return {"BLOCK_B": self.block_b, "BLOCK_H": self.block_h, "BLOCK_P": self.block_p,
-                "num_warps": self.num_warps, "num_stages": PIPELINE_STAGES}
+STATE_POINTERS = ("h_state_ptr",)  # the forwards exchange h_t in the weights' dtype
 
 
-def persistent_plans(batch: int, hidden: int, groups: int = 0, columns: int = 0) -> tuple:
-    """The candidate tiles for a persistent launch, in order of preference: 16 hidden units per
-    program before 8 (COLUMN_CHOICES), then fewest batch rows per tile first (a step's work spread
-    over more programs; 16 is tl.dot's minimum), never more rows than the batch needs, and for
-    each 4 warps before 8 (8 halve each thread's share of the W_hh slice and of h_{t-1}, which
-    large H needs to avoid spilling). groups: at most this many groups per direction (0: one per
-    tile, or as many as fit); columns: only this many units per program (0: both); tests force
-    them."""
-    block_p = max(16, triton.next_power_of_2(hidden))
-    most_rows = max(16, triton.next_power_of_2(batch))
-    return tuple(PersistentPlan(block_b, block_h, block_p, warps, groups)
-                 for block_h in ((columns,) if columns else COLUMN_CHOICES)
-                 for block_b in BLOCK_B_CHOICES if block_b <= most_rows for warps in WARP_CHOICES)
+def exchange_state(h0: torch.Tensor, dtype: torch.dtype) -> tuple:
+    """A persistent forward's state: the (D, 2, B, H) ping-pong buffer through which programs
+    exchange h_t, in the dtype of the next step's dot operand (the weights'), and the float32
+    (D, B, H) copy of h each program keeps of its own columns (h0 in, h_n out)."""
+    return ping_pong_state(h0, dtype), h0.to(torch.float32, copy=True).contiguous()
 
 
 def occupancy(registers: int, num_warps: int, shared_bytes: int, limits: dict) -> int:
@@ -161,7 +123,7 @@ def occupancy(registers: int, num_warps: int, shared_bytes: int, limits: dict) -
 def device_limits(device: torch.device):
     """(per-SM limits for occupancy(), SM count) of `device`, or None when a limit cannot be read
     (never assume residency: the caller streams). Inside a tile capture: an H200's (sm_90)."""
-    from recgen.ops.tiles import capturing
+    from recgen.ops.common.tiling import capturing
 
     if capturing() is not None:
         from recgen.aot import SM90_LIMITS
@@ -231,10 +193,10 @@ def pick_plan(plans: tuple, fit, batch: int):
 
 def _fit_on_device(kernel, plan: PersistentPlan, shape: tuple, device: torch.device, args: dict):
     """(bytes spilled per thread, `plan` with as many groups as fit) for `kernel` compiled with
-    `plan`'s tiles for `device` (recgen.ops.tiles.compiled_resources), or None when the device
+    `plan`'s tiles for `device` (recgen.ops.common.tiling.compiled_resources), or None when the device
     cannot hold it: too much shared memory per program, or not even one group per direction
     resident at once."""
-    from recgen.ops.tiles import compiled_resources
+    from recgen.ops.common.tiling import compiled_resources
 
     # The counters' size depends on the plan: a one-element stand-in (same dtype) to compile with.
     counters = torch.zeros(1, dtype=torch.int32, device=device)
@@ -252,7 +214,7 @@ def choose_plan(name: str, kernel, plans: tuple, shape: tuple, device: torch.dev
     """The plan a persistent launch of `kernel` uses (pick_plan on the compiled candidates: the
     rule in the module docstring), cached per launch key; None when no candidate fits the device.
     shape: (batch, hidden, directions)."""
-    from recgen.ops.tiles import capturing
+    from recgen.ops.common.tiling import capturing
 
     key = _plan_key(name, plans, shape, device, args)
     if key not in _CHOSEN:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from recgen.ops.common.tiling import BATCH_ROWS
+
 
 def ping_pong_state(first: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The kernels' (D, 2, B, W) state scratch, float32 unless `dtype` says otherwise: slot 0
@@ -57,7 +59,6 @@ def summed_bias(b_ih, b_hh):
 # directions is one matmul whose last dimension holds the D gate blocks side by side, and the
 # output (T, B, D*P) is written by the kernels in place, as torch.nn lays it out.
 
-BATCH_ROWS = 16  # rows of a single-program tile (BLOCK_B): tl.dot's minimum, the batch padded to it
 
 
 def layer_grid(batch: int, directions: int) -> tuple:
@@ -87,7 +88,7 @@ def direction_major(t: torch.Tensor, directions: int) -> torch.Tensor:
     return t.view(T, B, directions, DX // directions).permute(2, 0, 1, 3).contiguous()
 
 
-def time_major(t: torch.Tensor) -> torch.Tensor:
+def directions_side_by_side(t: torch.Tensor) -> torch.Tensor:
     """(D, T, B, X) -> (T, B, D*X): the gradient of the input projection, all directions."""
     D, T, B, X = t.shape
     return t[0] if D == 1 else t.permute(1, 2, 0, 3).reshape(T, B, D * X)

@@ -2,9 +2,11 @@
 autograd Function of the elementwise pass that applies a batch/instance normalisation once its
 statistics are known (typically the tail of a residual block).
 
-Name chain: _affine_act_fwd_kernel / _affine_act_bwd_kernel -> affine_act_fwd / affine_act_bwd
--> torch.ops.recgen.affine_act / affine_act_bwd (recgen/ops/library.py), with AffineActFunction as
-affine_act's autograd -> affine_act -> recgen.functional.affine_act -> recgen.nn.ResidualBlock.
+Name chain, as called: _affine_act_fwd_kernel (kernels/affine.py) -> affine_act_fwd ->
+torch.ops.recgen.affine_act (affine_act_op; its autograd: AffineActFunction) -> checked_affine_act
+(the argument checks) -> recgen.functional.affine_act -> recgen.functional.residual_block ->
+recgen.nn.ResidualBlock. Backward: AffineActFunction.backward -> affine_act_grads ->
+torch.ops.recgen.affine_act_bwd -> affine_act_bwd -> _affine_act_bwd_kernel.
 
 Layout: any strides are accepted (channels-last memory is the fast case). The output is
 allocated like y and the gradients of y and residual like the incoming gradient
@@ -23,35 +25,12 @@ import triton
 from torch import Tensor
 
 from recgen.backend import KERNEL_DTYPES, kernels_runnable
-from recgen.ops._launch import ACT_CODES, check_power_of_two, overriding, poisoned
-from recgen.ops.tiles import launch_chosen, tile_candidates
-from recgen.ops.library import absent_like, define, register_function
+from recgen.ops.common.launch import ACT_CODES, poisoned
+from recgen.ops.common.library import missing_output, register_op, register_function
+from recgen.ops.common.tiling import affine_blocks, affine_tiles, launch_chosen
 from recgen.reference.conv import ACTIVATIONS
 
 DTYPES = KERNEL_DTYPES
-MAX_BLOCK_C = 128        # channels per tile (a contiguous row in channels-last memory)
-TILE_ELEMENTS = 4096     # elements per program: BLOCK_P = TILE_ELEMENTS // BLOCK_C pixels
-MIN_BLOCK = 16
-
-_forced: dict = {"blocks": None}
-
-
-def forced_blocks(block_p: int, block_c: int):
-    """Use (BLOCK_P, BLOCK_C) for every affine launch in the block; tests use small tiles to get
-    several pixel tiles and channel blocks on tiny tensors."""
-    for name, b in (("block_p", block_p), ("block_c", block_c)):
-        check_power_of_two(name, b)
-    return overriding(_forced, blocks=(block_p, block_c))
-
-
-def affine_blocks(C: int, HW: int) -> tuple:
-    """(BLOCK_P, BLOCK_C): a row of up to MAX_BLOCK_C channels, and enough pixels for about
-    TILE_ELEMENTS elements per program (fewer when the image is small)."""
-    if _forced["blocks"] is not None:
-        return _forced["blocks"]
-    block_c = min(max(triton.next_power_of_2(C), MIN_BLOCK), MAX_BLOCK_C)
-    block_p = min(max(TILE_ELEMENTS // block_c, MIN_BLOCK), max(triton.next_power_of_2(HW), MIN_BLOCK))
-    return block_p, block_c
 
 
 def _new_like(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -84,7 +63,7 @@ def affine_act_fwd(y, scale, shift, residual, act, slope):
 
     y: (N, C, H, W); scale, shift: (N, C) or None; residual: (N, C, H, W) or None; any strides.
     act: 'none' | 'relu' | 'leaky_relu'. Returns out laid out like y, in y's dtype.
-    Inputs are assumed validated (see affine_act).
+    Inputs are assumed validated (see checked_affine_act).
     """
     from recgen.kernels.affine import _affine_act_fwd_kernel
 
@@ -94,7 +73,7 @@ def affine_act_fwd(y, scale, shift, residual, act, slope):
     tiles = triton.cdiv(H * W, block_p)
     optional = dict(scale_ptr=scale, shift_ptr=shift, res_ptr=residual)
     launch_chosen(
-        "affine_act_fwd", _affine_act_fwd_kernel, tile_candidates("affine", BLOCK_P=block_p, BLOCK_C=block_c),
+        "affine_act_fwd", _affine_act_fwd_kernel, affine_tiles(C, H * W),
         (N * tiles, triton.cdiv(C, block_c)),
         y_ptr=y, **{k: y if v is None else v for k, v in optional.items()},  # y: unread stand-in
         out_ptr=out, slope=float(slope), C=C, W=W, HW=H * W, TILES=tiles,
@@ -131,7 +110,7 @@ def affine_act_bwd(dout, out, y, scale, shift, residual, act, slope, grad_dtypes
     ptrs = dict(out_ptr=out, y_ptr=y, scale_ptr=scale, shift_ptr=shift, res_ptr=residual, dy_ptr=dy,
                 dres_ptr=dres, dscale_part_ptr=dscale_part, dshift_part_ptr=dshift_part)
     launch_chosen(
-        "affine_act_bwd", _affine_act_bwd_kernel, tile_candidates("affine", BLOCK_P=block_p, BLOCK_C=block_c),
+        "affine_act_bwd", _affine_act_bwd_kernel, affine_tiles(C, H * W),
         (N * tiles, triton.cdiv(C, block_c)),
         dout_ptr=dout, **{k: dout if v is None else v for k, v in ptrs.items()},  # dout: unused stand-in
         slope=float(slope), C=C, W=W, HW=H * W, TILES=tiles,
@@ -151,7 +130,7 @@ def _affine_act_fake(y, scale, shift, residual, act, slope):
     return torch.empty_like(y)
 
 
-@define("affine_act", "(Tensor y, Tensor? scale, Tensor? shift, Tensor? residual, str act, float slope) -> Tensor",
+@register_op("affine_act", "(Tensor y, Tensor? scale, Tensor? shift, Tensor? residual, str act, float slope) -> Tensor",
         _affine_act_fake)
 def affine_act_op(y: Tensor, scale: Optional[Tensor], shift: Optional[Tensor], residual: Optional[Tensor], act: str,
                   slope: float) -> Tensor:
@@ -168,12 +147,12 @@ _BWD_SCHEMA = ("(Tensor dout, Tensor? out, Tensor? y, Tensor? scale, Tensor? shi
 
 def _affine_act_bwd_fake(dout, out, y, scale, shift, residual, act, slope, dy_dtype, dscale_dtype, dshift_dtype,
                          dres_dtype):
-    like = (lambda dt: absent_like(dout) if dt is None else torch.empty_like(dout, dtype=dt))
-    vector = (lambda dt: absent_like(dout) if dt is None else dout.new_empty(dout.shape[:2], dtype=dt))
+    like = (lambda dt: missing_output(dout) if dt is None else torch.empty_like(dout, dtype=dt))
+    vector = (lambda dt: missing_output(dout) if dt is None else dout.new_empty(dout.shape[:2], dtype=dt))
     return like(dy_dtype), vector(dscale_dtype), vector(dshift_dtype), like(dres_dtype)
 
 
-@define("affine_act_bwd", _BWD_SCHEMA, _affine_act_bwd_fake)
+@register_op("affine_act_bwd", _BWD_SCHEMA, _affine_act_bwd_fake)
 def affine_act_bwd_op(dout: Tensor, out: Optional[Tensor], y: Optional[Tensor], scale: Optional[Tensor],
                       shift: Optional[Tensor], residual: Optional[Tensor], act: str, slope: float,
                       dy_dtype: Optional[torch.dtype], dscale_dtype: Optional[torch.dtype],
@@ -183,11 +162,11 @@ def affine_act_bwd_op(dout: Tensor, out: Optional[Tensor], y: Optional[Tensor], 
     not wanted (its dtype None). Not differentiable."""
     grad_dtypes = (dy_dtype, dscale_dtype, dshift_dtype, dres_dtype)
     grads = affine_act_bwd(dout, out, y, scale, shift, residual, act, slope, grad_dtypes)
-    return tuple(absent_like(dout) if g is None else g for g in grads)
+    return tuple(missing_output(dout) if g is None else g for g in grads)
 
 
 def affine_act_grads(dout, out, y, scale, shift, residual, act, slope, grad_dtypes):
-    """affine_act_bwd through torch.ops.recgen.affine_act_bwd (traceable by torch.compile):
+    """affine_act_bwd through torch.ops.recgen.affine_act_bwd (traced by torch.compile):
     same arguments and results, None for each gradient not wanted."""
     grads = torch.ops.recgen.affine_act_bwd(dout, out, y, scale, shift, residual, act, slope, *grad_dtypes)
     return tuple(None if dt is None else g for g, dt in zip(grads, grad_dtypes))
@@ -247,7 +226,7 @@ def _check_tensor(name, t, y, shapes, expected):
         raise RuntimeError(f"affine_act: {name} must have shape {expected}, got {tuple(t.shape)}")
 
 
-def affine_act(y, scale=None, shift=None, residual=None, act="none", slope=0.01):
+def checked_affine_act(y, scale=None, shift=None, residual=None, act="none", slope=0.01):
     """out = act(y * scale[n, c] + shift[n, c] + residual) with fused Triton kernels: the
     contract of recgen.reference.conv.affine_act, differentiable in y, scale, shift, residual.
 
@@ -258,7 +237,7 @@ def affine_act(y, scale=None, shift=None, residual=None, act="none", slope=0.01)
     the output is laid out like y, in y's dtype, as the reference's.
 
     >>> y = torch.randn(2, 8, 5, 5).to(memory_format=torch.channels_last)
-    >>> out = affine_act(y, torch.rand(2, 8), torch.randn(2, 8), act="relu")
+    >>> out = checked_affine_act(y, torch.rand(2, 8), torch.randn(2, 8), act="relu")
     """
     if act not in ACT_CODES:
         raise ValueError(f"affine_act: unknown activation {act!r}; expected one of {ACTIVATIONS}")

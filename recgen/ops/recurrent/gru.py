@@ -1,13 +1,17 @@
-"""GRU recurrence: launchers and the autograd Function.
+"""The GRU recurrence: launchers, torch.library ops and the autograd Function.
 
-Name chain: _gru_fwd_kernel / _gru_bwd_kernel -> gru_fwd / gru_bwd -> torch.ops.recgen.gru_fwd /
-gru_bwd (recgen/ops/library.py), with GRUFunction as gru_fwd's autograd -> gru_layer (one layer, all its directions in one launch) / gru_direction
--> recgen.functional.gru -> recgen.nn.GRU.
-In the persistent mode (recgen/ops/config.py) gru_fwd / gru_bwd run _gru_fwd_persistent_kernel /
-_gru_bwd_persistent_kernel through gru_fwd_persistent / gru_bwd_persistent (recgen/ops/persistent.py).
+Name chain, as called: _gru_fwd_kernel (kernels/gru.py) -> gru_fwd ->
+torch.ops.recgen.gru_fwd (gru_fwd_op; its autograd: GRUFunction) -> gru_layer (one layer, all its
+directions in one launch) -> recgen.functional.gru -> recgen.nn.GRU; the cell modules reach
+gru_layer through gru_direction. Backward: GRUFunction.backward -> torch.ops.recgen.gru_bwd ->
+gru_bwd -> _gru_bwd_kernel. In the persistent mode (modes.py) gru_fwd and gru_bwd call
+gru_fwd_persistent / gru_bwd_persistent (below), which run _gru_fwd_persistent_kernel /
+_gru_bwd_persistent_kernel (kernels/gru_persistent.py) or decline, and then the single-
+program kernel runs.
 
 Tensors of a layer's D directions are stacked on a leading axis: h0 (D, B, H), w_hh (D, 3H, H),
 b_hh (D, 3H); xw (T, B, D*3H) and y (T, B, D*H) hold the directions side by side.
+
 """
 
 from __future__ import annotations
@@ -17,13 +21,13 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from recgen.ops._launch import dot_flags, new_output
-from recgen.ops.config import recurrence_config, run_recurrence
-from recgen.ops.persistent import gru_bwd_persistent, gru_fwd_persistent
-from recgen.ops.library import absent_like, check_saved, define, fresh, needs_saving, register_function
-from recgen.ops.recurrence import (
+from recgen.ops.common.launch import dot_flags, launch, new_output
+from recgen.ops.recurrent.modes import choose_mode, recurrence_config
+from recgen.ops.recurrent.persistent import exchange_state, run_persistent
+from recgen.ops.common.library import missing_output, check_saved, register_op, owned_copy, needs_saving, register_function
+from recgen.ops.recurrent.shared import (
     bmm_t, direction_major, h_prev_directions, layer_grid, lengths_arg, ping_pong_state,
-    projected_inputs, stacked, time_major, zeros_if_none,
+    projected_inputs, stacked, directions_side_by_side, zeros_if_none,
 )
 
 
@@ -55,11 +59,15 @@ def gru_fwd(xw, h0, w_hh, b_hh, lengths, first_reverse, save=True):
             first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None, HAS_BIAS=b_hh is not None,
             SAVE=bool(save), **dot_flags(w_hh.dtype, "rnn"))
 
-    out, args = run_recurrence("gru_fwd", _gru_fwd_kernel, cfg, layer_grid(B, D), prepare,
-                               lambda plans: gru_fwd_persistent(xw, h0, w_hh, b_hh, lengths, first_reverse, save,
-                                                                plans))
-    if out is not None:
-        return out
+    args = prepare()
+    tiles, try_persistent = choose_mode("gru_fwd", _gru_fwd_kernel, cfg, args)
+    if try_persistent:
+        args = None  # released before the persistent launcher allocates its own outputs
+        out = gru_fwd_persistent(xw, h0, w_hh, b_hh, lengths, first_reverse, save, cfg.persistent)
+        if out is not None:
+            return out
+        args = prepare()
+    launch("gru_fwd", _gru_fwd_kernel, layer_grid(B, D), **args, **tiles.args())
     return args["y_ptr"], args["h_state_ptr"][:, T % 2], args["saved_ptr"] if save else None
 
 
@@ -86,29 +94,83 @@ def gru_bwd(dy, dhn, saved, h_prev, w_hh, lengths, first_reverse):
             T=T, B=B, H=H, first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None,
             **dot_flags(w_hh.dtype, "rnn"))
 
-    out, args = run_recurrence("gru_bwd", _gru_bwd_kernel, cfg, layer_grid(B, D), prepare,
-                               lambda plans: gru_bwd_persistent(dy, dhn, saved, h_prev, w_hh, lengths, first_reverse,
-                                                                plans))
-    if out is not None:
-        return out
+    args = prepare()
+    tiles, try_persistent = choose_mode("gru_bwd", _gru_bwd_kernel, cfg, args)
+    if try_persistent:
+        args = None  # released before the persistent launcher allocates its own outputs
+        out = gru_bwd_persistent(dy, dhn, saved, h_prev, w_hh, lengths, first_reverse, cfg.persistent)
+        if out is not None:
+            return out
+        args = prepare()
+    launch("gru_bwd", _gru_bwd_kernel, layer_grid(B, D), **args, **tiles.args())
     return args["dxw_ptr"], args["dghn_ptr"], args["dh_state_ptr"][:, T % 2]
+
+
+# ---- the persistent mode (recgen/ops/recurrent/persistent.py): the same inputs and outputs ----
+
+
+def gru_fwd_persistent(xw, h0, w_hh, b_hh, lengths, first_reverse, save, plans: tuple):
+    """gru_fwd (recgen/ops/recurrent/gru.py) in the persistent mode: the same inputs and outputs. Returns
+    None, having launched nothing, where lstm_fwd_persistent would."""
+    from recgen.kernels.gru_persistent import _gru_fwd_persistent_kernel
+
+    T, B, _ = xw.shape
+    D, G3, H = w_hh.shape
+    y = new_output((T, B, D * H), xw.dtype, xw.device)
+    saved = new_output((D, T, B, 4 * H), torch.float32, xw.device) if save else None
+    h_state, h_carry = exchange_state(h0, w_hh.dtype)
+    w_hh_c = w_hh.contiguous()
+    args = dict(
+        xw_ptr=xw, w_hh_ptr=w_hh_c, b_hh_ptr=w_hh_c if b_hh is None else b_hh.contiguous(),
+        lengths_ptr=lengths_arg(lengths, xw), y_ptr=y, saved_ptr=saved if save else y, h_state_ptr=h_state,
+        h_carry_ptr=h_carry, T=T, B=B, H=H,
+        stride_xt=xw.stride(0), stride_xb=xw.stride(1), stride_yt=y.stride(0), stride_yb=y.stride(1),
+        first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None, HAS_BIAS=b_hh is not None,
+        SAVE=bool(save), **dot_flags(w_hh.dtype, "rnn"),
+    )
+    if not run_persistent("gru_fwd_persistent", _gru_fwd_persistent_kernel, plans, (B, H, D), T, xw.device,
+                          args):
+        return None
+    return y, h_carry, saved
+
+
+def gru_bwd_persistent(dy, dhn, saved, h_prev, w_hh, lengths, first_reverse, plans: tuple):
+    """gru_bwd (recgen/ops/recurrent/gru.py) in the persistent mode: the same inputs and outputs (dxw,
+    dghn, dh0). Returns None, having launched nothing, where lstm_fwd_persistent would."""
+    from recgen.kernels.gru_persistent import _gru_bwd_persistent_kernel
+
+    D, T, B, G4 = saved.shape
+    H = G4 // 4
+    dxw = new_output((D, T, B, 3 * H), torch.float32, saved.device)
+    dghn = new_output((D, T, B, H), torch.float32, saved.device)
+    dh_state = ping_pong_state(dhn)
+    args = dict(
+        dy_ptr=dy, saved_ptr=saved, h_prev_ptr=h_prev.contiguous(), w_hh_ptr=w_hh.contiguous(),
+        lengths_ptr=lengths_arg(lengths, saved), dxw_ptr=dxw, dghn_ptr=dghn, dh_state_ptr=dh_state,
+        T=T, B=B, H=H,
+        first_reverse=int(first_reverse), HAS_LENGTHS=lengths is not None, **dot_flags(w_hh.dtype, "rnn"),
+    )
+    if not run_persistent("gru_bwd_persistent", _gru_bwd_persistent_kernel, plans, (B, H, D), T, saved.device, args,
+                          phases=True):
+        return None
+    return dxw, dghn, dh_state[:, T % 2]
 
 
 def _gru_fwd_fake(xw, h0, w_hh, b_hh, lengths, first_reverse, save):
     T, B, _ = xw.shape
     D, _, H = w_hh.shape
     return (xw.new_empty((T, B, D * H)), xw.new_empty((D, B, H)),
-            xw.new_empty((D, T, B, 4 * H), dtype=torch.float32) if save else absent_like(xw))
+            xw.new_empty((D, T, B, 4 * H), dtype=torch.float32) if save else missing_output(xw))
 
 
-@define("gru_fwd", "(Tensor xw, Tensor h0, Tensor w_hh, Tensor? b_hh, Tensor? lengths, bool first_reverse, "
+@register_op("gru_fwd", "(Tensor xw, Tensor h0, Tensor w_hh, Tensor? b_hh, Tensor? lengths, bool first_reverse, "
         "bool save) -> (Tensor, Tensor, Tensor)", _gru_fwd_fake)
 def gru_fwd_op(xw: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], lengths: Optional[Tensor],
                first_reverse: bool, save: bool) -> Tuple[Tensor, Tensor, Tensor]:
     """torch.ops.recgen.gru_fwd: gru_fwd with h_n in xw's dtype. Returns y, h_n, saved (empty
     with save=False); differentiable in xw, h0, w_hh, b_hh when save=True."""
     y, hn, saved = gru_fwd(xw, h0, w_hh, b_hh, lengths, first_reverse, save)
-    return y, fresh(hn, xw.dtype), saved if save else absent_like(xw)
+    return y, owned_copy(hn, xw.dtype), saved if save else missing_output(xw)
 
 
 def _gru_bwd_fake(dy, dhn, saved, h_prev, w_hh, lengths, first_reverse):
@@ -117,13 +179,13 @@ def _gru_bwd_fake(dy, dhn, saved, h_prev, w_hh, lengths, first_reverse):
     return saved.new_empty((D, T, B, 3 * H)), saved.new_empty((D, T, B, H)), saved.new_empty((D, B, H))
 
 
-@define("gru_bwd", "(Tensor dy, Tensor dhn, Tensor saved, Tensor h_prev, Tensor w_hh, Tensor? lengths, "
+@register_op("gru_bwd", "(Tensor dy, Tensor dhn, Tensor saved, Tensor h_prev, Tensor w_hh, Tensor? lengths, "
         "bool first_reverse) -> (Tensor, Tensor, Tensor)", _gru_bwd_fake)
 def gru_bwd_op(dy: Tensor, dhn: Tensor, saved: Tensor, h_prev: Tensor, w_hh: Tensor, lengths: Optional[Tensor],
                first_reverse: bool) -> Tuple[Tensor, Tensor, Tensor]:
     """torch.ops.recgen.gru_bwd: gru_bwd (dxw, dghn, dh0 float32)."""
     dxw, dghn, dh0 = gru_bwd(dy, dhn, saved, h_prev, w_hh, lengths, first_reverse)
-    return dxw, dghn, fresh(dh0, torch.float32)
+    return dxw, dghn, owned_copy(dh0, torch.float32)
 
 
 class GRUFunction(torch.autograd.Function):
@@ -167,7 +229,7 @@ class GRUFunction(torch.autograd.Function):
             dw_hh = torch.cat([bmm_t(d_rz, h_prev), bmm_t(dghn, h_prev)], dim=1).to(w_hh.dtype)
         if ctx.b_dtype is not None and ctx.needs_input_grad[3]:
             db_hh = torch.cat([d_rz.sum(dim=(1, 2)), dghn.sum(dim=(1, 2))], dim=1).to(ctx.b_dtype)
-        return time_major(dxw).to(y.dtype), dh0.to(h0.dtype), dw_hh, db_hh, None, None, None
+        return directions_side_by_side(dxw).to(y.dtype), dh0.to(h0.dtype), dw_hh, db_hh, None, None, None
 
 
 register_function("gru_fwd", GRUFunction)
