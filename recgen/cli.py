@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"providers to time, a comma list of {', '.join(PROVIDER_NAMES)} "
                             "(default: all; recgen is always timed, as every ratio's baseline)")
     bench.add_argument("--out", default="recgen-bench", help="folder for the JSON, markdown and PNG")
-    from recgen.train import add_parsers as add_train_parsers
+    from recgen.app.cli import add_parsers as add_train_parsers
     add_train_parsers(sub)  # train, sample
     for name in ("train", "sample"):
         sub.choices[name].epilog = EXAMPLES[name]

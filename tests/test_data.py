@@ -1,12 +1,12 @@
-"""recgen.data (scikit-learn's digits, folders of images) and recgen.digits_classifier."""
+"""recgen.app.data (scikit-learn's digits, folders of images) and recgen.app.digits_classifier."""
 
 import pytest
 import torch
 from PIL import Image
 
-from recgen import data, digits_classifier
-from recgen.data import load_dataset, load_digits, load_digits_with_labels, load_image_folder
-from recgen.digits_classifier import accuracy, score_samples, train_classifier
+from recgen.app import data, digits_classifier
+from recgen.app.data import load_dataset, load_digits, load_digits_with_labels, load_image_folder
+from recgen.app.digits_classifier import accuracy, score_samples, train_classifier
 
 N_DIGITS = 1797
 

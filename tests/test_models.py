@@ -1,4 +1,4 @@
-"""recgen.models: the image generators behind build_model's training interface.
+"""recgen.app.models: the image generators behind build_model's training interface.
 
 Each model on tiny sizes: shapes, samples in [0, 1] and reproducible from a seed, train_step
 (finite losses, every parameter moves), the row LSTM's NLL falling, and torch_twin (the same
@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import recgen
-from recgen.models import (MODELS, GenerativeModel, ResidualDiscriminator, ResidualGenerator,
-                           TorchResidualBlock, build_model)
+from recgen.app.models import (MODELS, GenerativeModel, ResidualDiscriminator, ResidualGenerator,
+                               TorchResidualBlock, build_model)
 from recgen.testing import TOLERANCES, max_rel_error
 
 CUDA = torch.cuda.is_available()

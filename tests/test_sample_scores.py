@@ -1,4 +1,4 @@
-"""recgen.sample_scores: the Frechet distance of the digits classifier's features, and the floor
+"""recgen.app.sample_scores: the Frechet distance of the digits classifier's features, and the floor
 that real digits score. Patterns that the classifier reads confidently (a stripe drawn 64 times)
 must land far above that floor; real digits must not."""
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from recgen import sample_scores as S
-from recgen.data import load_digits
-from recgen.digits_classifier import FEATURES, features, score_samples
+from recgen.app import sample_scores as S
+from recgen.app.data import load_digits
+from recgen.app.digits_classifier import FEATURES, features, score_samples
 
 
 def stripes(n=64, columns=(3, 4)):

@@ -1,7 +1,7 @@
-"""recgen.train: the loop behind `recgen train` / `recgen sample`, on a tiny fake model.
+"""recgen.app.train and recgen.app.cli: the loop behind `recgen train` / `recgen sample`, on a tiny fake model.
 
-The fake implements recgen.models' contract (build_model(name, image_shape, **options) ->
-make_optimizers, train_step, sample, torch_twin) and is swapped in through recgen.train's one
+The fake implements recgen.app.models' contract (build_model(name, image_shape, **options) ->
+make_optimizers, train_step, sample, torch_twin) and is swapped in through recgen.app.train's one
 model lookup, so these tests do not depend on the real models (tests/test_models.py covers them).
 """
 
@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from recgen import train as T
+from recgen.app import cli as C
+from recgen.app import train as T
 
 STEPS_PER_EPOCH = 1438 // 64  # digits' training split, batch 64, remainder dropped
 
@@ -83,7 +84,7 @@ def fake_build_model(name, image_shape, **options):
 
 @pytest.fixture(autouse=True)
 def fake_models(monkeypatch):
-    """recgen.train reaches the models only through _load_models: point it at the fakes."""
+    """recgen.app.train reaches the models only through _load_models: point it at the fakes."""
     monkeypatch.setattr(T, "_load_models", lambda: (FAKES, fake_build_model))
     BUILT.clear()
     with torch.random.fork_rng(devices=[]):  # train() seeds the global RNG; other tests keep theirs
@@ -398,7 +399,7 @@ def _with(model, **attrs):
 # ------------------------------------------------------------------------------------------- CLI
 def parse(*argv):
     parser = argparse.ArgumentParser(prog="recgen")
-    T.add_parsers(parser.add_subparsers(dest="command", required=True))
+    C.add_parsers(parser.add_subparsers(dest="command", required=True))
     return parser.parse_args(list(argv))
 
 
@@ -406,14 +407,14 @@ def test_cli_train_then_sample(tmp_path, capsys):
     run = tmp_path / "run"
     args = parse("train", "--model", "fake", "--epochs", "1", "--out", str(run), "--device", "cpu",
                  "--hidden", "5", "--option", "noise_dim=2", "--no-progress", "--batch-size", "100")
-    assert args.handler is T.main_train and args.handler(args) == 0
+    assert args.handler is C.main_train and args.handler(args) == 0
     state = T.read_checkpoint(run / "checkpoint.pt")
     assert state["options"] == {"hidden": 5, "noise_dim": 2} and state["step"] == 1438 // 100
     assert (run / "evaluation.json").is_file()
 
     args = parse("sample", "--checkpoint", str(run / "checkpoint.pt"), "--n", "10", "--out", str(tmp_path / "g.png"),
                  "--seed", "3")
-    assert args.handler is T.main_sample and args.handler(args) == 0
+    assert args.handler is C.main_sample and args.handler(args) == 0
     assert f"wrote {tmp_path / 'g.png'}" in capsys.readouterr().out
     with Image.open(tmp_path / "g.png") as grid:
         assert grid.size == ((4 * 9 + 1) * 6, (3 * 9 + 1) * 6)  # 10 tiles: 4 columns, 3 rows
@@ -457,8 +458,8 @@ def test_cli_diverged_training_exits_1(tmp_path, monkeypatch, capsys):
 
 
 def test_parse_options():
-    assert T.parse_options(None, []) == {}
-    assert T.parse_options(8, ["base=16", "lr=0.5", "discriminator=gru", "flag=true", "x=none"]) == \
+    assert C.parse_options(None, []) == {}
+    assert C.parse_options(8, ["base=16", "lr=0.5", "discriminator=gru", "flag=true", "x=none"]) == \
         {"hidden": 8, "base": 16, "lr": 0.5, "discriminator": "gru", "flag": True, "x": None}
 
 
@@ -479,7 +480,7 @@ REAL_LOAD_MODELS = T._load_models
     ("res-gan", {"base": 8, "noise_dim": 8}),
 ])
 def test_real_models_train_resume_sample_and_compare(tmp_path, monkeypatch, name, options):
-    """recgen.models through the same loop: 2-step epochs, resume, a sample grid, compare_torch."""
+    """recgen.app.models through the same loop: 2-step epochs, resume, a sample grid, compare_torch."""
     import recgen
     monkeypatch.setattr(T, "_load_models", REAL_LOAD_MODELS)
     if not torch.cuda.is_available():

@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recgen.models._common import check_positive
-from recgen.models.res_gan import ResidualDiscriminator, ResidualGAN, ResidualGenerator
-from recgen.models.rnn_gan import RecurrentGAN
-from recgen.models.row_lstm import RowLSTMGenerator
-from recgen.models.twin import TorchResidualBlock, torch_twin
+from recgen.app.models._common import check_positive
+from recgen.app.models.res_gan import ResidualDiscriminator, ResidualGAN, ResidualGenerator
+from recgen.app.models.rnn_gan import RecurrentGAN
+from recgen.app.models.row_lstm import RowLSTMGenerator
+from recgen.app.models.twin import TorchResidualBlock, torch_twin
 
 REAL_LABEL = 0.9  # one-sided label smoothing: real targets only; fakes stay at 0
 
@@ -62,7 +62,7 @@ class GenerativeModel(nn.Module):
             self.train(was_training)
 
     def torch_twin(self) -> GenerativeModel:
-        """A deep copy on torch.nn's layers (recgen.models.twin.torch_twin), same weights."""
+        """A deep copy on torch.nn's layers (recgen.app.models.twin.torch_twin), same weights."""
         return torch_twin(self)
 
     def _check_images(self, images):
@@ -84,7 +84,7 @@ class GenerativeModel(nn.Module):
 
 
 class RowLSTMModel(GenerativeModel):
-    """recgen.models.row_lstm.RowLSTMGenerator; losses {'nll': nats per image}.
+    """recgen.app.models.row_lstm.RowLSTMGenerator; losses {'nll': nats per image}.
     Options: hidden=128, num_layers=2."""
 
     name = "row-lstm"
@@ -162,7 +162,7 @@ class _GANModel(GenerativeModel):
 
 
 class RecurrentGANModel(_GANModel):
-    """recgen.models.rnn_gan.RecurrentGAN. Options: noise_dim=32, hidden=128, discriminator='lstm'|'gru'."""
+    """recgen.app.models.rnn_gan.RecurrentGAN. Options: noise_dim=32, hidden=128, discriminator='lstm'|'gru'."""
 
     name = "rnn-gan"
 
@@ -173,7 +173,7 @@ class RecurrentGANModel(_GANModel):
 
 
 class ResidualGANModel(_GANModel):
-    """recgen.models.res_gan.ResidualGAN, square images of side 4, 8, 16, 32, 64, ...
+    """recgen.app.models.res_gan.ResidualGAN, square images of side 4, 8, 16, 32, 64, ...
     Options: noise_dim=64, base=64."""
 
     name = "res-gan"

@@ -1,6 +1,6 @@
 """Scores of generated 8x8 digits that a stripe pattern cannot pass: the Frechet distance.
 
-recgen.digits_classifier's mean confidence and class histogram read each sample on its own, so a
+recgen.app.digits_classifier's mean confidence and class histogram read each sample on its own, so a
 generator that draws one confident-looking pattern (64 identical vertical stripes scored 0.85) passes
 them. The Frechet distance (the FID of Heusel et al. 2017, with the digits classifier in place of
 Inception) compares the distribution of the classifier's penultimate-layer features of the samples
@@ -13,7 +13,7 @@ The floor is what real digits score: FLOOR_IMAGES-many (the number of samples sc
 1438 of the split) images of the training split, drawn with a fixed seed, against the same test split.
 A generator that reproduced the training digits exactly would score the floor.
 
-    from recgen.sample_scores import digits_evaluation, frechet_distance
+    from recgen.app.sample_scores import digits_evaluation, frechet_distance
     ev = digits_evaluation(model.sample(1000))   # {'frechet_distance': ..., 'frechet_floor': ..., ...}
 
 numpy only (no scipy): the trace of sqrt(S1 S2) is the sum of the square roots of the eigenvalues of
@@ -82,8 +82,8 @@ _reference_cache: dict = {}
 def _reference():
     """(mean, covariance, count) of the classifier features of the real test digits (once per process)."""
     if "test" not in _reference_cache:
-        from recgen.data import load_digits
-        from recgen.digits_classifier import features
+        from recgen.app.data import load_digits
+        from recgen.app.digits_classifier import features
 
         real = features(load_digits(REFERENCE))
         _reference_cache["test"] = (*gaussian(real), real.shape[0])
@@ -93,7 +93,7 @@ def _reference():
 def digits_frechet(images: torch.Tensor) -> float:
     """Frechet distance between the classifier features of images (N, 1, 8, 8) in [0, 1] (N >= 2) and
     those of the real test digits."""
-    from recgen.digits_classifier import features
+    from recgen.app.digits_classifier import features
 
     mu, sigma, _ = _reference()
     return frechet_from_gaussians(*gaussian(features(images)), mu, sigma)
@@ -102,7 +102,7 @@ def digits_frechet(images: torch.Tensor) -> float:
 def frechet_floor(n: int = 1000, seed: int = FLOOR_SEED) -> tuple[float, int]:
     """(the floor, images used): the Frechet distance of min(n, 1438) training digits (drawn without
     replacement with `seed`) to the test digits: what real digits score, at about the sample count."""
-    from recgen.data import load_digits
+    from recgen.app.data import load_digits
 
     train = load_digits(FLOOR_FROM)
     count = max(2, min(n, train.shape[0]))
@@ -115,8 +115,8 @@ def digits_evaluation(samples: torch.Tensor) -> dict:
     'histogram', 'classes_present', 'largest_class_fraction', 'frechet_distance', 'frechet_floor',
     'frechet_reference', 'frechet_floor_from', 'real_test_mean_confidence', 'classifier_test_accuracy'}.
     With one sample the Frechet fields are None (no covariance) and the two descriptions are left out."""
-    from recgen.data import load_digits
-    from recgen.digits_classifier import accuracy, score_samples
+    from recgen.app.data import load_digits
+    from recgen.app.digits_classifier import accuracy, score_samples
 
     score = score_samples(samples)
     histogram = score["histogram"]

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recgen import nn as rnn
-from recgen.models._common import check_positive, image_rows, rows_to_images, uniform
+from recgen.app.models._common import check_positive, image_rows, rows_to_images, uniform
 
 
 class RowLSTMGenerator(nn.Module):

@@ -2,7 +2,7 @@
 
 Every loader returns a float32 tensor of shape (N, C, H, W) with values in [0, 1].
 
-    from recgen.data import load_dataset
+    from recgen.app.data import load_dataset
     images = load_dataset("digits")          # (1438, 1, 8, 8): the training split
     images = load_dataset("faces/")          # every png/jpg/jpeg/bmp/gif in faces/, sorted by name
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from recgen import nn as rnn
-from recgen.models._common import check_positive, image_rows, normal, rows_to_images
+from recgen.app.models._common import check_positive, image_rows, normal, rows_to_images
 
 DISCRIMINATORS = {"lstm": rnn.LSTM, "gru": rnn.GRU}
 

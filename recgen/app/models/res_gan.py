@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from recgen import nn as rnn
-from recgen.models._common import check_positive, normal
+from recgen.app.models._common import check_positive, normal
 
 
 def _plan(image_size: int) -> tuple[int, int]:

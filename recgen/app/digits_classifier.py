@@ -1,14 +1,14 @@
 """A small CNN that reads 8x8 digits: the judge of what a generator trained on digits learned.
 
-Trained in about a second on the CPU on the training split of `recgen.data.load_digits` (seeded,
+Trained in about a second on the CPU on the training split of `recgen.app.data.load_digits` (seeded,
 deterministic), and kept in memory for the rest of the process. A generator that learned the
 digits gives samples the classifier reads confidently, spread over the ten classes; a collapsed
 GAN gives one class (or noise that it reads with low confidence).
 
-    from recgen.digits_classifier import score_samples
+    from recgen.app.digits_classifier import score_samples
     score = score_samples(model.sample(1000))   # {'mean_confidence': 0.9, 'histogram': [98, 103, ...], ...}
     feats = features(model.sample(1000))        # (1000, 64): the penultimate layer, for the Frechet
-                                                # distance of recgen.sample_scores
+                                                # distance of recgen.app.sample_scores
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from recgen.data import DIGITS_SHAPE, load_digits_with_labels
+from recgen.app.data import DIGITS_SHAPE, load_digits_with_labels
 
 N_CLASSES = 10
 FEATURES = 64  # width of the penultimate layer (the input of the last Linear)
@@ -111,7 +111,7 @@ def _checked(images) -> torch.Tensor:
 
 def features(images: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
     """The classifier's penultimate layer (after the hidden Linear's ReLU) for images (N, 1, 8, 8)
-    in [0, 1]: a (N, FEATURES) float32 CPU tensor. What recgen.sample_scores' Frechet distance compares.
+    in [0, 1]: a (N, FEATURES) float32 CPU tensor. What recgen.app.sample_scores' Frechet distance compares.
 
         real = features(load_digits("test"))   # (359, 64)
     """

@@ -1,6 +1,6 @@
-"""`recgen train` and `recgen sample`: train the image models of recgen.models, draw from checkpoints.
+"""`recgen train` and `recgen sample`: train the image models of recgen.app.models, draw from checkpoints.
 
-    from recgen.train import train, compare_torch, sample_grid
+    from recgen.app.train import train, compare_torch, sample_grid
     summary = train("res-gan", data="digits", epochs=5, out="runs/res-gan")
     numbers = compare_torch("rnn-gan", steps=20)           # recgen vs torch.nn: speed and loss agreement
     sample_grid("runs/res-gan/checkpoint.pt", n=64, out="grid.png")
@@ -8,14 +8,12 @@
 A run folder holds, after every epoch E: samples_epoch{E:03d}.png (64 samples, the same noise each
 epoch), loss_curve.png (every loss against the step) and checkpoint.pt (written to a temporary file
 and renamed, so an interrupt loses at most the epoch under way; `resume=True` continues it).
-For 8x8 one-channel data the run ends with evaluation.json (recgen.sample_scores) on 1000 samples:
+For 8x8 one-channel data the run ends with evaluation.json (recgen.app.sample_scores) on 1000 samples:
 the digits classifier's mean confidence and class histogram, and the Frechet distance of its features
 to the real test digits beside the real-vs-real floor (a repeated pattern passes the first, not this).
 
-Command-line handlers: `add_parsers(subparsers)` adds 'train' and 'sample'; `main_train(args)` and
-`main_sample(args)` take their argparse Namespace and return the exit status (2 for bad input, with
-the message on stderr). tqdm, matplotlib, pillow and scikit-learn (the `train` extra) are imported
-only when used.
+The command-line handlers of `recgen train` / `recgen sample` are in recgen.app.cli. tqdm,
+matplotlib, pillow and scikit-learn (the `train` extra) are imported only when used.
 """
 
 from __future__ import annotations
@@ -26,7 +24,6 @@ import json
 import math
 import os
 import pickle
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,7 +32,6 @@ import torch
 
 CHECKPOINT = "checkpoint.pt"
 FORMAT = "recgen-train/1"
-MODEL_NAMES = ("row-lstm", "rnn-gan", "res-gan")  # for help texts; recgen.models.MODELS decides
 GRID_SAMPLES = 64
 EVAL_SAMPLES = 1000
 DEFAULT_BATCH_SIZE = 64
@@ -60,14 +56,14 @@ def _model_errors(where: str):
 
 
 def _load_models():
-    """(MODELS, build_model) of recgen.models. The one place this module reaches the models,
+    """(MODELS, build_model) of recgen.app.models. The one place this module reaches the models,
     so tests can substitute a registry."""
-    from recgen.models import MODELS, build_model
+    from recgen.app.models import MODELS, build_model
     return MODELS, build_model
 
 
 def build(name: str, image_shape, options: dict | None = None):
-    """`recgen.models.build_model(name, image_shape, **options)`, after checking the name and,
+    """`recgen.app.models.build_model(name, image_shape, **options)`, after checking the name and,
     where the constructor's signature says, the option names."""
     models, build_model = _load_models()
     if name not in models:
@@ -239,10 +235,10 @@ def draw_samples(model, n: int, seed: int, chunk: int = 500) -> torch.Tensor:
 
 
 def evaluate_digits(model, n: int = EVAL_SAMPLES, seed: int = 0) -> dict:
-    """recgen.sample_scores.digits_evaluation of n samples (seed `seed`) of a model of 8x8 digits:
+    """recgen.app.sample_scores.digits_evaluation of n samples (seed `seed`) of a model of 8x8 digits:
     mean confidence, class histogram, Frechet distance to the real test digits and its real-vs-real
     floor, the classifier's reading of the real test digits."""
-    from recgen.sample_scores import digits_evaluation
+    from recgen.app.sample_scores import digits_evaluation
 
     return digits_evaluation(draw_samples(model, n, seed))
 
@@ -295,8 +291,8 @@ def train(model: str, data: str | None = None, epochs: int = 10, batch_size: int
 
         summary = train("row-lstm", epochs=3, out="runs/lstm", options={"hidden": 64})
     """
-    from recgen.data import DIGITS_SHAPE, load_dataset
-    from recgen.sample_scores import format_evaluation
+    from recgen.app.data import DIGITS_SHAPE, load_dataset
+    from recgen.app.sample_scores import format_evaluation
 
     _check_positive(epochs=epochs)
     if eval_samples < 0:
@@ -431,7 +427,7 @@ def compare_torch(model: str, data: str = "digits", steps: int = DEFAULT_COMPARE
     from recgen import backend as recgen_backend
     from recgen import get_backend
     from recgen.backend import interpreting
-    from recgen.data import load_dataset
+    from recgen.app.data import load_dataset
 
     _check_positive(steps=steps, batch_size=batch_size, first_steps=first_steps)
     device = resolve_device(device)
@@ -498,102 +494,3 @@ def sample_grid(checkpoint, n: int = GRID_SAMPLES, out="grid.png", seed: int = 0
     _check_positive(n=n)
     model, _ = load_model(checkpoint, device)
     return save_image_grid(draw_samples(model, n, seed), out)
-
-
-# ------------------------------------------------------------------------------------------ CLI
-def _option_value(text: str):
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
-
-
-def parse_options(hidden: int | None = None, pairs=()) -> dict:
-    """--hidden N and --option KEY=VALUE (repeatable; ints, floats, true/false/none, else text) -> options."""
-    options = {} if hidden is None else {"hidden": hidden}
-    for pair in pairs or ():
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--option expects KEY=VALUE, got {pair!r}")
-        options[key.strip()] = _option_value(value.strip())
-    return options
-
-
-def add_parsers(subparsers) -> None:
-    """Add the 'train' and 'sample' commands to an argparse subparsers object; each sets `handler`."""
-    names = ", ".join(MODEL_NAMES)
-    t = subparsers.add_parser("train", help="train a generative model on digits or a folder of images",
-                              description="Train a recgen image model; see recgen.train.")
-    t.add_argument("--model", required=True, help=f"one of {names}")
-    t.add_argument("--data", default=None, help="'digits' (default) or a folder of png/jpg/jpeg/bmp/gif images")
-    t.add_argument("--epochs", type=int, default=10, help="epochs to reach (with --resume: in total); default 10")
-    t.add_argument("--batch-size", type=int, default=None, help=f"default {DEFAULT_BATCH_SIZE}")
-    t.add_argument("--out", default=None, help="run folder (default runs/MODEL)")
-    t.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--resume", action="store_true", help="continue OUT/checkpoint.pt")
-    t.add_argument("--compare-torch", action="store_true",
-                   help="time K steps against the model's torch.nn twin and compare losses (no training run)")
-    t.add_argument("--steps", type=int, default=None, help=f"K for --compare-torch (default {DEFAULT_COMPARE_STEPS})")
-    t.add_argument("--hidden", type=int, default=None, help="hidden size (row-lstm, rnn-gan)")
-    t.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="another model option, e.g. base=32, noise_dim=16, discriminator=gru (repeatable)")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    t.set_defaults(handler=main_train)
-    s = subparsers.add_parser("sample", help="draw samples from a `recgen train` checkpoint into a grid image")
-    s.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by recgen train")
-    s.add_argument("--n", type=int, default=GRID_SAMPLES, help=f"number of samples (default {GRID_SAMPLES})")
-    s.add_argument("--out", default="grid.png", help="image file to write (default grid.png)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", choices=["cpu", "cuda"], default=None)
-    s.set_defaults(handler=main_sample)
-
-
-def _usage_error(command: str, error: Exception) -> int:
-    print(f"recgen {command}: error: {error}", file=sys.stderr)
-    return 2
-
-
-def main_train(args) -> int:
-    """`recgen train` from its argparse Namespace (see add_parsers): 0 on success, 2 for bad input,
-    1 when training diverged, 130 when interrupted."""
-    try:
-        options = parse_options(args.hidden, args.option)
-        if args.compare_torch:
-            if args.resume:
-                raise ValueError("--compare-torch starts from fresh weights: it cannot be combined with --resume")
-            numbers = compare_torch(args.model, data=args.data or "digits",
-                                    steps=DEFAULT_COMPARE_STEPS if args.steps is None else args.steps,
-                                    batch_size=args.batch_size or DEFAULT_BATCH_SIZE, device=args.device,
-                                    seed=args.seed, options=options)
-            if args.out is not None:
-                target = Path(args.out) / "compare_torch.json"
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_text(json.dumps(numbers, indent=2))
-                print(f"wrote {target}")
-            return 0
-        if args.steps is not None:
-            raise ValueError("--steps applies only with --compare-torch")
-        train(args.model, data=args.data, epochs=args.epochs, batch_size=args.batch_size,
-              out=args.out or os.path.join("runs", args.model), device=args.device, seed=args.seed,
-              resume=args.resume, options=options, progress=not args.no_progress)
-    except USAGE_ERRORS as error:
-        return _usage_error("train", error)
-    except TrainingDiverged as error:
-        print(f"recgen train: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return 0
-
-
-def main_sample(args) -> int:
-    """`recgen sample` from its argparse Namespace: 0 on success, 2 for bad input."""
-    try:
-        path = sample_grid(args.checkpoint, n=args.n, out=args.out, seed=args.seed, device=args.device)
-    except USAGE_ERRORS as error:
-        return _usage_error("sample", error)
-    print(f"wrote {path}")
-    return 0
