@@ -1,4 +1,4 @@
-"""pytest-benchmark suite of recgen (the grid lives in recgen/benchmark.py).
+"""pytest-benchmark suite of recgen (the grid lives in recgen/tools/benchmark.py).
 
     python -m pytest bench --benchmark-json=out.json          # the quick grid on this device
     RECGEN_BENCH_FULL=1 python -m pytest bench                # the standard grid (GPU: long)
@@ -17,7 +17,7 @@ CUDA = torch.cuda.is_available()
 if not CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from recgen.benchmark import PASSES, PROVIDERS, build, environment, grid, make_step, provider_module  # noqa: E402
+from recgen.tools.benchmark import PASSES, PROVIDERS, build, environment, grid, make_step, provider_module  # noqa: E402
 
 DEVICE = "cuda" if CUDA else "cpu"
 FULL = os.environ.get("RECGEN_BENCH_FULL") == "1"

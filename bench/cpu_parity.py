@@ -30,7 +30,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
 import recgen  # noqa: E402
-from recgen.benchmark import _BasicBlock, _ResnetBlock  # noqa: E402  (torchvision / CycleGAN forms)
+from recgen.tools.benchmark import _BasicBlock, _ResnetBlock  # noqa: E402  (torchvision / CycleGAN forms)
 
 TARGET = 1.1
 CELL_STEPS = 50

@@ -41,7 +41,7 @@ COLUMNS = (16, 8)  # hidden units per program (recgen.ops.recurrent.persistent.C
 # tf32: float32 tensors with TF32 dots, what float32 layers run under torch's default flags
 # (recgen.ops.common.launch.torch_allows_tf32); fp32: full float32 dots (TF32 off).
 DTYPES = ("bf16", "fp32", "tf32")
-GRID_BATCH = (1, 16, 64, 256)  # the benchmark grid's batch sizes (recgen.benchmark.RECURRENT_GRID)
+GRID_BATCH = (1, 16, 64, 256)  # the benchmark grid's batch sizes (recgen.tools.benchmark.RECURRENT_GRID)
 
 
 def _measure(job: tuple) -> dict:

@@ -6,7 +6,7 @@ grid barrier per step) against recgen's single-program modes and cuDNN, at batch
 
 The speed issue's notes (docs/performance.md) assume about 2 µs per dependent round trip; this
 measures it. Each row is an inference forward (no_grad) of one layer over T steps, timed by
-recgen.benchmark.time_step (warm-up first, CUDA synchronised, median of the rounds), divided by
+recgen.tools.benchmark.time_step (warm-up first, CUDA synchronised, median of the rounds), divided by
 T. A persistent row names the tiles the launcher chose (recgen/ops/recurrent/persistent.py), or says
 that it fell back to the streamed kernel, as the launch counters show. Writes step-latency.json.
 """
@@ -40,7 +40,7 @@ def measure(cell: str, hidden: int, batch: int, steps: int, mode: str, device: s
             warmup: int) -> dict:
     import torch
 
-    from recgen.benchmark import time_step
+    from recgen.tools.benchmark import time_step
     from recgen.ops import LAUNCH_COUNTS
     from recgen.ops.recurrent import persistent
     from recgen.ops.common.tiling import forced_tiles
@@ -88,7 +88,7 @@ def main(argv=None) -> int:
         return 2
     if not cuda:
         os.environ["TRITON_INTERPRET"] = "1"  # before any kernel module is imported
-    from recgen.benchmark import environment
+    from recgen.tools.benchmark import environment
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
     hidden, batch, steps = (HIDDEN, BATCH, args.steps) if not args.smoke else ((16, 20), (1,), 3)
     rounds, warmup = (20, 3) if not args.smoke else (1, 0)

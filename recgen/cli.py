@@ -119,8 +119,8 @@ def _bench(args) -> int:
         print("No CUDA device: running the small CPU grid; CPU timings (recgen under Triton's "
               "interpreter, torch.nn on torch's CPU kernels, rows named 'torch') say nothing about "
               "kernel speed.")
-    from recgen.bench_report import to_markdown, write_report
-    from recgen.benchmark import PROVIDERS, run
+    from recgen.tools.bench_report import to_markdown, write_report
+    from recgen.tools.benchmark import PROVIDERS, run
 
     families = tuple(args.family or ("recurrent", "residual"))
     chosen = [name for names in args.provider for name in names] if args.provider else list(PROVIDERS)

@@ -6,7 +6,7 @@ goes through recgen/__init__.py, which imports torch; the model itself does not 
 
 Glossary: T steps, B batch, I input, H hidden (= the recurrent width P: no projection), G gate
 blocks (lstm 4, gru 3, rnn_tanh 1), e bytes per element of the I/O dtype (2 for bf16/fp16, 4 for
-fp32); one layer, one direction, as in recgen.benchmark's grid. Passes: 'fwd' (forward only,
+fp32); one layer, one direction, as in recgen.tools.benchmark's grid. Passes: 'fwd' (forward only,
 under torch.no_grad: the kernels run with SAVE=False) and 'fwdbwd' (forward + backward, the
 benchmark's two passes).
 
@@ -121,7 +121,7 @@ F32 = 4  # the kernels keep state, saved tensors and gradients in float32
 # 'fwdbwd' all. Not modelled here (H = P): with proj_size > 0 the LSTM writes m (H) either way,
 # since the projection reads it back in the same step.
 
-# The standard grid (recgen.benchmark.RECURRENT_GRID; a test checks they agree), I = H.
+# The standard grid (recgen.tools.benchmark.RECURRENT_GRID; a test checks they agree), I = H.
 GRID = dict(op=("lstm", "gru", "rnn_tanh"), T=(64, 512), B=(1, 16, 64, 256),
             H=(128, 256, 512, 1024), dtype=("bf16", "fp32"))
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}

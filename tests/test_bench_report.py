@@ -3,15 +3,17 @@ markdown content, the three files `write_report` writes, and the PNGs, on small 
 results (no benchmark is run)."""
 
 import copy
+import dataclasses
 import json
 import math
 import re
 import subprocess
 import sys
+import typing
 
 import pytest
 
-from recgen import bench_report as br
+from recgen.tools import bench_report as br
 
 GPU = "NVIDIA H200"
 CPU = "cpu (Triton interpreter: not kernel speed)"
@@ -268,7 +270,7 @@ def test_plot_ratios_empty(tmp_path, keep):
 
 
 def test_import_does_not_load_matplotlib():
-    code = "import sys, recgen.bench_report; assert 'matplotlib' not in sys.modules, 'imported'"
+    code = "import sys, recgen.tools.bench_report; assert 'matplotlib' not in sys.modules, 'imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -279,3 +281,92 @@ def test_markdown_labels_recgen_rows_by_what_ran():
     cells = [_cells(r) for r in _table_rows(br.to_markdown(results))[2:]]
     assert any(c[5].endswith(" [kernels]") for c in cells)
     assert sum(c[5].endswith("]") for c in cells) == 1
+
+
+# ---- the typed record and its generic reader (from_dict) --------------------------------------
+
+@pytest.mark.parametrize("mutate, message", [
+    (_set(["results", 2], "lstm"), "results[2]: must be a dict, got 'lstm'"),  # a list element's type
+    (_set(["results", 0, "shape", "B"], 16.0), "results[0].shape.B: must be an int, got 16.0"),
+    (_set(["results", 4, "shape", "train"], 1), "results[4].shape.train: must be a bool, got 1"),
+    (_set(["results", 1, "ms"], "3.0"), "results[1].ms: must be a finite number or null, got '3.0'"),
+    (_set(["results", 1, "ms"], math.inf), "results[1].ms: must be a finite number or null, got inf"),
+    (_set(["results", 0, "note"], None), "results[0].note: must be a str, got null"),
+    (_set(["results", 4, "pass"], "bwd"), "results[4].pass: must be one of ['fwd', 'fwdbwd'], got 'bwd'"),
+    (_set(["results", 0, "family"], "conv"),
+     "results[0].family: must be one of ['recurrent', 'residual'], got 'conv'"),
+    (_set(["results", 0, "family"], _DELETE), "results[0].family: missing"),
+    (_set(["results", 0, "pass_"], "fwd"), "results[0].pass_: unexpected key"),
+    (_set(["results", 6, "shape", "X"], 1), "results[6].shape.X: unexpected key"),
+    (_set(["results", 0, "family"], "residual"), "results[0].shape.N: missing"),  # shape follows family
+    (_set(["results"], [[]]), "results[0]: must be a dict, got list"),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_from_dict_messages_name_path_expected_and_found(mutate, message):
+    results = make_results()
+    mutate(results)
+    with pytest.raises(ValueError) as err:
+        br.validate(results)
+    assert str(err.value) == message
+
+
+def test_parse_gives_the_typed_record_and_to_dict_inverts_it():
+    results = make_results()
+    report = br.parse(results)
+    assert isinstance(report, br.Report) and isinstance(report, br.Environment)
+    assert [type(r).__name__ for r in report.results[:5]] == ["RecurrentRow"] * 4 + ["ResidualRow"]
+    assert report.results[0].shape == br.RecurrentShape(**LSTM_SHAPE) and report.results[0].pass_ == "fwdbwd"
+    assert report.results[4].shape == br.ResidualShape(**BLOCK_SHAPE)
+    assert br.to_dict(report) == results
+    assert list(br.to_dict(report.results[0])) == list(results["results"][0])  # the JSON key order
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        report.results[0].ms = 1.0
+
+
+def test_write_report_writes_the_record(tmp_path):
+    """The JSON is the dataclasses' dict: keys in the record's order whatever the input's."""
+    results = make_results()
+    shuffled = {key: results[key] for key in reversed(list(results))}
+    shuffled["results"] = [dict(reversed(list(r.items()))) for r in results["results"]]
+    path = br.write_report(shuffled, tmp_path)["json"]
+    assert path.read_text() == json.dumps(results, indent=2) + "\n"
+
+
+def test_records_built_directly_keep_the_rules():
+    with pytest.raises(ValueError, match=re.escape("T: must be a positive int, got 0")):
+        br.RecurrentShape(T=0, B=1, I=1, H=1)
+    with pytest.raises(ValueError, match=re.escape("note: must give the reason when ms is null")):
+        br.RecurrentRow("recurrent", "lstm", "fwd", "fp32", br.RecurrentShape(1, 1, 1, 1), "cudnn", None, None, " ")
+    with pytest.raises(ValueError, match=re.escape("date: is not a calendar date: '2025-02-29'")):
+        br.Environment("cpu", "2.5", "3.1", "2025-02-29")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Child:
+    x: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _Probe:
+    counts: dict[str, int]
+    tags: list[typing.Literal["a", "b"]]
+    child: typing.Optional[_Child]
+    pass_: bool
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"counts": {"a": 1, "b": "2"}}, "counts.b: must be an int, got '2'"),
+    ({"tags": ["a", "c"]}, "tags[1]: must be one of ['a', 'b'], got 'c'"),
+    ({"tags": "ab"}, "tags: must be a list, got 'ab'"),
+    ({"child": {"x": 1.5}}, "child.x: must be an int, got 1.5"),
+    ({"child": {}}, "child.x: missing"),
+    ({"child": 3}, "child: must be a dict or null, got 3"),
+    ({"pass": None}, "pass: must be a bool, got null"),
+    ({"extra": 0}, "extra: unexpected key"),
+])
+def test_from_dict_generic_types(change, message):
+    good = {"counts": {"a": 1}, "tags": ["a", "b"], "child": None, "pass": True}
+    assert br.from_dict(_Probe, good) == _Probe({"a": 1}, ["a", "b"], None, True)
+    assert br.from_dict(_Probe, {**good, "child": {"x": 2}}).child == _Child(2)
+    with pytest.raises(ValueError) as err:
+        br.from_dict(_Probe, {**good, **change})
+    assert str(err.value) == message

@@ -51,7 +51,7 @@ def test_benchmark_suite_smoke():
 def test_recgen_bench_writes_report(tmp_path, capsys):
     """`recgen bench --family recurrent` on this machine: table printed, three files written,
     every provider recorded (timed, or unsupported with a reason)."""
-    from recgen.bench_report import load
+    from recgen.tools.bench_report import load
     assert main(["bench", "--family", "recurrent", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "| recurrent | lstm | fwdbwd |" in printed
@@ -76,7 +76,7 @@ def test_bench_keeps_the_fastest_flashrnn_backend(monkeypatch):
     """`recgen bench` times FlashRNN at each of its CUDA backends and reports the fastest, naming
     the others (with their times or errors); a peer failing everywhere is unsupported with its
     errors. The times are stand-ins (no timing is asserted)."""
-    import recgen.benchmark as bench
+    import recgen.tools.benchmark as bench
 
     class Layer:
         backend = None
@@ -133,7 +133,7 @@ def test_missing_extra_is_one_line_naming_it():
 
 
 def test_provider_takes_a_comma_list_and_always_times_the_baseline(monkeypatch):
-    import recgen.benchmark as bench
+    import recgen.tools.benchmark as bench
     seen = {}
 
     def fake_run(families, quick, providers):
@@ -141,7 +141,7 @@ def test_provider_takes_a_comma_list_and_always_times_the_baseline(monkeypatch):
         return {"device": "cpu", "torch": "x", "triton": "x", "date": "2026-12-01", "results": []}
 
     monkeypatch.setattr(bench, "run", fake_run)
-    monkeypatch.setattr("recgen.bench_report.write_report", lambda results, out: {})
+    monkeypatch.setattr("recgen.tools.bench_report.write_report", lambda results, out: {})
     assert main(["bench", "--provider", "recgen,torch", "--provider", "reference"]) == 0
     assert seen["providers"] == ("recgen", "cudnn", "reference")
     assert main(["bench", "--provider", "reference"]) == 0

@@ -1,4 +1,4 @@
-"""The benchmark's FlashRNN provider (recgen.benchmark._FlashRNNLayer) computes the same function
+"""The benchmark's FlashRNN provider (recgen.tools.benchmark._FlashRNNLayer) computes the same function
 as the torch.nn module it stands in for: its weights mapped into FlashRNN's layout, checked with
 FlashRNN's pure-PyTorch backend ("vanilla") on the CPU, outputs and final states, with and
 without biases. (On a GPU the benchmark runs FlashRNN's CUDA backends with the same tensors.)"""
@@ -6,7 +6,7 @@ without biases. (On a GPU the benchmark runs FlashRNN's CUDA backends with the s
 import pytest
 import torch
 
-from recgen.benchmark import _FlashRNNLayer
+from recgen.tools.benchmark import _FlashRNNLayer
 
 flashrnn = pytest.importorskip("flashrnn.flashrnn").flashrnn
 

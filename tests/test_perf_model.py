@@ -209,7 +209,7 @@ def test_imports_neither_torch_nor_triton():
 # ---- the grid --------------------------------------------------------------------------------
 
 def test_grid_matches_the_benchmark_grid():
-    from recgen import benchmark
+    from recgen.tools import benchmark
     assert pm.GRID == benchmark.RECURRENT_GRID
     assert pm.PASSES == benchmark.PASSES
 

@@ -69,7 +69,7 @@ def test_dot_flags_on_a_gpu(restored_flags, monkeypatch):
 
 
 def test_bench_rows_name_the_tf32_flags(restored_flags):
-    from recgen.benchmark import tf32_note
+    from recgen.tools.benchmark import tf32_note
 
     torch.backends.cudnn.rnn.fp32_precision, torch.backends.cudnn.conv.fp32_precision = "tf32", "ieee"
     torch.backends.cuda.matmul.fp32_precision = "ieee"

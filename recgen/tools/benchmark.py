@@ -250,7 +250,7 @@ def time_step(step, rounds: int, warmup: int, cuda: bool):
 
 
 def measure(case: Case, provider: str, pass_: str, device: str, rounds: int, warmup: int) -> dict:
-    """One result row in recgen.bench_report's schema."""
+    """One result row: the dict of a recgen.tools.bench_report.Row (checked when the report is written)."""
     cuda = device == "cuda"
     row = {"family": case.family, "op": case.op, "pass": pass_, "dtype": case.dtype,
            "shape": dict(case.shape), "provider": provider, "ms": None, "peak_mb": None, "note": ""}

@@ -2,7 +2,8 @@
 case by case, and write the results as JSON, a markdown table and a PNG of the ratios.
 
 The results dict has one fixed shape, so that files from different machines can be compared
-by a script:
+by a script; `Report` and the frozen dataclasses it holds are that shape, and `from_dict` reads
+a dict into them, checking each field against its annotation:
 
     {"device": "NVIDIA H200", "torch": "2.5.1", "triton": "3.1.0", "date": "2025-01-31",
      "results": [{"family": "recurrent", "op": "lstm", "pass": "fwdbwd", "dtype": "bf16",
@@ -20,85 +21,224 @@ matplotlib is imported only inside `plot_ratios`, so importing this module stays
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import functools
 import json
 import math
 import re
+import types
+import typing
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, Union
 
 BASELINE = "recgen"
-TOP_KEYS = ("device", "torch", "triton", "date", "results")
-ROW_KEYS = ("family", "op", "pass", "dtype", "shape", "provider", "ms", "peak_mb", "note")
-FAMILIES = {"recurrent": ("T", "B", "I", "H"), "residual": ("N", "C", "H", "W", "train")}
-PASSES = ("fwd", "fwdbwd")
-DTYPES = ("fp32", "bf16", "fp16")
 CASE_FIELDS = ("family", "op", "pass", "dtype", "shape")
 
 
-def _fail(field: str, problem: str):
-    raise ValueError(f"{field}: {problem}")
+def _require(ok, field: str, problem: str) -> None:
+    """A rule that is not a type, checked in __post_init__; from_dict puts the path before `field`."""
+    if not ok:
+        raise ValueError(f"{field}: {problem}")
 
 
-def _check_keys(obj, expected, field: str) -> None:
-    if not isinstance(obj, dict):
-        _fail(field or "results file", f"must be a dict, got {type(obj).__name__}")
-    for key in expected:
-        if key not in obj:
-            _fail(f"{field}.{key}" if field else key, "missing")
-    for key in obj:
-        if key not in expected:
-            # An unknown key is refused, not ignored: a typo ("peak_MB") would otherwise
-            # silently drop a column from every comparison.
-            _fail(f"{field}.{key}" if field else str(key), "unexpected key")
+def _positive(shape) -> None:
+    for name, value in vars(shape).items():
+        _require(isinstance(value, bool) or value >= 1, name, f"must be a positive int, got {value!r}")
 
 
-def _check_str(value, field: str, allowed=None, nonempty: bool = True) -> None:
-    if not isinstance(value, str):
-        _fail(field, f"must be a str, got {type(value).__name__}")
-    if nonempty and not value.strip():
-        _fail(field, "must not be empty")
-    if allowed is not None and value not in allowed:
-        _fail(field, f"must be one of {list(allowed)}, got {value!r}")
+@dataclass(frozen=True)
+class RecurrentShape:
+    T: int
+    B: int
+    I: int  # noqa: E741 - the glossary's name
+    H: int
+    __post_init__ = _positive
 
 
-def _check_number(value, field: str, positive: bool) -> None:
-    """`value` must be None or a finite number (bool, although an int in Python, is refused)."""
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        _fail(field, f"must be a number or null, got {type(value).__name__}")
-    if not math.isfinite(value):
-        _fail(field, f"must be finite, got {value!r}")
-    # ms must be > 0 because ratios divide by it and the plot's y axis is logarithmic.
-    if positive and value <= 0:
-        _fail(field, f"must be > 0, got {value!r}")
-    if value < 0:
-        _fail(field, f"must be >= 0, got {value!r}")
+@dataclass(frozen=True)
+class ResidualShape:
+    N: int
+    C: int
+    H: int
+    W: int
+    train: bool
+    __post_init__ = _positive
 
 
-def _check_shape(shape, family: str, field: str) -> None:
-    _check_keys(shape, FAMILIES[family], field)
-    for key, value in shape.items():
-        if key == "train":
-            if not isinstance(value, bool):
-                _fail(f"{field}.train", f"must be a bool, got {type(value).__name__}")
-        elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            _fail(f"{field}.{key}", f"must be a positive int, got {value!r}")
+@dataclass(frozen=True)
+class Row:
+    """One provider's timing of one case; RecurrentRow and ResidualRow tie the shape to the family."""
+    family: Literal["recurrent", "residual"]
+    op: str
+    pass_: Literal["fwd", "fwdbwd"]  # JSON's "pass": from_dict drops a trailing _
+    dtype: Literal["fp32", "bf16", "fp16"]
+    shape: RecurrentShape | ResidualShape
+    provider: str
+    ms: float | None  # the median; > 0, as ratios divide by it and the plot's y axis is logarithmic
+    peak_mb: float | None
+    note: str  # the reason, when ms is None
+
+    def __post_init__(self):
+        _require(self.op.strip(), "op", "must not be empty")
+        _require(self.provider.strip(), "provider", "must not be empty")
+        _require(self.ms is None or self.ms > 0, "ms", f"must be > 0, got {self.ms!r}")
+        _require(self.peak_mb is None or self.peak_mb >= 0, "peak_mb", f"must be >= 0, got {self.peak_mb!r}")
+        _require(self.ms is not None or self.note.strip(), "note", "must give the reason when ms is null")
 
 
-def _check_row(row, field: str) -> None:
-    _check_keys(row, ROW_KEYS, field)
-    _check_str(row["family"], f"{field}.family", FAMILIES)
-    _check_str(row["op"], f"{field}.op")
-    _check_str(row["pass"], f"{field}.pass", PASSES)
-    _check_str(row["dtype"], f"{field}.dtype", DTYPES)
-    _check_shape(row["shape"], row["family"], f"{field}.shape")
-    _check_str(row["provider"], f"{field}.provider")
-    _check_number(row["ms"], f"{field}.ms", positive=True)
-    _check_number(row["peak_mb"], f"{field}.peak_mb", positive=False)
-    _check_str(row["note"], f"{field}.note", nonempty=False)
-    if row["ms"] is None and not row["note"].strip():
-        _fail(f"{field}.note", "must give the reason when ms is null")
+@dataclass(frozen=True)
+class RecurrentRow(Row):
+    family: Literal["recurrent"]
+    shape: RecurrentShape
+
+
+@dataclass(frozen=True)
+class ResidualRow(Row):
+    family: Literal["residual"]
+    shape: ResidualShape
+
+
+@dataclass(frozen=True)
+class Environment:
+    """Where and when the results were taken (recgen.tools.benchmark.environment)."""
+    device: str
+    torch: str
+    triton: str
+    date: str
+
+    def __post_init__(self):
+        for name in ("device", "torch", "triton"):
+            _require(getattr(self, name).strip(), name, "must not be empty")
+        # fromisoformat alone would also take "20250131" on newer Pythons; the format is fixed.
+        _require(re.fullmatch(r"\d{4}-\d{2}-\d{2}", self.date), "date", f"must be YYYY-MM-DD, got {self.date!r}")
+        try:
+            datetime.date.fromisoformat(self.date)
+        except ValueError:
+            _require(False, "date", f"is not a calendar date: {self.date!r}")
+
+
+@dataclass(frozen=True)
+class Report(Environment):
+    results: list[RecurrentRow | ResidualRow]
+
+    def __post_init__(self):
+        super().__post_init__()
+        seen = {}
+        for i, row in enumerate(self.results):
+            # Two timings of one provider on one case leave the ratio ambiguous.
+            first = seen.setdefault((row.family, row.op, row.pass_, row.dtype, row.shape, row.provider), i)
+            _require(first == i, f"results[{i}].provider",
+                     f"{row.provider!r} already timed this case in results[{first}]")
+
+
+# ---- from_dict and to_dict: the dataclasses from and to JSON's dicts ------------------------
+
+_NAMES = {str: "a str", int: "an int", float: "a finite number", bool: "a bool", type(None): "null",
+          list: "a list", dict: "a dict"}
+
+
+# get_type_hints evaluates the annotations' strings (this module's `from __future__ import
+# annotations`): once per class, not once per row.
+_hints = functools.cache(typing.get_type_hints)
+
+
+def _join(path: str, key) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _fail(path: str, expected: str, value) -> typing.NoReturn:
+    # A scalar's repr says its JSON type too ('1', 1, 1.0, True); a list or dict is named.
+    found = "null" if value is None else f"{value!r:.60}" if isinstance(value, (str, int, float)) \
+        else type(value).__name__
+    raise ValueError(f"{path or 'top level'}: must be {expected}, got {found}")
+
+
+def _expected(tp) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return f"one of {list(args)}"
+    if origin in (Union, types.UnionType):
+        return " or ".join(dict.fromkeys(map(_expected, args)))
+    return "a dict" if dataclasses.is_dataclass(tp) else _NAMES[origin or tp]
+
+
+def _is(tp, value) -> bool:
+    """Whether `value` has the outer type `tp` (list and dict elements are checked apart)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:  # of the same type: True == 1, but a bool is not the int 1
+        return any(type(value) is type(a) and value == a for a in args)
+    if origin in (Union, types.UnionType):
+        return any(_is(a, value) for a in args)
+    if tp is int:  # a bool is an int in Python, not in JSON
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:  # an int is a number too; NaN and infinity are not JSON
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, dict if dataclasses.is_dataclass(tp) else origin or tp)
+
+
+def _tagged(options: list, value: dict, path: str):
+    """Of dataclasses told apart by a Literal field (a row's family), the one `value` names."""
+    hints = [_hints(cls) for cls in options]
+    tag = next((name for name, tp in hints[0].items() if typing.get_origin(tp) is Literal), None)
+    if tag is None:
+        raise TypeError(f"{options}: a union of dataclasses needs a Literal field to tell them apart")
+    for cls, h in zip(options, hints):
+        if tag not in value or _is(h[tag], value[tag]):
+            return cls  # (from_dict reports a missing tag)
+    _fail(_join(path, tag), _expected(Literal[sum((typing.get_args(h[tag]) for h in hints), ())]), value[tag])
+
+
+def _convert(tp, value, path: str):
+    if not _is(tp, value):
+        _fail(path, _expected(tp), value)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        options = [a for a in args if _is(a, value)]
+        return _convert(options[0] if len(options) == 1 else _tagged(options, value, path), value, path)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, path)
+    if origin is list:
+        return [_convert(args[0], item, f"{path}[{i}]") for i, item in enumerate(value)]
+    if origin is dict:
+        return {_convert(args[0], k, _join(path, k)): _convert(args[1], v, _join(path, k)) for k, v in value.items()}
+    return value
+
+
+def from_dict(cls, data, path: str = ""):
+    """The dataclass `cls` from JSON's `data`: every key present and known, each value checked
+    against its field's annotation (str, int, float, bool, None, Literal, unions, list[...],
+    dict[...], dataclasses), then cls's __post_init__ rules. A ValueError names the first bad
+    field's JSON path, what it must be and what it is: `results[3].shape.T: must be an int, got
+    2.5`. A field `pass_` is the key "pass".
+
+        from_dict(RecurrentShape, {"T": 64, "B": 16, "I": 128, "H": 256})
+    """
+    if not isinstance(data, dict):
+        _fail(path, "a dict", data)
+    names = {f.name.removesuffix("_"): f.name for f in dataclasses.fields(cls)}
+    # An unknown key is refused, not ignored: a typo ("peak_MB") would otherwise
+    # silently drop a column from every comparison.
+    bad = [(k, "missing") for k in names if k not in data] + [(k, "unexpected key") for k in data if k not in names]
+    if bad:
+        raise ValueError(f"{_join(path, bad[0][0])}: {bad[0][1]}")
+    hints = _hints(cls)
+    values = {name: _convert(hints[name], data[key], _join(path, key)) for key, name in names.items()}
+    try:
+        return cls(**values)
+    except ValueError as error:  # a __post_init__ rule, naming its field within cls
+        raise ValueError(_join(path, error)) from None
+
+
+def to_dict(record) -> dict:
+    """from_dict's inverse: `to_dict(from_dict(Report, results)) == results`."""
+    return dataclasses.asdict(record, dict_factory=lambda items: {k.removesuffix("_"): v for k, v in items})
+
+
+def parse(results: dict) -> Report:
+    """The typed `Report` of a results dict (ValueError naming the first bad field)."""
+    return from_dict(Report, results)
 
 
 def validate(results: dict) -> None:
@@ -108,30 +248,7 @@ def validate(results: dict) -> None:
         validate({"device": "cpu", "torch": "2.5", "triton": "3.1", "date": "2025-01-31",
                   "results": []})
     """
-    _check_keys(results, TOP_KEYS, "")
-    for key in ("device", "torch", "triton"):
-        _check_str(results[key], key)
-    date = results["date"]
-    _check_str(date, "date")
-    # fromisoformat alone would also take "20250131" on newer Pythons; the format is fixed.
-    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", date):
-        _fail("date", f"must be YYYY-MM-DD, got {date!r}")
-    try:
-        datetime.date.fromisoformat(date)
-    except ValueError:
-        _fail("date", f"is not a calendar date: {date!r}")
-    rows = results["results"]
-    if not isinstance(rows, list):
-        _fail("results", f"must be a list, got {type(rows).__name__}")
-    seen = {}
-    for i, row in enumerate(rows):
-        _check_row(row, f"results[{i}]")
-        # Two timings of one provider on one case leave the ratio ambiguous.
-        key = (case_key(row), row["provider"])
-        if key in seen:
-            _fail(f"results[{i}].provider", f"{row['provider']!r} already timed this case "
-                                            f"in results[{seen[key]}]")
-        seen[key] = i
+    parse(results)
 
 
 def case_key(row: dict) -> tuple:
@@ -191,7 +308,7 @@ def ratio_table(results: dict) -> list[dict]:
 def shape_text(family: str, shape: dict) -> str:
     """Compact shape: `T=64 B=16 I=128 H=256` (recurrent), `N=8 C=64 32x32 train` (residual)."""
     if family == "recurrent":
-        return " ".join(f"{key}={shape[key]}" for key in FAMILIES["recurrent"])
+        return " ".join(f"{key}={shape[key]}" for key in ("T", "B", "I", "H"))
     mode = "train" if shape["train"] else "eval"
     return f"N={shape['N']} C={shape['C']} {shape['H']}x{shape['W']} {mode}"
 
@@ -317,13 +434,13 @@ def write_report(results: dict, out_dir) -> dict[str, Path]:
 
         write_report(results, "bench/out")["md"]  # bench/out/nvidia-h200_2025-01-31.md
     """
-    validate(results)
+    report = to_dict(parse(results))  # what is written is what `load` reads back
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{device_slug(results['device'])}_{results['date']}"
     paths = {ext: out_dir / f"{stem}.{ext}" for ext in ("json", "md", "png")}
-    # allow_nan=False: validate already refuses NaN, and NaN is not valid JSON for other readers.
-    paths["json"].write_text(json.dumps(results, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    # allow_nan=False: from_dict already refuses NaN, and NaN is not valid JSON for other readers.
+    paths["json"].write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     paths["md"].write_text(to_markdown(results), encoding="utf-8")
     plot_ratios(results, paths["png"])
     return paths
@@ -331,6 +448,4 @@ def write_report(results: dict, out_dir) -> dict[str, Path]:
 
 def load(path) -> dict:
     """Read a results JSON file (as written by `write_report`) and validate it."""
-    results = json.loads(Path(path).read_text(encoding="utf-8"))
-    validate(results)
-    return results
+    return to_dict(parse(json.loads(Path(path).read_text(encoding="utf-8"))))
