@@ -158,7 +158,7 @@ def _chosen_rows(report: dict) -> list:
 
 def persistent_choices(report: dict) -> list:
     """The persistent plans launched on the bench grid, one per (kernel, dtype, H, B), in the
-    form recgen/perf_model.py's persistent_table reads (bench/kernel_resources.py's 'choices'):
+    form recgen/tools/perf_model.py's persistent_table reads (bench/kernel_resources.py's 'choices'):
     dtype 'tf32' for float32 (TF32 dots, torch's default for its RNNs), rows_per_step the batch
     rows each program steps through (its tiles, one after another)."""
     import re

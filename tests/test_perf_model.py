@@ -1,4 +1,4 @@
-"""recgen.perf_model: the counts on hand-computed small cases, the step floors on the issue's
+"""recgen.tools.perf_model: the counts on hand-computed small cases, the step floors on the issue's
 target point, the grid table's coverage, and the resident/streamed rule against
 recgen.ops.recurrent.modes.recurrence_config (the one place the kernels' mode is chosen)."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from recgen import perf_model as pm
+from recgen.tools import perf_model as pm
 
 HW = pm.H200
 MODULE_FILE = Path(pm.__file__)

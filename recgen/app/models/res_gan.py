@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from recgen import nn as rnn
+from recgen import nn as recgen_nn
 from recgen.app.models._common import check_positive, normal
 
 
@@ -49,7 +49,7 @@ class ResidualGenerator(nn.Module):
         self.image_size, self.channels, self.noise_dim = image_size, channels, noise_dim
         widths = _widths(base, blocks)
         self.project = nn.Linear(noise_dim, widths[0] * self.start ** 2)
-        self.blocks = nn.Sequential(*[rnn.ResidualBlock(c_in, c_out, upsample=True, norm="batch")
+        self.blocks = nn.Sequential(*[recgen_nn.ResidualBlock(c_in, c_out, upsample=True, norm="batch")
                                       for c_in, c_out in zip(widths, widths[1:])])
         self.to_image = nn.Conv2d(widths[-1], channels, 3, padding=1)
 
@@ -74,7 +74,7 @@ class ResidualDiscriminator(nn.Module):
         end, blocks = _plan(image_size)
         self.image_size, self.channels = image_size, channels
         widths = [channels] + _widths(base, blocks - 1)[::-1]
-        self.blocks = nn.Sequential(*[rnn.ResidualBlock(c_in, c_out, stride=2, norm=None,
+        self.blocks = nn.Sequential(*[recgen_nn.ResidualBlock(c_in, c_out, stride=2, norm=None,
                                                         activation="leaky_relu")
                                       for c_in, c_out in zip(widths, widths[1:])])
         self.head = nn.Linear(widths[-1] * end ** 2, 1)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from recgen import nn as rnn
+from recgen import nn as recgen_nn
 from recgen.app.models._common import check_positive, image_rows, normal, rows_to_images
 
-DISCRIMINATORS = {"lstm": rnn.LSTM, "gru": rnn.GRU}
+DISCRIMINATORS = {"lstm": recgen_nn.LSTM, "gru": recgen_nn.GRU}
 
 
 class RowGenerator(nn.Module):
@@ -26,7 +26,7 @@ class RowGenerator(nn.Module):
         self.noise_dim, self.hidden = noise_dim, hidden
         self.init_state = nn.Linear(noise_dim, 2 * hidden)
         self.position = nn.Embedding(height, position_dim)
-        self.lstm = rnn.LSTM(noise_dim + position_dim, hidden, batch_first=True)
+        self.lstm = recgen_nn.LSTM(noise_dim + position_dim, hidden, batch_first=True)
         self.head = nn.Linear(hidden, channels * width)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recgen import nn as rnn
+from recgen import nn as recgen_nn
 from recgen.app.models._common import check_positive, image_rows, rows_to_images, uniform
 
 
@@ -35,7 +35,7 @@ class RowLSTMGenerator(nn.Module):
         row = channels * width
         # Learned row -1; zeros is a neutral start (the LSTM sees no image yet).
         self.start = nn.Parameter(torch.zeros(row))
-        self.lstm = rnn.LSTM(row, hidden, num_layers=num_layers, batch_first=True)
+        self.lstm = recgen_nn.LSTM(row, hidden, num_layers=num_layers, batch_first=True)
         self.head = nn.Linear(hidden, row)
 
     def _check(self, images):

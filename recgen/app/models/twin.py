@@ -13,13 +13,13 @@ import copy
 import torch
 from torch import nn
 
-from recgen import nn as rnn
+from recgen import nn as recgen_nn
 from recgen.nn.residual import _FusedForward
 from recgen.reference import residual as reference
 
 TORCH_PARENTS = {
-    rnn.RNN: torch.nn.RNN, rnn.GRU: torch.nn.GRU, rnn.LSTM: torch.nn.LSTM,
-    rnn.RNNCell: torch.nn.RNNCell, rnn.GRUCell: torch.nn.GRUCell, rnn.LSTMCell: torch.nn.LSTMCell,
+    recgen_nn.RNN: torch.nn.RNN, recgen_nn.GRU: torch.nn.GRU, recgen_nn.LSTM: torch.nn.LSTM,
+    recgen_nn.RNNCell: torch.nn.RNNCell, recgen_nn.GRUCell: torch.nn.GRUCell, recgen_nn.LSTMCell: torch.nn.LSTMCell,
 }
 
 

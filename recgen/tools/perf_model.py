@@ -1,7 +1,7 @@
 """Count first: FLOPs, bytes and floors of recgen's recurrences on an H200, as predictions.
 
-Pure Python: this module imports neither torch nor triton, so `python recgen/perf_model.py`
-prints the tables of docs/performance.md on any machine (importing it as `recgen.perf_model`
+Pure Python: this module imports neither torch nor triton, so `python recgen/tools/perf_model.py`
+prints the tables of docs/performance.md on any machine (importing it as `recgen.tools.perf_model`
 goes through recgen/__init__.py, which imports torch; the model itself does not need it).
 
 Glossary: T steps, B batch, I input, H hidden (= the recurrent width P: no projection), G gate
@@ -131,7 +131,7 @@ DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 # so a pure-Python model cannot repeat it: it reads the choices the launchers made on the bench
 # grid for sm_90 with the GPU machine's Triton (3.6), committed by bench/config_resources.py.
 
-CONFIG_TABLE = (Path(__file__).resolve().parents[1] / "bench" / "results" / "sm90-configs_2026-12-02"
+CONFIG_TABLE = (Path(__file__).resolve().parents[2] / "bench" / "results" / "sm90-configs_2026-12-02"
                 / "configs-triton3.6.0.json")
 MIN_DOT = 16
 KERNEL_NAMES = {"lstm": "lstm_fwd", "gru": "gru_fwd", "rnn_tanh": "rnn_fwd"}
