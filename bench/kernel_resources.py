@@ -26,6 +26,9 @@ import multiprocessing
 import os
 import sys
 
+from recgen.ops.common.tiling import BLOCK_B_CHOICES, COLUMN_CHOICES, WARP_CHOICES
+from recgen.tools.grids import RECURRENT_GRID
+
 KERNELS = {  # name: (module, function)
     "lstm_fwd": ("lstm_persistent", "_lstm_fwd_persistent_kernel"),
     "lstm_bwd": ("lstm_persistent", "_lstm_bwd_persistent_kernel"),
@@ -34,14 +37,12 @@ KERNELS = {  # name: (module, function)
     "rnn_fwd": ("rnn_persistent", "_rnn_fwd_persistent_kernel"),
     "rnn_bwd": ("rnn_persistent", "_rnn_bwd_persistent_kernel"),
 }
-HIDDEN = (128, 256, 512, 1024)
-BLOCK_B = (16, 32, 64)
-WARPS = (4, 8)
-COLUMNS = (16, 8)  # hidden units per program (recgen.ops.recurrent.persistent.COLUMN_CHOICES)
+HIDDEN = RECURRENT_GRID["H"]
+BLOCK_B, WARPS, COLUMNS = BLOCK_B_CHOICES, WARP_CHOICES, COLUMN_CHOICES  # the persistent candidates
 # tf32: float32 tensors with TF32 dots, what float32 layers run under torch's default flags
 # (recgen.ops.common.launch.torch_allows_tf32); fp32: full float32 dots (TF32 off).
 DTYPES = ("bf16", "fp32", "tf32")
-GRID_BATCH = (1, 16, 64, 256)  # the benchmark grid's batch sizes (recgen.tools.benchmark.RECURRENT_GRID)
+GRID_BATCH = RECURRENT_GRID["B"]
 
 
 def _measure(job: tuple) -> dict:
@@ -51,7 +52,7 @@ def _measure(job: tuple) -> dict:
 
     from recgen.aot import compile_kernel, resource_usage
     from recgen.ops.recurrent.persistent import STATE_POINTERS
-    from recgen.ops.recurrent.persistent import PIPELINE_STAGES
+    from recgen.ops.common.tiling import PIPELINE_STAGES
 
     module, name = KERNELS[kernel]
     fn = getattr(importlib.import_module(f"recgen.kernels.{module}"), name)

@@ -82,7 +82,7 @@ def _run(block, ref, reference_backend, x, device, dtype, grad=True):
     xs = [x.detach().clone().requires_grad_(grad) for _ in range(2)]
     before = LAUNCH_COUNTS["conv2d_fwd"]
     conv_dtypes = []
-    fused_conv2d = recgen.functional.fused_conv2d
+    fused_conv2d = recgen.functional.residual._kernel_fused_conv2d
 
     def recording(x, weight, **kwargs):
         conv_dtypes.append((x.dtype, weight.dtype))
@@ -90,7 +90,7 @@ def _run(block, ref, reference_backend, x, device, dtype, grad=True):
 
     with torch.set_grad_enabled(grad), torch.autocast(device_type=device, dtype=dtype):
         with recgen.backend.backend("triton"), pytest.MonkeyPatch.context() as patch:
-            patch.setattr(recgen.functional, "fused_conv2d", recording)
+            patch.setattr(recgen.functional.residual, "_kernel_fused_conv2d", recording)  # the blocks' convs
             out = block(xs[0])
         assert LAUNCH_COUNTS["conv2d_fwd"] > before  # the fused Triton pipeline ran
         assert conv_dtypes and set(conv_dtypes) == {(dtype, dtype)}, conv_dtypes

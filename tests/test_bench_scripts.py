@@ -30,7 +30,7 @@ def test_step_latency_smoke(tmp_path):
 def test_kernel_resources_probe_lstm_backward(tmp_path):
     """The LSTM backward at H=512 with 16-row tiles, as the launcher compiles it, fits one H200
     SM: it needed 330 KB of shared memory (more than an SM has) when Triton software-pipelined
-    its batch-tile loop, 99 KB without (recgen.ops.recurrent.persistent.PIPELINE_STAGES)."""
+    its batch-tile loop, 99 KB without (recgen.ops.common.tiling.PIPELINE_STAGES)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     run = subprocess.run([sys.executable, str(ROOT / "bench" / "kernel_resources.py"), "--kernel", "lstm_bwd",
                           "--dtype", "bf16", "--hidden", "512", "--block-b", "16", "--columns", "16", "--workers", "2",

@@ -20,7 +20,7 @@ import importlib, sys
 import triton
 from recgen.aot import compile_kernel
 from recgen.ops.recurrent.persistent import STATE_POINTERS
-from recgen.ops.recurrent.persistent import PIPELINE_STAGES
+from recgen.ops.common.tiling import PIPELINE_STAGES
 
 module, name = sys.argv[1], sys.argv[2]
 fn = getattr(importlib.import_module(f"recgen.kernels.{module}"), name)
@@ -28,13 +28,13 @@ assert isinstance(fn, triton.runtime.JITFunction), type(fn)
 io_pointers = None  # recgen.aot.IO_POINTERS: the I/O dtype; the rest float32 state or int32
 state_pointers = ()
 stages = None  # Triton's default software pipelining
-flags = dict(REVERSE=True, HAS_LENGTHS=True, HAS_PROJ=True, HAS_BIAS=True, RELU=False, SAVE=True, BLOCK_B=16)
+flags = dict(HAS_LENGTHS=True, HAS_PROJ=True, HAS_BIAS=True, RELU=False, SAVE=True, BLOCK_B=16)
 variants = [
     ("resident-fp32", "fp32", dict(RESIDENT=True, BLOCK_H=32, BLOCK_P=32, DOT_FP32=True, INPUT_PRECISION="tf32")),
     ("streamed-bf16", "bf16", dict(RESIDENT=False, BLOCK_H=64, BLOCK_P=64, DOT_FP32=False, INPUT_PRECISION="ieee")),
-    # The other side of every optional feature: forward direction, no lengths/proj/bias, relu.
+    # The other side of every optional feature: no lengths/proj/bias, relu, nothing saved.
     ("resident-fp16-plain", "fp16", dict(RESIDENT=True, BLOCK_H=64, BLOCK_P=64, DOT_FP32=False,
-                                         INPUT_PRECISION="ieee", REVERSE=False, HAS_LENGTHS=False,
+                                         INPUT_PRECISION="ieee", HAS_LENGTHS=False,
                                          HAS_PROJ=False, HAS_BIAS=False, RELU=True, SAVE=False)),
 ]
 if module == "conv":

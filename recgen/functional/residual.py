@@ -66,9 +66,20 @@ def fused_conv2d(x, weight, *, stride=1, padding_mode="zeros", upsample=False, i
         record("reference" if impl == "reference" else "torch")
         return reference_conv.fused_conv2d(x, weight, **kwargs)
     record(impl)
+    return _kernel_fused_conv2d(x, weight, **kwargs)
+
+
+def _kernel_fused_conv2d(x, weight, *, stride=1, padding_mode="zeros", upsample=False, in_scale=None,
+                         in_shift=None, in_act="none", in_slope=0.01, out_scale=None, out_shift=None,
+                         residual=None, out_act="none", out_slope=0.01, stats=False):
+    """fused_conv2d on the Triton path, the implementation already chosen (residual_block's
+    convolutions: the module chose it once for the whole block)."""
     from recgen.ops.conv.conv2d import check_schema_arguments  # registers torch.ops.recgen.fused_conv2d
 
-    check_schema_arguments(**kwargs)
+    check_schema_arguments(stride=stride, padding_mode=padding_mode, upsample=upsample, in_scale=in_scale,
+                           in_shift=in_shift, in_act=in_act, in_slope=in_slope, out_scale=out_scale,
+                           out_shift=out_shift, residual=residual, out_act=out_act, out_slope=out_slope,
+                           stats=stats)
     out, z_sum, z_sumsq = torch.ops.recgen.fused_conv2d(
         x, weight, in_scale, in_shift, out_scale, out_shift, residual, stride, padding_mode, bool(upsample),
         in_act, float(in_slope), out_act, float(out_slope), bool(stats))
@@ -81,11 +92,17 @@ def affine_act(y, scale=None, shift=None, residual=None, act="none", slope=0.01)
     or the reference as the backend decides."""
     impl = implementation(y)
     if impl in ("kernels", "interpreter"):
-        from recgen.ops.conv.affine import checked_affine_act
         record(impl)
-        return checked_affine_act(y, scale, shift, residual, act, slope)
+        return _kernel_affine_act(y, scale, shift, residual, act, slope)
     record("reference" if impl == "reference" else "torch")
     return reference_conv.affine_act(y, scale, shift, residual, act, slope)
+
+
+def _kernel_affine_act(y, scale=None, shift=None, residual=None, act="none", slope=0.01):
+    """affine_act on the Triton path, the implementation already chosen."""
+    from recgen.ops.conv.affine import checked_affine_act
+
+    return checked_affine_act(y, scale, shift, residual, act, slope)
 
 
 @dataclass
@@ -164,7 +181,7 @@ def _norm_conv(x, conv: ConvParams, norm, *, stride=1, padding_mode="zeros",
     (image, channel) still to apply to y (batch or instance statistics)."""
     pro = prologue or {}
     if uses_batch_statistics(norm):
-        y, z_sum, z_sumsq = fused_conv2d(
+        y, z_sum, z_sumsq = _kernel_fused_conv2d(
             x, conv.weight, stride=stride, padding_mode=padding_mode, upsample=upsample, **pro,
             out_shift=conv.bias, stats=True)
         scale, shift = affine_from_stats(norm, z_sum, z_sumsq, y.shape[2] * y.shape[3])
@@ -174,7 +191,7 @@ def _norm_conv(x, conv: ConvParams, norm, *, stride=1, padding_mode="zeros",
         scale = torch.full_like(shift if shift is not None else conv.weight[:, 0, 0, 0], out_scale_mul) \
             if scale is None else scale * out_scale_mul
         shift = None if shift is None else shift * out_scale_mul
-    y = fused_conv2d(
+    y = _kernel_fused_conv2d(
         x, conv.weight, stride=stride, padding_mode=padding_mode, upsample=upsample, **pro,
         out_scale=scale, out_shift=shift, residual=residual, out_act=act, out_slope=slope)
     return y, None
@@ -211,7 +228,9 @@ def residual_block(x, conv1: ConvParams, norm1, conv2: ConvParams, norm2, skip_c
                    activation="relu", negative_slope=0.01, out_activation=True,
                    residual_scale=1.0, dropout=0.0, compute_dtype=None,
                    dropout_format=torch.contiguous_format):
-    """Run a residual block's fused pipeline. x: (N, CI, H, W), best channels_last.
+    """Run a residual block's fused pipeline on the Triton path (recgen.nn's blocks choose the
+    implementation once, then call this; every conv and elementwise pass goes straight to its
+    torch.ops.recgen op). x: (N, CI, H, W), best channels_last.
     conv*: ConvParams (or modules with .weight/.bias); norm*: BatchNorm2d / InstanceNorm2d
     modules or None (each follows its own training flag); `training` drives the dropout;
     skip_conv None means an identity skip. compute_dtype (autocast's): the convolutions run in
@@ -230,13 +249,13 @@ def residual_block(x, conv1: ConvParams, norm1, conv2: ConvParams, norm2, skip_c
     else:
         skip, pending = _norm_conv(x, skip_conv, skip_norm, stride=stride, upsample=upsample)
         if pending is not None:
-            skip = affine_act(skip, pending[0], pending[1])
+            skip = _kernel_affine_act(skip, pending[0], pending[1])
     y1, pending1 = _norm_conv(x, conv1, norm1, stride=stride, padding_mode=padding_mode,
                               upsample=upsample, **({} if uses_batch_statistics(norm1) else act_kw))
     prologue = None
     if pending1 is not None:
         if dropout > 0 and training:
-            y1 = _dropout_as_torch(affine_act(y1, *pending1, **act_kw), dropout, dropout_format)
+            y1 = _dropout_as_torch(_kernel_affine_act(y1, *pending1, **act_kw), dropout, dropout_format)
         else:
             prologue = dict(in_scale=pending1[0], in_shift=pending1[1], in_act=activation,
                             in_slope=negative_slope)
@@ -249,12 +268,12 @@ def residual_block(x, conv1: ConvParams, norm1, conv2: ConvParams, norm2, skip_c
         y2, pending2 = _norm_conv(y1, conv2, norm2, padding_mode=padding_mode, prologue=prologue,
                                   out_scale_mul=residual_scale)
         if pending2 is not None:
-            y2 = affine_act(y2, pending2[0], pending2[1])
-        return affine_act(skip.to(out_dtype), residual=y2, act=out_act, slope=negative_slope)
+            y2 = _kernel_affine_act(y2, pending2[0], pending2[1])
+        return _kernel_affine_act(skip.to(out_dtype), residual=y2, act=out_act, slope=negative_slope)
     y2, pending2 = _norm_conv(y1, conv2, norm2, padding_mode=padding_mode,
                               prologue=prologue, act=out_act, slope=negative_slope,
                               out_scale_mul=residual_scale, residual=skip)
     if pending2 is None:
         return y2
-    return affine_act(y2, pending2[0], pending2[1], residual=skip, act=out_act,
+    return _kernel_affine_act(y2, pending2[0], pending2[1], residual=skip, act=out_act,
                                  slope=negative_slope)

@@ -113,7 +113,6 @@ CELLS = {
     "rnn_tanh": Cell(gates=1, saved_cols=1, grad_cols=1, ew_flops=(4, 4), mufu=(2, 0),
                      bias_in_kernel=False),
 }
-PASSES = ("fwd", "fwdbwd")
 F32 = 4  # the kernels keep state, saved tensors and gradients in float32
 
 # SAVE (kernels/*.py): the forward writes the saved columns only when something will be
@@ -121,9 +120,21 @@ F32 = 4  # the kernels keep state, saved tensors and gradients in float32
 # 'fwdbwd' all. Not modelled here (H = P): with proj_size > 0 the LSTM writes m (H) either way,
 # since the projection reads it back in the same step.
 
-# The standard grid (recgen.tools.benchmark.RECURRENT_GRID; a test checks they agree), I = H.
-GRID = dict(op=("lstm", "gru", "rnn_tanh"), T=(64, 512), B=(1, 16, 64, 256),
-            H=(128, 256, 512, 1024), dtype=("bf16", "fp32"))
+
+
+def _grids():
+    """recgen/tools/grids.py, the grids' one home, loaded from its file: importing it as
+    recgen.tools.grids would import recgen, and with it torch."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("recgen_bench_grids", Path(__file__).with_name("grids.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# The standard grid `recgen bench` runs (I = H), and its passes.
+GRID, PASSES = _grids().RECURRENT_GRID, _grids().PASSES
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
 # ---- the tiles the launchers choose on an H200 ---------------------------------------------------
