@@ -105,6 +105,13 @@ def _kernel_affine_act(y, scale=None, shift=None, residual=None, act="none", slo
     return checked_affine_act(y, scale, shift, residual, act, slope)
 
 
+@dataclass(frozen=True)
+class BlockOps:
+    """The convolution and the elementwise pass a block's pipeline runs on."""
+    conv: object
+    affine: object
+
+
 @dataclass
 class ConvParams:
     weight: torch.Tensor
@@ -173,7 +180,7 @@ def affine_from_stats(norm, z_sum, z_sumsq, pixels: int):
     return scale, shift
 
 
-def _norm_conv(x, conv: ConvParams, norm, *, stride=1, padding_mode="zeros",
+def _norm_conv(ops, x, conv: ConvParams, norm, *, stride=1, padding_mode="zeros",
                upsample=False, prologue=None, act="none", slope=0.01, out_scale_mul=1.0,
                residual=None):
     """conv followed by `norm`: returns (y, pending) where pending is None when the norm, the
@@ -181,7 +188,7 @@ def _norm_conv(x, conv: ConvParams, norm, *, stride=1, padding_mode="zeros",
     (image, channel) still to apply to y (batch or instance statistics)."""
     pro = prologue or {}
     if uses_batch_statistics(norm):
-        y, z_sum, z_sumsq = _kernel_fused_conv2d(
+        y, z_sum, z_sumsq = ops.conv(
             x, conv.weight, stride=stride, padding_mode=padding_mode, upsample=upsample, **pro,
             out_shift=conv.bias, stats=True)
         scale, shift = affine_from_stats(norm, z_sum, z_sumsq, y.shape[2] * y.shape[3])
@@ -191,7 +198,7 @@ def _norm_conv(x, conv: ConvParams, norm, *, stride=1, padding_mode="zeros",
         scale = torch.full_like(shift if shift is not None else conv.weight[:, 0, 0, 0], out_scale_mul) \
             if scale is None else scale * out_scale_mul
         shift = None if shift is None else shift * out_scale_mul
-    y = _kernel_fused_conv2d(
+    y = ops.conv(
         x, conv.weight, stride=stride, padding_mode=padding_mode, upsample=upsample, **pro,
         out_scale=scale, out_shift=shift, residual=residual, out_act=act, out_slope=slope)
     return y, None
@@ -228,15 +235,21 @@ def residual_block(x, conv1: ConvParams, norm1, conv2: ConvParams, norm2, skip_c
                    activation="relu", negative_slope=0.01, out_activation=True,
                    residual_scale=1.0, dropout=0.0, compute_dtype=None,
                    dropout_format=torch.contiguous_format):
-    """Run a residual block's fused pipeline on the Triton path (recgen.nn's blocks choose the
-    implementation once, then call this; every conv and elementwise pass goes straight to its
-    torch.ops.recgen op). x: (N, CI, H, W), best channels_last.
+    """Run a residual block's fused pipeline, on the kernels' ops (every conv and elementwise pass
+    goes straight to its torch.ops.recgen op) or, with the reference backend, on the reference
+    ops they stand for: chosen once per block. x: (N, CI, H, W), best channels_last.
     conv*: ConvParams (or modules with .weight/.bias); norm*: BatchNorm2d / InstanceNorm2d
     modules or None (each follows its own training flag); `training` drives the dropout;
     skip_conv None means an identity skip. compute_dtype (autocast's): the convolutions run in
     it (x, weights and biases cast) while an identity skip keeps x's dtype, and the output has
     their promoted dtype, as torch's modules under autocast (see the module docstring); run it
     with autocast disabled. Returns (N, CO, OH, OW)."""
+    # The implementation is chosen once for the whole block: the kernels' ops, or (the reference
+    # backend) the reference ops they stand for.
+    if implementation(x) in ("kernels", "interpreter"):
+        ops = BlockOps(_kernel_fused_conv2d, _kernel_affine_act)
+    else:
+        ops = BlockOps(reference_conv.fused_conv2d, reference_conv.affine_act)
     act_kw = dict(act=activation, slope=negative_slope)
     out_act = activation if out_activation else "none"
     identity = x
@@ -247,15 +260,15 @@ def residual_block(x, conv1: ConvParams, norm1, conv2: ConvParams, norm2, skip_c
     if skip_conv is None:
         skip = identity
     else:
-        skip, pending = _norm_conv(x, skip_conv, skip_norm, stride=stride, upsample=upsample)
+        skip, pending = _norm_conv(ops, x, skip_conv, skip_norm, stride=stride, upsample=upsample)
         if pending is not None:
-            skip = _kernel_affine_act(skip, pending[0], pending[1])
-    y1, pending1 = _norm_conv(x, conv1, norm1, stride=stride, padding_mode=padding_mode,
+            skip = ops.affine(skip, pending[0], pending[1])
+    y1, pending1 = _norm_conv(ops, x, conv1, norm1, stride=stride, padding_mode=padding_mode,
                               upsample=upsample, **({} if uses_batch_statistics(norm1) else act_kw))
     prologue = None
     if pending1 is not None:
         if dropout > 0 and training:
-            y1 = _dropout_as_torch(_kernel_affine_act(y1, *pending1, **act_kw), dropout, dropout_format)
+            y1 = _dropout_as_torch(ops.affine(y1, *pending1, **act_kw), dropout, dropout_format)
         else:
             prologue = dict(in_scale=pending1[0], in_shift=pending1[1], in_act=activation,
                             in_slope=negative_slope)
@@ -265,15 +278,15 @@ def residual_block(x, conv1: ConvParams, norm1, conv2: ConvParams, norm2, skip_c
     if out_dtype != x.dtype:
         # A wider skip (autocast): norm2's output rounded to x's dtype as torch's is, then one
         # pass adds it to the skip and applies the activation in the wider dtype.
-        y2, pending2 = _norm_conv(y1, conv2, norm2, padding_mode=padding_mode, prologue=prologue,
+        y2, pending2 = _norm_conv(ops, y1, conv2, norm2, padding_mode=padding_mode, prologue=prologue,
                                   out_scale_mul=residual_scale)
         if pending2 is not None:
-            y2 = _kernel_affine_act(y2, pending2[0], pending2[1])
-        return _kernel_affine_act(skip.to(out_dtype), residual=y2, act=out_act, slope=negative_slope)
-    y2, pending2 = _norm_conv(y1, conv2, norm2, padding_mode=padding_mode,
+            y2 = ops.affine(y2, pending2[0], pending2[1])
+        return ops.affine(skip.to(out_dtype), residual=y2, act=out_act, slope=negative_slope)
+    y2, pending2 = _norm_conv(ops, y1, conv2, norm2, padding_mode=padding_mode,
                               prologue=prologue, act=out_act, slope=negative_slope,
                               out_scale_mul=residual_scale, residual=skip)
     if pending2 is None:
         return y2
-    return _kernel_affine_act(y2, pending2[0], pending2[1], residual=skip, act=out_act,
+    return ops.affine(y2, pending2[0], pending2[1], residual=skip, act=out_act,
                                  slope=negative_slope)

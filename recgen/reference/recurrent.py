@@ -14,9 +14,14 @@ import torch.nn.functional as F
 CELL_GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 
 
+def _input_projection(x, w_ih, b_ih):
+    """x W_ih^T + b_ih; with w_ih None, x is that projection already (what the kernels take)."""
+    return x if w_ih is None else F.linear(x, w_ih, b_ih)
+
+
 def rnn_cell(x, h, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh"):
     """h' = act(x W_ih^T + b_ih + h W_hh^T + b_hh). x: (B, I), h: (B, H) -> (B, H)."""
-    pre = F.linear(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh)
+    pre = _input_projection(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh)
     if nonlinearity == "tanh":
         return torch.tanh(pre)
     if nonlinearity == "relu":
@@ -26,7 +31,7 @@ def rnn_cell(x, h, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh"):
 
 def gru_cell(x, h, w_ih, w_hh, b_ih=None, b_hh=None):
     """torch.nn.GRU's math: n = tanh(W_in x + b_in + r * (W_hn h + b_hn)); h' = (1 - z) n + z h."""
-    gx_r, gx_z, gx_n = F.linear(x, w_ih, b_ih).chunk(3, dim=-1)
+    gx_r, gx_z, gx_n = _input_projection(x, w_ih, b_ih).chunk(3, dim=-1)
     gh_r, gh_z, gh_n = F.linear(h, w_hh, b_hh).chunk(3, dim=-1)
     r = torch.sigmoid(gx_r + gh_r)
     z = torch.sigmoid(gx_z + gh_z)
@@ -36,7 +41,7 @@ def gru_cell(x, h, w_ih, w_hh, b_ih=None, b_hh=None):
 
 def lstm_cell(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None):
     """One LSTM step; with w_hr (P, H) the new hidden state is projected: h' = (o * tanh(c')) W_hr^T."""
-    gates = F.linear(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh)
+    gates = _input_projection(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh)
     i, f, g, o = gates.chunk(4, dim=-1)
     c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
     h_new = torch.sigmoid(o) * torch.tanh(c_new)
@@ -62,8 +67,8 @@ def recurrent_direction(cell, x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=
                         lengths=None, reverse=False):
     """Run one layer in one direction over a padded, time-major sequence.
 
-    cell: 'lstm' | 'gru' | 'rnn_tanh' | 'rnn_relu'. x: (T, B, I); h0: (B, P); c0: (B, H) for
-    LSTM else None; lengths: (B,) valid steps per batch column (None: all T). Padding steps
+    cell: 'lstm' | 'gru' | 'rnn_tanh' | 'rnn_relu'. x: (T, B, I), or with w_ih None the input
+    projection x W_ih^T + b_ih (T, B, G*H); h0: (B, P); c0: (B, H) for LSTM else None; lengths: (B,) valid steps per batch column (None: all T). Padding steps
     leave the state unchanged and produce zero outputs, as torch's packed sequences do.
     Returns y (T, B, P), h_n (B, P), c_n (B, H) or None.
 

@@ -197,20 +197,38 @@ class AffineActFunction(torch.autograd.Function):
             scale if z_mask or need_dy else None,
             shift if z_mask else None,
             residual if z_mask else None,
+            *(y, scale, shift, residual),  # the inputs, for a backward with create_graph=True
         )
         ctx.act, ctx.slope = act, slope
         ctx.grad_dtypes = tuple(t.dtype if t is not None and need else None for t, need in
                                 zip((y, scale, shift, residual), (need_dy, need_dscale, need_dshift, need_dres)))
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, dout):
-        out, y, scale, shift, residual = ctx.saved_tensors
+        out, y, scale, shift, residual, *inputs = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+            return (*recomputed_affine_grads(dout, inputs, ctx.needs_input_grad, ctx.act, ctx.slope), None, None)
         grads = affine_act_grads(dout, out, y, scale, shift, residual, ctx.act, ctx.slope, ctx.grad_dtypes)
         return (*grads, None, None)
 
 
 register_function("affine_act", AffineActFunction)
+
+
+def recomputed_affine_grads(dout, inputs, needs, act, slope) -> tuple:
+    """AffineActFunction's backward when it runs with create_graph=True (double backward): the
+    forward recomputed through the reference (recgen.reference.conv.affine_act) under autograd,
+    in float32 (float64 stays), so the gradients returned are differentiable."""
+    from recgen.reference.conv import affine_act as reference_affine_act
+
+    inputs = tuple(None if t is None else t.view_as(t) for t in inputs)  # one per argument (see conv2d)
+    compute = torch.promote_types(inputs[0].dtype, torch.float32)
+    up = [None if t is None else t.to(compute) for t in inputs]
+    out = reference_affine_act(*up, act, slope)
+    wanted = [t for t, need in zip(inputs, needs) if need and t is not None]
+    found = iter(torch.autograd.grad(out, wanted, dout.to(out.dtype), create_graph=True, allow_unused=True)
+                 if wanted else ())
+    return tuple(next(found, None) if need and t is not None else None for t, need in zip(inputs, needs))
 
 
 def _check_tensor(name, t, y, shapes, expected):

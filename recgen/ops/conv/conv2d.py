@@ -235,10 +235,12 @@ class FusedConv2dFunction(torch.autograd.Function):
             ctx.mark_non_differentiable(z_sum, z_sumsq)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, dout, dsum=None, dsumsq=None):
         x, weight, in_scale, in_shift, out_scale, out_shift, residual, out = ctx.saved_tensors
         spec, need = ctx.spec, ctx.needs_input_grad
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+            return recomputed_conv_grads(spec, (dout, dsum, dsumsq), (x, weight, in_scale, in_shift, out_scale,
+                                                                        out_shift, residual), need)
         N, CO = out.shape[:2]
         prologue = (in_scale, in_shift, *spec.geometry(), *spec.prologue())
         acc = None
@@ -283,6 +285,32 @@ class FusedConv2dFunction(torch.autograd.Function):
 
 
 register_function("fused_conv2d", FusedConv2dFunction)
+
+
+def recomputed_conv_grads(spec: ConvSpec, grads: tuple, inputs: tuple, needs: tuple) -> tuple:
+    """FusedConv2dFunction's backward when it runs with create_graph=True (double backward): the
+    forward recomputed through the reference (recgen.reference.conv.fused_conv2d: torch's conv2d
+    and elementwise ops) under autograd, in float32 (float64 stays), so the gradients returned
+    are differentiable; the kernels stay the path without create_graph."""
+    from recgen.reference.conv import fused_conv2d as reference_fused_conv2d
+
+    # One view per argument: the same tensor passed twice (x as its own residual) gets each
+    # argument's share of the gradient, as the engine sums them.
+    inputs = tuple(None if t is None else t.view_as(t) for t in inputs)
+    compute = torch.promote_types(inputs[0].dtype, torch.float32)
+    up = [None if t is None else t.to(compute) for t in inputs]
+    names = ("in_scale", "in_shift", "out_scale", "out_shift", "residual")
+    outputs = reference_fused_conv2d(up[0], up[1], **dict(zip(names, up[2:])), stride=spec.stride,
+                                     padding_mode=spec.padding_mode, upsample=spec.upsample, in_act=spec.in_act,
+                                     in_slope=spec.in_slope, out_act=spec.out_act, out_slope=spec.out_slope,
+                                     stats=spec.stats)
+    outputs = outputs if spec.stats else (outputs,)
+    pairs = [(o, g.to(o.dtype)) for o, g in zip(outputs, grads) if g is not None]
+    wanted = [t for t, need in zip(inputs, needs) if need and t is not None]
+    found = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], create_graph=True,
+                                     allow_unused=True) if pairs and wanted else ())
+    return tuple(next(found, None) if need and t is not None else None
+                 for t, need in zip(inputs, needs)) + (None,) * len(astuple(spec))
 
 
 def check_schema_arguments(*, stride, padding_mode, upsample, in_scale, in_shift, in_act, in_slope, out_scale,

@@ -27,7 +27,7 @@ from recgen.ops.recurrent.persistent import exchange_state, run_persistent
 from recgen.ops.common.library import missing_output, check_saved, register_op, owned_copy, needs_saving, register_function
 from recgen.ops.recurrent.shared import (
     bmm_t, direction_major, h_prev_directions, layer_grid, lengths_arg, ping_pong_state,
-    projected_inputs, stacked, directions_side_by_side, zeros_if_none,
+    projected_inputs, recomputed_grads, stacked, directions_side_by_side, zeros_if_none,
 )
 
 
@@ -206,16 +206,22 @@ class GRUFunction(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         xw, h0, w_hh, b_hh, lengths, first_reverse, save = inputs
         y, _, saved = output
-        ctx.save_for_backward(y, h0, w_hh, saved, lengths)
+        # xw and b_hh only for a backward with create_graph=True (recomputed_grads).
+        ctx.save_for_backward(y, h0, w_hh, saved, lengths, xw, b_hh)
         ctx.first_reverse, ctx.save = first_reverse, save
         ctx.b_dtype = None if b_hh is None else b_hh.dtype
         ctx.mark_non_differentiable(saved)
         ctx.set_materialize_grads(False)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, dy, dhn, _saved):
-        y, h0, w_hh, saved, lengths = ctx.saved_tensors
+        y, h0, w_hh, saved, lengths, xw, b_hh = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+            need = ctx.needs_input_grad
+            dxw, dh0, _, dw_hh, db_hh, _ = recomputed_grads(
+                "gru", (dy, dhn), (xw, h0, None, w_hh, b_hh, None), (need[0], need[1], False, need[2], need[3], False),
+                lengths, ctx.first_reverse)
+            return dxw, dh0, dw_hh, db_hh, None, None, None
         check_saved("gru_fwd", ctx.save)
         D, H = w_hh.shape[0], w_hh.shape[2]
         h_prev = h_prev_directions(y, h0, lengths, ctx.first_reverse)

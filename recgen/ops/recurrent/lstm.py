@@ -28,7 +28,7 @@ from recgen.ops.recurrent.persistent import exchange_state, run_persistent
 from recgen.ops.common.library import missing_output, check_saved, register_op, owned_copy, needs_saving, register_function
 from recgen.ops.recurrent.shared import (
     bmm_t, direction_major, h_prev_directions, layer_grid, lengths_arg, ping_pong_state,
-    projected_inputs, stacked, directions_side_by_side, zeros_if_none,
+    projected_inputs, recomputed_grads, stacked, directions_side_by_side, zeros_if_none,
 )
 
 
@@ -240,15 +240,22 @@ class LSTMFunction(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         xw, h0, c0, w_hh, w_hr, lengths, first_reverse, save = inputs
         y, _, _, gates, c_all, m_all = output
-        ctx.save_for_backward(y, h0, c0, w_hh, w_hr, gates, c_all, m_all, lengths)
+        # xw only for a backward with create_graph=True (recomputed_grads): the kernels' backward
+        # reads the saved gates instead.
+        ctx.save_for_backward(y, h0, c0, w_hh, w_hr, gates, c_all, m_all, lengths, xw)
         ctx.first_reverse, ctx.save = first_reverse, save
         ctx.mark_non_differentiable(gates, c_all, m_all)
         ctx.set_materialize_grads(False)  # no zero tensors for the outputs nobody used
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, dy, dhn, dcn, *_saved):
-        y, h0, c0, w_hh, w_hr, gates, c_all, m_all, lengths = ctx.saved_tensors
+        y, h0, c0, w_hh, w_hr, gates, c_all, m_all, lengths, xw = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+            need = ctx.needs_input_grad
+            dxw, dh0, dc0, dw_hh, _, dw_hr = recomputed_grads(
+                "lstm", (dy, dhn, dcn), (xw, h0, c0, w_hh, None, w_hr), (*need[:4], False, need[4]), lengths,
+                ctx.first_reverse)
+            return dxw, dh0, dc0, dw_hh, dw_hr, None, None, None
         check_saved("lstm_fwd", ctx.save)
         D = w_hh.shape[0]
         dy = direction_major(zeros_if_none(dy, y), D)

@@ -26,7 +26,7 @@ from recgen.ops.recurrent.persistent import exchange_state, run_persistent
 from recgen.ops.common.library import missing_output, check_saved, register_op, owned_copy, needs_saving, register_function
 from recgen.ops.recurrent.shared import (
     bmm_t, direction_major, h_prev_directions, layer_grid, lengths_arg, ping_pong_state,
-    projected_inputs, stacked, directions_side_by_side, zeros_if_none,
+    projected_inputs, recomputed_grads, stacked, directions_side_by_side, zeros_if_none,
 )
 
 NONLINEARITIES = ("tanh", "relu")
@@ -206,15 +206,21 @@ class RNNFunction(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         xw, h0, w_hh, lengths, first_reverse, nonlinearity, save = inputs
         y, _, act = output
-        ctx.save_for_backward(y, h0, w_hh, act, lengths)
+        # xw only for a backward with create_graph=True (recomputed_grads).
+        ctx.save_for_backward(y, h0, w_hh, act, lengths, xw)
         ctx.first_reverse, ctx.nonlinearity, ctx.save = first_reverse, nonlinearity, save
         ctx.mark_non_differentiable(act)
         ctx.set_materialize_grads(False)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, dy, dhn, _act):
-        y, h0, w_hh, act, lengths = ctx.saved_tensors
+        y, h0, w_hh, act, lengths, xw = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+            need = ctx.needs_input_grad
+            dxw, dh0, _, dw_hh, _, _ = recomputed_grads(
+                f"rnn_{ctx.nonlinearity}", (dy, dhn), (xw, h0, None, w_hh, None, None),
+                (need[0], need[1], False, need[2], False, False), lengths, ctx.first_reverse)
+            return dxw, dh0, dw_hh, None, None, None, None
         check_saved("rnn_fwd", ctx.save)
         D = w_hh.shape[0]
         dpre, dh0 = torch.ops.recgen.rnn_bwd(direction_major(zeros_if_none(dy, y), D), zeros_if_none(dhn, h0),

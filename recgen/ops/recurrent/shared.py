@@ -106,3 +106,37 @@ def bmm_t(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     as one matrix product per direction over all steps."""
     D, T, B, X = a.shape
     return torch.bmm(a.reshape(D, T * B, X).transpose(1, 2), b.reshape(D, T * B, b.shape[-1]).to(a.dtype))
+
+
+def recomputed_grads(cell: str, grads: tuple, inputs: tuple, needs: tuple, lengths, first_reverse: bool) -> tuple:
+    """A layer op's backward when it runs with create_graph=True (double backward: gradient
+    penalties, Hessian-vector products): the forward is recomputed from the op's inputs through
+    the reference step loop under autograd (float32, or float64 inputs in float64), so the
+    gradients it returns are themselves differentiable; the kernels' backward stays the path
+    without create_graph. grads: (dy, dh_n[, dc_n]) of the op's outputs, None where none came;
+    inputs: (xw, h0, c0, w_hh, b_hh, w_hr), None where absent (b_hh is the GRU's in-kernel bias;
+    xw holds the other biases); needs: whether each needs a gradient. Returns one gradient per
+    input, None where not needed."""
+    from recgen.reference import recurrent_direction
+
+    # One view per argument: a tensor passed twice (h0 as c0) gets each argument's share.
+    inputs = tuple(None if t is None else t.view_as(t) for t in inputs)
+    xw, h0, c0, w_hh, b_hh, w_hr = inputs
+    D = w_hh.shape[0]
+    width = xw.shape[-1] // D
+    compute = torch.promote_types(xw.dtype, torch.float32)
+    at = lambda t, d: None if t is None else t[d].to(compute)  # noqa: E731
+    ys, hs, cs = [], [], []
+    for d in range(D):
+        y, h, c = recurrent_direction(cell, xw[..., d * width:(d + 1) * width].to(compute), at(h0, d), at(c0, d),
+                                      None, at(w_hh, d), None, at(b_hh, d), at(w_hr, d), lengths,
+                                      bool((int(first_reverse) + d) % 2))
+        ys.append(y)
+        hs.append(h)
+        cs.append(c)
+    outputs = (torch.cat(ys, dim=-1), torch.stack(hs), torch.stack(cs) if c0 is not None else None)
+    pairs = [(out, g.to(out.dtype)) for out, g in zip(outputs, grads) if g is not None and out is not None]
+    wanted = [t for t, need in zip(inputs, needs) if need and t is not None]
+    found = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], create_graph=True,
+                                     allow_unused=True) if pairs and wanted else ())
+    return tuple(next(found, None) if need and t is not None else None for t, need in zip(inputs, needs))
