@@ -14,7 +14,10 @@ so its per-channel partial statistics belong to a single (image, channel) pair.
 Fused around the GEMM (see recgen.reference.conv.fused_conv2d for the semantics):
   prologue  a   = act_in(x * in_scale[n, ci] + in_shift[n, ci]), zero where the tap reads padding
   epilogue  z   = acc * out_scale[co] + out_shift[co] + residual[n, co, oh, ow]
-            out = act_out(z);  STATS: per-program sums of z and z*z per output channel, of z as stored.
+            out = act_out(z);  STATS: per program and output channel, of z as stored: a pivot p
+            (z of the tile's first pixel), the sum of z - p and M2 = sum (z - tile mean)^2, so
+            neither the sums nor M2 cancel however large the mean is against the spread (the
+            launcher merges the tiles with Chan's formula, in float64).
 Activation codes (IN_ACT, OUT_ACT): 0 none, 1 relu, 2 leaky_relu with a runtime slope.
 """
 
@@ -35,8 +38,9 @@ def _conv2d_fwd_kernel(
     out_shift_ptr,  # (CO,) float32 epilogue shift, i.e. the bias (HAS_OUT_SHIFT)
     res_ptr,        # (N, CO, OH, OW) residual added before act_out, any strides (HAS_RESIDUAL)
     out_ptr,        # (N, CO, OH, OW) out: act_out(z) in the output dtype, any strides
-    sum_ptr,        # (N, TILES, CO) float32 out: per-program sums of z (STATS)
-    sumsq_ptr,      # (N, TILES, CO) float32 out: per-program sums of z*z (STATS)
+    pivot_ptr,      # (N, TILES, CO) float32 out: z at the program's first pixel (STATS)
+    sum_ptr,        # (N, TILES, CO) float32 out: per-program sums of z - pivot (STATS)
+    m2_ptr,         # (N, TILES, CO) float32 out: per-program sums of (z - the tile's mean of z)^2 (STATS)
     CI, H, W, CO, OH, OW, TILES,
     stride_xn, stride_xc, stride_xh, stride_xw,
     stride_rn, stride_rc, stride_rh, stride_rw,
@@ -109,8 +113,15 @@ def _conv2d_fwd_kernel(
         # Rows past the image (and columns past CO) would add out_shift: keep them out of the sums.
         z = tl.where(mask_o, acc.to(out_ptr.dtype.element_ty).to(tl.float32), 0.0)
         part = (n * TILES + tile) * CO + co64
-        tl.store(sum_ptr + part, tl.sum(z, axis=0), mask=mask_co)
-        tl.store(sumsq_ptr + part, tl.sum(z * z, axis=0), mask=mask_co)
+        # Shifted by a value of the data (the tile's first pixel, always inside the image), the
+        # sum adds numbers of the spread's size; the deviations from the tile's mean make M2.
+        pivot = tl.sum(tl.where((tl.arange(0, BLOCK_M) == 0)[:, None], z, 0.0), axis=0)
+        shifted = tl.where(mask_o, z - pivot[None, :], 0.0)
+        shifted_sum = tl.sum(shifted, axis=0)
+        deviation = tl.where(mask_o, shifted - (shifted_sum / tl.sum(mask_m.to(tl.float32), axis=0))[None, :], 0.0)
+        tl.store(pivot_ptr + part, pivot, mask=mask_co)
+        tl.store(sum_ptr + part, shifted_sum, mask=mask_co)
+        tl.store(m2_ptr + part, tl.sum(deviation * deviation, axis=0), mask=mask_co)
     out = activation(acc, OUT_ACT, out_slope)
     tl.store(out_ptr + n * stride_on + co64[None, :] * stride_oc + (oh64 * stride_oh + ow64 * stride_ow)[:, None],
              out.to(out_ptr.dtype.element_ty), mask=mask_o)

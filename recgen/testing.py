@@ -141,7 +141,7 @@ def compare_fused_conv(x_shape, co, k, kwargs, present, dtype=torch.float32, dev
     grads = [torch.rand(o.shape, generator=gen, dtype=torch.float64) - 0.5 for o in out_r]
     torch.autograd.backward(out_t, [g.to(o.device, o.dtype) for g, o in zip(grads, out_t)])
     torch.autograd.backward(out_r, grads)
-    names = ["out", "sum", "sumsq"]
+    names = ["out", "sum", "m2"]
     return _errors_of({names[i]: p for i, p in enumerate(zip(out_t, out_r))}, tri, ref)
 
 

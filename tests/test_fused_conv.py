@@ -38,7 +38,7 @@ def _check(key, dtype, device):
     N, CI, CO, H, W, K, kwargs, present = CASES[key]
     before = tuple(LAUNCH_COUNTS[n] for n in ("conv2d_bwd_data", "conv2d_bwd_weight"))
     errors = compare_fused_conv((N, CI, H, W), CO, K, kwargs, present, dtype, device, seed=len(key))
-    expected = {"out", "dx", "dweight"} | {f"d{n}" for n in present} | ({"sum", "sumsq"} if kwargs.get("stats") else set())
+    expected = {"out", "dx", "dweight"} | {f"d{n}" for n in present} | ({"sum", "m2"} if kwargs.get("stats") else set())
     assert set(errors) == expected
     bad = {k: v for k, v in errors.items() if not v <= TOLERANCES[dtype]}
     assert not bad, bad

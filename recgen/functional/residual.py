@@ -54,7 +54,7 @@ def fused_conv2d(x, weight, *, stride=1, padding_mode="zeros", upsample=False, i
     on the Triton path (torch.ops.recgen.fused_conv2d, differentiable in every tensor) or the
     reference as the backend decides (the reference is made of torch's own conv2d and
     elementwise ops, so it is also the `torch` backend's). Zero-size images or channels take the
-    reference, so the result or error is exactly torch's. Returns out, or (out, sum, sumsq) with
+    reference, so the result or error is exactly torch's. Returns out, or (out, sum, m2) with
     stats=True."""
     kwargs = dict(stride=stride, padding_mode=padding_mode, upsample=upsample, in_scale=in_scale,
                   in_shift=in_shift, in_act=in_act, in_slope=in_slope, out_scale=out_scale, out_shift=out_shift,
@@ -80,10 +80,10 @@ def _kernel_fused_conv2d(x, weight, *, stride=1, padding_mode="zeros", upsample=
                            in_shift=in_shift, in_act=in_act, in_slope=in_slope, out_scale=out_scale,
                            out_shift=out_shift, residual=residual, out_act=out_act, out_slope=out_slope,
                            stats=stats)
-    out, z_sum, z_sumsq = torch.ops.recgen.fused_conv2d(
+    out, z_sum, z_m2 = torch.ops.recgen.fused_conv2d(
         x, weight, in_scale, in_shift, out_scale, out_shift, residual, stride, padding_mode, bool(upsample),
         in_act, float(in_slope), out_act, float(out_slope), bool(stats))
-    return (out, z_sum, z_sumsq) if stats else out
+    return (out, z_sum, z_m2) if stats else out
 
 
 def affine_act(y, scale=None, shift=None, residual=None, act="none", slope=0.01):
@@ -154,20 +154,24 @@ def folded_affine(norm, bias):
     return scale, shift
 
 
-def affine_from_stats(norm, z_sum, z_sumsq, pixels: int):
-    """(scale, shift) of shape (N, C) that normalise a conv output whose per-(image, channel)
-    sums are z_sum, z_sumsq over `pixels` pixels per image. Updates BatchNorm running stats."""
+def affine_from_stats(norm, z_sum, z_m2, pixels: int, dtype=torch.float32):
+    """(scale, shift) of shape (N, C) that normalise a conv output whose per-(image, channel) sum
+    and M2 (sum of squared deviations from the image's mean) over `pixels` pixels per image are
+    z_sum, z_m2. Updates BatchNorm running stats. The batch's M2 merges the images' with Chan's
+    formula (every term non-negative): no E[z^2] - E[z]^2 cancellation for channels whose mean is
+    large against their spread. Computed in float64 (the statistics are), scale and shift
+    returned in `dtype`, float32 for every kernel dtype."""
     N = z_sum.shape[0]
     if isinstance(norm, torch.nn.InstanceNorm2d):
         mean = z_sum / pixels
-        var = (z_sumsq / pixels - mean * mean).clamp_min(0)
+        var = z_m2 / pixels
     else:
         count = N * pixels
         if count <= 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input with "
                              f"{N} image(s) of {pixels} pixel(s)")
         mean = z_sum.sum(0) / count
-        var = (z_sumsq.sum(0) / count - mean * mean).clamp_min(0)
+        var = (z_m2.sum(0) + pixels * (z_sum / pixels - mean).square().sum(0)) / count
         if norm.training:
             _bn_update_running(norm, mean, var * (count / (count - 1)))
         mean, var = mean.expand(N, -1), var.expand(N, -1)
@@ -177,7 +181,7 @@ def affine_from_stats(norm, z_sum, z_sumsq, pixels: int):
     shift = -mean * scale
     if norm.bias is not None:
         shift = shift + norm.bias.to(shift.dtype)
-    return scale, shift
+    return scale.to(dtype), shift.to(dtype)
 
 
 def _norm_conv(ops, x, conv: ConvParams, norm, *, stride=1, padding_mode="zeros",
@@ -188,10 +192,11 @@ def _norm_conv(ops, x, conv: ConvParams, norm, *, stride=1, padding_mode="zeros"
     (image, channel) still to apply to y (batch or instance statistics)."""
     pro = prologue or {}
     if uses_batch_statistics(norm):
-        y, z_sum, z_sumsq = ops.conv(
+        y, z_sum, z_m2 = ops.conv(
             x, conv.weight, stride=stride, padding_mode=padding_mode, upsample=upsample, **pro,
             out_shift=conv.bias, stats=True)
-        scale, shift = affine_from_stats(norm, z_sum, z_sumsq, y.shape[2] * y.shape[3])
+        scale, shift = affine_from_stats(norm, z_sum, z_m2, y.shape[2] * y.shape[3],
+                                         torch.promote_types(y.dtype, torch.float32))
         return y, (scale * out_scale_mul, shift * out_scale_mul)
     scale, shift = folded_affine(norm, conv.bias)
     if out_scale_mul != 1.0:

@@ -8,8 +8,10 @@ fused_conv2d computes
     acc = conv2d(pad(upsample(a)), weight, stride)                   (no bias: use out_shift)
     z   = acc * out_scale[co] + out_shift[co] + residual             (epilogue; missing terms skipped)
     out = act_out(z)
-and, with stats=True, the per-(image, channel) sums of z and z**2 (z as stored, rounded to
-x's dtype) over the output pixels, in float32 (what a following BatchNorm/InstanceNorm needs): shapes (N, CO).
+and, with stats=True, per (image, channel) the sum of z and its M2, the sum of squared
+deviations from its mean (z as stored, rounded to x's dtype), over the output pixels,
+in float64 (what a following BatchNorm/InstanceNorm needs, without E[z^2] - E[z]^2
+cancellation): (N, CO).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def fused_conv2d(x, weight, *, stride=1, padding_mode="zeros", upsample=False,
                  stats=False):
     """x: (N, CI, H, W); weight: (CO, CI, K, K), K odd; in_scale/in_shift: (N, CI) or None;
     out_scale/out_shift: (CO,) or None; residual: (N, CO, OH, OW) or None.
-    Returns out (N, CO, OH, OW) and, if stats, (sum, sumsq) each (N, CO) float32."""
+    Returns out (N, CO, OH, OW) and, if stats, (sum, m2) each (N, CO) float64."""
     if padding_mode not in PADDING_MODES:
         raise ValueError(f"unknown padding_mode {padding_mode!r}; expected one of {PADDING_MODES}")
     K = weight.shape[-1]
@@ -65,9 +67,12 @@ def fused_conv2d(x, weight, *, stride=1, padding_mode="zeros", upsample=False,
     out = activation(z, out_act, out_slope).to(x.dtype)
     if not stats:
         return out
-    # Statistics of z as stored, in x's dtype (the kernel rounds the same way).
-    zs = z.to(x.dtype).to(torch.float32) if x.dtype != torch.float64 else z
-    return out, zs.sum(dim=(2, 3)), (zs * zs).sum(dim=(2, 3))
+    # Statistics of z as stored, in x's dtype (the kernel rounds the same way): its sum and its
+    # sum of squared deviations from its mean (two passes: no cancellation).
+    zs = z.to(x.dtype).to(torch.float64)
+    z_sum = zs.sum(dim=(2, 3))
+    mean = z_sum / (zs.shape[2] * zs.shape[3])
+    return out, z_sum, (zs - mean[:, :, None, None]).square().sum(dim=(2, 3))
 
 
 def affine_act(y, scale=None, shift=None, residual=None, act="none", slope=0.01):

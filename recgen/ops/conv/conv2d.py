@@ -12,7 +12,7 @@ conv2d_fwd has exactly the contract of recgen.reference.conv.fused_conv2d (same 
 return values), restricted to what the kernel supports: odd K, stride 1 or 2,
 float32/float16/bfloat16 data. Arguments are checked before anything is launched (check_conv2d_fwd,
 which the op's fake implementation runs too, so torch.compile raises the same errors while
-tracing). The op always returns (out, sum, sumsq), sum and sumsq empty when stats=False; ConvSpec,
+tracing). The op always returns (out, sum, m2), sum and m2 empty when stats=False; ConvSpec,
 the non-tensor arguments, is passed to it as primitives. Backward passes over memory: the
 epilogue's backward (activation, scale, shift, residual: affine_act's backward kernel, writing dacc
 and the per-channel sums; a torch elementwise pass when the statistics' gradient enters), the data-
@@ -107,12 +107,13 @@ def conv2d_fwd(x, weight, *, stride=1, padding_mode="zeros", upsample=False,
     same dtype and device; in_scale/in_shift: (N, CI) or None; out_scale/out_shift: (CO,) or None;
     residual: (N, CO, OH, OW) or None, any layout; stride 1 or 2.
     Returns out (N, CO, OH, OW) in x's dtype, channels_last, and with stats=True also
-    (sum, sumsq) of z over the output pixels, each (N, CO) float32.
+    (sum, m2) of z over each image's output pixels, each (N, CO) float32: its sum and its sum of
+    squared deviations from its mean (merged_statistics).
     Unknown padding_mode/activation names and unsupported strides raise ValueError (as the
     reference does for names); shapes, dtypes, devices and a reflect pad >= the (upsampled)
     input size raise RuntimeError (as torch does).
 
-    Example: out, s, ss = conv2d_fwd(x, w, in_scale=a, in_shift=b, in_act="relu", stats=True)
+    Example: out, s, m2 = conv2d_fwd(x, w, in_scale=a, in_shift=b, in_act="relu", stats=True)
     """
     from recgen.kernels.conv import _conv2d_fwd_kernel
 
@@ -126,8 +127,7 @@ def conv2d_fwd(x, weight, *, stride=1, padding_mode="zeros", upsample=False,
     # channels_last output: (N, OH, OW, CO) storage seen as (N, CO, OH, OW); NaN-poisoned in tests.
     out = new_output((N, OH, OW, CO), x.dtype, x.device).permute(0, 3, 1, 2)
     if stats:
-        part_sum = new_output((N, tiles, CO), torch.float32, x.device)
-        part_sumsq = new_output((N, tiles, CO), torch.float32, x.device)
+        part_pivot, part_sum, part_m2 = (new_output((N, tiles, CO), torch.float32, x.device) for _ in range(3))
     dummy = out  # never read: its HAS_* flag is off
     res = residual if residual is not None else out
     launch_chosen(
@@ -138,7 +138,8 @@ def conv2d_fwd(x, weight, *, stride=1, padding_mode="zeros", upsample=False,
         out_scale_ptr=out_scale if out_scale is not None else dummy,
         out_shift_ptr=out_shift if out_shift is not None else dummy,
         res_ptr=res, out_ptr=out,
-        sum_ptr=part_sum if stats else dummy, sumsq_ptr=part_sumsq if stats else dummy,
+        pivot_ptr=part_pivot if stats else dummy, sum_ptr=part_sum if stats else dummy,
+        m2_ptr=part_m2 if stats else dummy,
         CI=CI, H=H, W=W, CO=CO, OH=OH, OW=OW, TILES=tiles,
         stride_xn=x_cl.stride(0), stride_xc=x_cl.stride(1), stride_xh=x_cl.stride(2), stride_xw=x_cl.stride(3),
         stride_rn=res.stride(0), stride_rc=res.stride(1), stride_rh=res.stride(2), stride_rw=res.stride(3),
@@ -152,7 +153,23 @@ def conv2d_fwd(x, weight, *, stride=1, padding_mode="zeros", upsample=False,
     )
     if not stats:
         return out
-    return out, part_sum.sum(dim=1), part_sumsq.sum(dim=1)
+    return (out, *merged_statistics(part_pivot, part_sum, part_m2, OH * OW, block_m))
+
+
+def merged_statistics(part_pivot, part_sum, part_m2, pixels: int, block_m: int) -> tuple:
+    """(sum, M2) of z per (image, channel), (N, CO) float64, from the kernel's per-tile partials
+    (N, TILES, CO) of tiles of BLOCK_M pixels (the last one shorter): each tile's mean is its
+    pivot + its shifted sum / count, and Chan's parallel formula merges them, M2 = sum of the
+    tiles' M2 + sum of count_t * (mean_t - mean)^2 (every term non-negative), in float64 on
+    these small tensors: float32 means would lose the differences between tiles (and images, in
+    a BatchNorm) when the mean is large against the spread. Fixed order: deterministic."""
+    tiles = part_sum.shape[1]
+    counts = (pixels - block_m * torch.arange(tiles, device=part_sum.device)).clamp(max=block_m)
+    counts = counts.to(torch.float64)[None, :, None]
+    tile_mean = part_pivot.to(torch.float64) + part_sum.to(torch.float64) / counts
+    z_sum = (counts * tile_mean).sum(dim=1)
+    between = (counts * (tile_mean - (z_sum / pixels)[:, None, :]).square()).sum(dim=1)
+    return z_sum, part_m2.to(torch.float64).sum(dim=1) + between
 
 
 @dataclass(frozen=True)
@@ -191,7 +208,7 @@ def _fused_conv2d_fake(x, weight, in_scale, in_shift, out_scale, out_shift, resi
     out = x.new_empty((N, OH, OW, CO)).permute(0, 3, 1, 2)  # channels_last, as conv2d_fwd's
     if not stats:
         return out, missing_output(x), missing_output(x)
-    return out, x.new_empty((N, CO), dtype=torch.float32), x.new_empty((N, CO), dtype=torch.float32)
+    return out, x.new_empty((N, CO), dtype=torch.float64), x.new_empty((N, CO), dtype=torch.float64)
 
 
 # stride is a SymInt: triton_op infers the schema from the annotations, where `int` means SymInt.
@@ -203,8 +220,8 @@ def fused_conv2d_op(x: Tensor, weight: Tensor, in_scale: Optional[Tensor], in_sh
                     out_scale: Optional[Tensor], out_shift: Optional[Tensor], residual: Optional[Tensor], stride: int,
                     padding_mode: str, upsample: bool, in_act: str, in_slope: float, out_act: str, out_slope: float,
                     stats: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    """torch.ops.recgen.fused_conv2d: conv2d_fwd returning (out, sum, sumsq) always, sum and
-    sumsq empty when stats=False; differentiable in every tensor (FusedConv2dFunction)."""
+    """torch.ops.recgen.fused_conv2d: conv2d_fwd returning (out, sum, m2) always, sum and m2
+    empty when stats=False; differentiable in every tensor (FusedConv2dFunction)."""
     _check_stats(out_act, stats)
     result = conv2d_fwd(x, weight, stride=stride, padding_mode=padding_mode, upsample=upsample,
                         in_scale=in_scale, in_shift=in_shift, in_act=in_act, in_slope=in_slope,
@@ -214,7 +231,7 @@ def fused_conv2d_op(x: Tensor, weight: Tensor, in_scale: Optional[Tensor], in_sh
 
 
 class FusedConv2dFunction(torch.autograd.Function):
-    """out, sum, sumsq = fused_conv2d(x, weight, ...); see recgen.reference.conv.fused_conv2d.
+    """out, sum, m2 = fused_conv2d(x, weight, ...); see recgen.reference.conv.fused_conv2d.
     The autograd of torch.ops.recgen.fused_conv2d (registered below); inputs as the op's:
     x, weight, in_scale, in_shift, out_scale, out_shift, residual, then ConvSpec's fields."""
 
@@ -226,20 +243,20 @@ class FusedConv2dFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, weight, in_scale, in_shift, out_scale, out_shift, residual, *options = inputs
-        out, z_sum, z_sumsq = output
+        out, z_sum, z_m2 = output
         # residual is saved only for its dtype and for leaky_relu with a negative slope (the mask
         # then comes from z); saving a tensor that autograd already holds costs no memory.
-        ctx.save_for_backward(x, weight, in_scale, in_shift, out_scale, out_shift, residual, out)
+        ctx.save_for_backward(x, weight, in_scale, in_shift, out_scale, out_shift, residual, out, z_sum)
         ctx.spec = ConvSpec(*options)
         if not ctx.spec.stats:
-            ctx.mark_non_differentiable(z_sum, z_sumsq)
+            ctx.mark_non_differentiable(z_sum, z_m2)
 
     @staticmethod
-    def backward(ctx, dout, dsum=None, dsumsq=None):
-        x, weight, in_scale, in_shift, out_scale, out_shift, residual, out = ctx.saved_tensors
+    def backward(ctx, dout, dsum=None, dm2=None):
+        x, weight, in_scale, in_shift, out_scale, out_shift, residual, out, z_sum = ctx.saved_tensors
         spec, need = ctx.spec, ctx.needs_input_grad
         if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
-            return recomputed_conv_grads(spec, (dout, dsum, dsumsq), (x, weight, in_scale, in_shift, out_scale,
+            return recomputed_conv_grads(spec, (dout, dsum, dm2), (x, weight, in_scale, in_shift, out_scale,
                                                                         out_shift, residual), need)
         N, CO = out.shape[:2]
         prologue = (in_scale, in_shift, *spec.geometry(), *spec.prologue())
@@ -249,12 +266,14 @@ class FusedConv2dFunction(torch.autograd.Function):
             acc = torch.ops.recgen.fused_conv2d(x, weight, in_scale, in_shift, None, None, None, *spec.geometry(),
                                                 *spec.prologue(), "none", 0.0, False)[0]
         if spec.stats:
-            # sum/sumsq are of z = out (stats require out_act 'none'): one elementwise pass.
+            # sum and M2 are of z = out (stats require out_act 'none'): one elementwise pass.
+            # d M2 / d z = 2 (z - mean): deviations, not 2 z, which would cancel against dsum.
             dz = dout.to(torch.float32)
             if dsum is not None:
-                dz = dz + dsum[:, :, None, None]
-            if dsumsq is not None:
-                dz = dz + 2 * out.to(torch.float32) * dsumsq[:, :, None, None]
+                dz = dz + dsum.to(torch.float32)[:, :, None, None]
+            if dm2 is not None:
+                mean = (z_sum / (out.shape[2] * out.shape[3])).to(torch.float32)
+                dz = dz + 2 * (out.to(torch.float32) - mean[:, :, None, None]) * dm2.to(torch.float32)[:, :, None, None]
             d_out_shift = dz.sum(dim=(0, 2, 3)).to(out_shift.dtype) if need[5] else None
             d_out_scale = (dz * acc.to(torch.float32)).sum(dim=(0, 2, 3)).to(out_scale.dtype) if acc is not None else None
             d_residual = dz.to(residual.dtype) if need[6] else None
