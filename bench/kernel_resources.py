@@ -27,12 +27,12 @@ import os
 import sys
 
 KERNELS = {  # name: (module, function)
-    "lstm_fwd": ("lstm_persistent", "_lstm_fwd_persistent_kernel"),
-    "lstm_bwd": ("lstm_persistent", "_lstm_bwd_persistent_kernel"),
-    "gru_fwd": ("gru_persistent", "_gru_fwd_persistent_kernel"),
-    "gru_bwd": ("gru_persistent", "_gru_bwd_persistent_kernel"),
-    "rnn_fwd": ("rnn_persistent", "_rnn_fwd_persistent_kernel"),
-    "rnn_bwd": ("rnn_persistent", "_rnn_bwd_persistent_kernel"),
+    "lstm_fwd": ("recurrent.lstm_persistent", "_lstm_fwd_persistent_kernel"),
+    "lstm_bwd": ("recurrent.lstm_persistent", "_lstm_bwd_persistent_kernel"),
+    "gru_fwd": ("recurrent.gru_persistent", "_gru_fwd_persistent_kernel"),
+    "gru_bwd": ("recurrent.gru_persistent", "_gru_bwd_persistent_kernel"),
+    "rnn_fwd": ("recurrent.rnn_persistent", "_rnn_fwd_persistent_kernel"),
+    "rnn_bwd": ("recurrent.rnn_persistent", "_rnn_bwd_persistent_kernel"),
 }
 HIDDEN = (128, 256, 512, 1024)
 BLOCK_B = (16, 32, 64)

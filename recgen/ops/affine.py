@@ -86,7 +86,7 @@ def affine_act_fwd(y, scale, shift, residual, act, slope):
     act: 'none' | 'relu' | 'leaky_relu'. Returns out laid out like y, in y's dtype.
     Inputs are assumed validated (see affine_act).
     """
-    from recgen.kernels.affine import _affine_act_fwd_kernel
+    from recgen.kernels.conv.affine import _affine_act_fwd_kernel
 
     N, C, H, W = y.shape
     out = _new_like(y, y.dtype)
@@ -117,7 +117,7 @@ def affine_act_bwd(dout, out, y, scale, shift, residual, act, slope, grad_dtypes
     Returns (dy, dscale, dshift, dresidual), None where not wanted: dy and dresidual laid out
     like dout, dscale and dshift (N, C).
     """
-    from recgen.kernels.affine import _affine_act_bwd_kernel
+    from recgen.kernels.conv.affine import _affine_act_bwd_kernel
 
     dy_dtype, dscale_dtype, dshift_dtype, dres_dtype = grad_dtypes
     N, C, H, W = dout.shape

@@ -145,7 +145,7 @@ def conv2d_fwd(x, weight, *, stride=1, padding_mode="zeros", upsample=False,
 
     Example: out, s, ss = conv2d_fwd(x, w, in_scale=a, in_shift=b, in_act="relu", stats=True)
     """
-    from recgen.kernels.conv import _conv2d_fwd_kernel
+    from recgen.kernels.conv.fwd import _conv2d_fwd_kernel
 
     N, CI, H, W, CO, K, OH, OW = check_conv2d_fwd(x, weight, stride, padding_mode, upsample, in_scale,
                                                   in_shift, in_act, out_scale, out_shift, residual, out_act)

@@ -37,7 +37,7 @@ def gru_fwd(xw, h0, w_hh, b_hh, lengths, first_reverse, save=True):
     (D, T, B, 4H) float32 holding r, z, n and gh_n = h W_hn^T + b_hn per step (None, and never
     written, with save=False).
     """
-    from recgen.kernels.gru import _gru_fwd_kernel
+    from recgen.kernels.recurrent.gru import _gru_fwd_kernel
 
     T, B, _ = xw.shape
     D, G3, H = w_hh.shape
@@ -71,7 +71,7 @@ def gru_bwd(dy, dhn, saved, h_prev, w_hh, lengths, first_reverse):
     of xw), dghn (D, T, B, H) float32 (gradient of gh_n; the hidden-side pre-activation
     gradient is (dxw_r, dxw_z, dghn)) and dh0 (D, B, H) float32.
     """
-    from recgen.kernels.gru import _gru_bwd_kernel
+    from recgen.kernels.recurrent.gru import _gru_bwd_kernel
 
     D, T, B, G4 = saved.shape
     H = G4 // 4

@@ -36,7 +36,7 @@ def lstm_fwd(xw, h0, c0, w_hh, w_hr, lengths, first_reverse, save=True):
     float32 tensors gates (D, T, B, 4H), c (D, T, B, H), m (D, T, B, H) or None. With save=False
     (nothing will be differentiated) gates and c are None and never written.
     """
-    from recgen.kernels.lstm import _lstm_fwd_kernel
+    from recgen.kernels.recurrent.lstm import _lstm_fwd_kernel
 
     T, B, _ = xw.shape
     D, G4, P = w_hh.shape
@@ -77,7 +77,7 @@ def lstm_bwd(dy, dhn, dcn, gates, c_all, c0, w_hh, w_hr, lengths, first_reverse)
     i.e. of xw), dh0 (D, B, P), dc0 (D, B, H) float32, and dh_all (D, T, B, P) float32 (total
     gradient of each h_t) when projecting, else None.
     """
-    from recgen.kernels.lstm import _lstm_bwd_kernel
+    from recgen.kernels.recurrent.lstm import _lstm_bwd_kernel
 
     D, T, B, G4 = gates.shape
     H = G4 // 4

@@ -1,5 +1,5 @@
-"""The launchers of the persistent multi-program mode (kernels/lstm_persistent.py,
-kernels/gru_persistent.py, kernels/rnn_persistent.py): the LSTM (without projection), GRU and
+"""The launchers of the persistent multi-program mode (kernels/recurrent/lstm_persistent.py,
+kernels/recurrent/gru_persistent.py, kernels/recurrent/rnn_persistent.py): the LSTM (without projection), GRU and
 Elman RNN forwards and backwards, with the same inputs and outputs as the single-program
 launchers they stand in for.
 
@@ -32,7 +32,7 @@ def lstm_fwd_persistent(xw, h0, c0, w_hh, lengths, first_reverse, save, plans: t
     having launched nothing, when none of them fits the device at once, or while torch.compile
     traces with fake tensors (no compiled kernel to measure): the caller then runs the streamed
     kernel."""
-    from recgen.kernels.lstm_persistent import _lstm_fwd_persistent_kernel
+    from recgen.kernels.recurrent.lstm_persistent import _lstm_fwd_persistent_kernel
 
     T, B, _ = xw.shape
     D, G4, H = w_hh.shape
@@ -60,7 +60,7 @@ def lstm_fwd_persistent(xw, h0, c0, w_hh, lengths, first_reverse, save, plans: t
 def lstm_bwd_persistent(dy, dhn, dcn, gates, c_all, c0, w_hh, lengths, first_reverse, plans: tuple):
     """lstm_bwd (recgen/ops/lstm.py) in the persistent mode, without projection: the same inputs
     and outputs. Returns None, having launched nothing, where lstm_fwd_persistent would."""
-    from recgen.kernels.lstm_persistent import _lstm_bwd_persistent_kernel
+    from recgen.kernels.recurrent.lstm_persistent import _lstm_bwd_persistent_kernel
 
     D, T, B, G4 = gates.shape
     H = G4 // 4
@@ -82,7 +82,7 @@ def lstm_bwd_persistent(dy, dhn, dcn, gates, c_all, c0, w_hh, lengths, first_rev
 def gru_fwd_persistent(xw, h0, w_hh, b_hh, lengths, first_reverse, save, plans: tuple):
     """gru_fwd (recgen/ops/gru.py) in the persistent mode: the same inputs and outputs. Returns
     None, having launched nothing, where lstm_fwd_persistent would."""
-    from recgen.kernels.gru_persistent import _gru_fwd_persistent_kernel
+    from recgen.kernels.recurrent.gru_persistent import _gru_fwd_persistent_kernel
 
     T, B, _ = xw.shape
     D, G3, H = w_hh.shape
@@ -107,7 +107,7 @@ def gru_fwd_persistent(xw, h0, w_hh, b_hh, lengths, first_reverse, save, plans: 
 def gru_bwd_persistent(dy, dhn, saved, h_prev, w_hh, lengths, first_reverse, plans: tuple):
     """gru_bwd (recgen/ops/gru.py) in the persistent mode: the same inputs and outputs (dxw,
     dghn, dh0). Returns None, having launched nothing, where lstm_fwd_persistent would."""
-    from recgen.kernels.gru_persistent import _gru_bwd_persistent_kernel
+    from recgen.kernels.recurrent.gru_persistent import _gru_bwd_persistent_kernel
 
     D, T, B, G4 = saved.shape
     H = G4 // 4
@@ -129,7 +129,7 @@ def gru_bwd_persistent(dy, dhn, saved, h_prev, w_hh, lengths, first_reverse, pla
 def rnn_fwd_persistent(xw, h0, w_hh, lengths, first_reverse, nonlinearity, save, plans: tuple):
     """rnn_fwd (recgen/ops/rnn.py) in the persistent mode: the same inputs and outputs. Returns
     None, having launched nothing, where lstm_fwd_persistent would."""
-    from recgen.kernels.rnn_persistent import _rnn_fwd_persistent_kernel
+    from recgen.kernels.recurrent.rnn_persistent import _rnn_fwd_persistent_kernel
     from recgen.ops.rnn import _relu_flag
 
     relu = _relu_flag(nonlinearity)
@@ -154,7 +154,7 @@ def rnn_fwd_persistent(xw, h0, w_hh, lengths, first_reverse, nonlinearity, save,
 def rnn_bwd_persistent(dy, dhn, act, w_hh, lengths, first_reverse, nonlinearity, plans: tuple):
     """rnn_bwd (recgen/ops/rnn.py) in the persistent mode: the same inputs and outputs (dpre,
     dh0). Returns None, having launched nothing, where lstm_fwd_persistent would."""
-    from recgen.kernels.rnn_persistent import _rnn_bwd_persistent_kernel
+    from recgen.kernels.recurrent.rnn_persistent import _rnn_bwd_persistent_kernel
     from recgen.ops.rnn import _relu_flag
 
     relu = _relu_flag(nonlinearity)

@@ -46,7 +46,7 @@ def rnn_fwd(xw, h0, w_hh, lengths, first_reverse, nonlinearity, save=True):
     and never written, with save=False).
     """
     relu = _relu_flag(nonlinearity)
-    from recgen.kernels.rnn import _rnn_fwd_kernel
+    from recgen.kernels.recurrent.rnn import _rnn_fwd_kernel
 
     T, B, _ = xw.shape
     D, H, _ = w_hh.shape
@@ -78,7 +78,7 @@ def rnn_bwd(dy, dhn, act, w_hh, lengths, first_reverse, nonlinearity):
     padding) and dh0 (D, B, H) float32.
     """
     relu = _relu_flag(nonlinearity)
-    from recgen.kernels.rnn import _rnn_bwd_kernel
+    from recgen.kernels.recurrent.rnn import _rnn_bwd_kernel
 
     D, T, B, H = act.shape
     cfg = recurrence_config(1, H, H, w_hh.dtype, batch=B, persistent_capable=True)

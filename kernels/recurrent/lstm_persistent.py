@@ -26,14 +26,14 @@ one launch per step, which is how the Triton interpreter (one program at a time)
 same per-step code on the CPU.
 
 No projection (proj_size) in this mode; lengths (packed sequences) and both directions are
-handled as in kernels/lstm.py. The saved tensors have the layout of kernels/lstm.py, so the
+handled as in kernels/recurrent/lstm.py. The saved tensors have the layout of kernels/recurrent/lstm.py, so the
 backward is the single-program kernel's.
 """
 
 import triton
 import triton.language as tl
 
-from recgen.kernels.lstm import lstm_cell, lstm_gate_grads
+from recgen.kernels.recurrent.lstm import lstm_cell, lstm_gate_grads
 from recgen.kernels.math import load_tile, mma, step_time_index, tile_rows
 
 

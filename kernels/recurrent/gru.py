@@ -121,7 +121,7 @@ def gru_cell(x_row, acc_r, acc_z, acc_n, h_old, saved_ptr, t, rows, offs_h, B, H
 def gru_gate_grads(dh, saved_ptr, h_prev_ptr, dxw_ptr, dghn_ptr, t, rows, offs_h, B, H, m2, keep):
     """Step t's gate gradients of a (rows x units) block, from dh, the total gradient of h_t:
     stores the r, z, n pre-activation gradients (dxw) and dghn (that of gh_n = h W_hn^T + b_hn);
-    returns z, for the direct term dh_t * z of dh_{t-1}. Shared with kernels/gru_persistent.py."""
+    returns z, for the direct term dh_t * z of dh_{t-1}. Shared with kernels/recurrent/gru_persistent.py."""
     seq = (t * B + rows)[:, None] * H + offs_h[None, :]
     s_row = (t * B + rows)[:, None] * (4 * H) + offs_h[None, :]
     gr = tl.load(saved_ptr + s_row + 0 * H, mask=m2, other=0.0)

@@ -2,8 +2,8 @@
 layer are split across co-resident programs, each holding its slice of W_hh on chip for the
 whole sequence.
 
-The design of kernels/lstm_persistent.py (read its docstring first) with the one-gate math of
-kernels/rnn.py, h_t = act(xw_t + h_{t-1} W_hh^T): grid (column blocks, directions, groups of
+The design of kernels/recurrent/lstm_persistent.py (read its docstring first) with the one-gate math of
+kernels/recurrent/rnn.py, h_t = act(xw_t + h_{t-1} W_hh^T): grid (column blocks, directions, groups of
 batch tiles); program j owns hidden units [j*BLOCK_H, (j+1)*BLOCK_H), i.e. W_hh rows of those
 units (BLOCK_H x H), loaded once. Per step and batch tile of its group it reads the tile's whole
 h_{t-1} from L2 and computes and writes its columns of h_t; then it waits at the grid barrier of
@@ -12,14 +12,14 @@ its (direction, group) (`_group_barrier`, shared with the LSTM).
 GRID_SYNC=False runs steps [step_begin, step_end) without the barrier (one launch per step
 under the interpreter); the backward's PHASES selects one half of a step for the same purpose.
 The saved activations and the backward's outputs (dpre, dh_0) have the layouts of
-kernels/rnn.py, so the two modes' tensors are interchangeable.
+kernels/recurrent/rnn.py, so the two modes' tensors are interchangeable.
 """
 
 import triton
 import triton.language as tl
 
-from recgen.kernels.lstm_persistent import (_group_barrier, end_forward_step, own_columns, persistent_group, publish_h,
-                                            read_exchanged_h, tile_at_step)
+from recgen.kernels.recurrent.lstm_persistent import (_group_barrier, end_forward_step, own_columns, persistent_group,
+                                                      publish_h, read_exchanged_h, tile_at_step)
 from recgen.kernels.math import load_tile, mma, tanh
 
 
@@ -44,7 +44,7 @@ def _rnn_fwd_persistent_kernel(
     """Per step, program j computes h_t[:, its units] = act(xw_t + h_{t-1} W_hh[its units]^T)
     from the whole h_{t-1} (read from L2) and its W_hh^T slice held on chip; one barrier per
     step makes h_t whole before any program reads it. h_t is exchanged in the weights' dtype and
-    each program keeps its own columns in float32 (as kernels/lstm_persistent.py explains)."""
+    each program keeps its own columns in float32 (as kernels/recurrent/lstm_persistent.py explains)."""
     col0, d, rev, n_cols, group = persistent_group(first_reverse, BLOCK_H)
     xw_ptr += d * H
     y_ptr += d * H

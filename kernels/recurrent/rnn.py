@@ -6,7 +6,7 @@ One gate block: h_t = act(xw_t + h_{t-1} W_hh^T), act = tanh, or relu when RELU.
 owns BLOCK_B batch rows for all T steps; BLOCK_H tiles the output columns of a step and BLOCK_P
 the contracted columns (both all of H when RESIDENT).
 
-Same design as kernels/lstm.py: h ping-pongs between two float32 scratch slots in global memory
+Same design as kernels/recurrent/lstm.py: h ping-pongs between two float32 scratch slots in global memory
 (a step reads h_{t-1} while writing h_t) and a barrier closes each step. RESIDENT=True loads W_hh
 once, before the time loop; RESIDENT=False streams weight tiles every step, for any H.
 recgen/ops/config.py chooses between them.

@@ -153,7 +153,7 @@ def lstm_gate_grads(dm, gates_ptr, c_ptr, c0_ptr, dgates_ptr, dc_state_ptr, t, t
                     offs_h, B, H, m2, keep):
     """Step t's gate gradients of a (rows x units) block, from dm, the gradient of m_t = o *
     tanh(c_t): stores the four gate pre-activation gradients (dgates) and updates the dc carry in
-    dc_state. Shared with kernels/lstm_persistent.py."""
+    dc_state. Shared with kernels/recurrent/lstm_persistent.py."""
     g_row = (t * B + rows)[:, None] * (4 * H) + offs_h[None, :]
     gi = tl.load(gates_ptr + g_row + 0 * H, mask=m2, other=0.0)
     gf = tl.load(gates_ptr + g_row + 1 * H, mask=m2, other=0.0)

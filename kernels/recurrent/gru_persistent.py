@@ -1,8 +1,8 @@
 """Persistent multi-program GRU forward and backward: the gate columns of one layer are split
 across co-resident programs, each holding its slice of W_hh on chip for the whole sequence.
 
-The design of kernels/lstm_persistent.py (read its docstring first) with torch's GRU math of
-kernels/gru.py: grid (column blocks, directions, groups of batch tiles); program j owns hidden
+The design of kernels/recurrent/lstm_persistent.py (read its docstring first) with torch's GRU math of
+kernels/recurrent/gru.py: grid (column blocks, directions, groups of batch tiles); program j owns hidden
 units [j*BLOCK_H, (j+1)*BLOCK_H) of the three gates r, z, n: W_hh rows {g*H + those units}
 (3 * BLOCK_H x H), loaded once. Per step and batch tile of its group it reads the tile's whole
 h_{t-1} from L2, computes its columns of gh = h_{t-1} W_hh^T + b_hh and of h_t and writes them;
@@ -12,15 +12,15 @@ LSTM).
 GRID_SYNC=False runs steps [step_begin, step_end) without the barrier (one launch per step
 under the interpreter); the backward's PHASES selects one half of a step for the same purpose.
 The saved tensor (r, z, n, gh_n) and the backward's outputs (dxw, dghn, dh_0) have the layouts
-of kernels/gru.py, so the two modes' tensors are interchangeable.
+of kernels/recurrent/gru.py, so the two modes' tensors are interchangeable.
 """
 
 import triton
 import triton.language as tl
 
-from recgen.kernels.gru import gru_cell, gru_gate_grads
-from recgen.kernels.lstm_persistent import (_group_barrier, end_forward_step, own_columns, persistent_group, publish_h,
-                                            read_exchanged_h, tile_at_step)
+from recgen.kernels.recurrent.gru import gru_cell, gru_gate_grads
+from recgen.kernels.recurrent.lstm_persistent import (_group_barrier, end_forward_step, own_columns, persistent_group,
+                                                      publish_h, read_exchanged_h, tile_at_step)
 from recgen.kernels.math import load_tile, mma
 
 
@@ -47,7 +47,7 @@ def _gru_fwd_persistent_kernel(
     g = r, z, n from the whole h_{t-1} (read from L2) and its W_g^T slices held on chip, then
     r, z, n and h_t of its units (z * h_{t-1} from its own float32 columns of h, kept on chip);
     one barrier per step makes h_t whole before any program reads it. h_t is exchanged in the
-    weights' dtype (as kernels/lstm_persistent.py explains)."""
+    weights' dtype (as kernels/recurrent/lstm_persistent.py explains)."""
     col0, d, rev, n_cols, group = persistent_group(first_reverse, BLOCK_H)
     xw_ptr += d * 3 * H
     y_ptr += d * H

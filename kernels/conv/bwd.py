@@ -8,7 +8,7 @@ P = H * W input pixels of one image, NPT = cdiv(P, BLOCK_P) pixel tiles, SPLIT r
 Both kernels start from dacc, the gradient of the conv accumulator
     acc[n, co, o] = sum_{kh, kw, ci} a[n, ci, src(o, kh, kw)] * w[co, ci, kh, kw],
     a = act_in(pre),  pre = x * in_scale[n, ci] + in_shift[n, ci]      (the prologue)
-where src is recgen.kernels.conv_index.source_index (padding, reflection and upsampling folded in).
+where src is recgen.kernels.conv.index.source_index (padding, reflection and upsampling folded in).
 
 _conv2d_bwd_data_kernel: da = the transposed conv, in GATHER form (deterministic, no atomics).
 One program owns BLOCK_P input pixels of ONE image and BLOCK_CI input channels, and sums
@@ -23,13 +23,13 @@ tap whose B operand is recomputed from x with the prologue on the fly (zero at p
 program owns one tap, BLOCK_CO x BLOCK_CI of dw and one of SPLIT slices of the reduction over R;
 the launcher sums the SPLIT float32 partials.
 
-Activation codes (IN_ACT): 0 none, 1 relu, 2 leaky_relu with a runtime slope (as kernels/conv.py).
+Activation codes (IN_ACT): 0 none, 1 relu, 2 leaky_relu with a runtime slope (as kernels/conv/fwd.py).
 """
 
 import triton
 import triton.language as tl
 
-from recgen.kernels.conv_index import source_index, target_index
+from recgen.kernels.conv.index import source_index, target_index
 from recgen.kernels.math import activation, activation_grad, mma
 
 
