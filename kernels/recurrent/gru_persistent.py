@@ -6,8 +6,8 @@ kernels/recurrent/gru.py: grid (column blocks, directions, groups of batch tiles
 units [j*BLOCK_H, (j+1)*BLOCK_H) of the three gates r, z, n: W_hh rows {g*H + those units}
 (3 * BLOCK_H x H), loaded once. Per step and batch tile of its group it reads the tile's whole
 h_{t-1} from L2, computes its columns of gh = h_{t-1} W_hh^T + b_hh and of h_t and writes them;
-then it waits at the grid barrier of its (direction, group) (`_group_barrier`, shared with the
-LSTM).
+then it waits at the grid barrier of its (direction, group) (`_group_barrier` of
+kernels/recurrent/steps.py).
 
 GRID_SYNC=False runs steps [step_begin, step_end) without the barrier (one launch per step
 under the interpreter); the backward's PHASES selects one half of a step for the same purpose.
@@ -18,10 +18,10 @@ of kernels/recurrent/gru.py, so the two modes' tensors are interchangeable.
 import triton
 import triton.language as tl
 
+from recgen.kernels.math import mma
 from recgen.kernels.recurrent.gru import gru_cell, gru_gate_grads
-from recgen.kernels.recurrent.lstm_persistent import (_group_barrier, end_forward_step, own_columns, persistent_group,
-                                                      publish_h, read_exchanged_h, tile_at_step)
-from recgen.kernels.math import load_tile, mma
+from recgen.kernels.recurrent.steps import (_group_barrier, end_forward_step, load_tile, own_columns,
+                                            persistent_group, publish_h, read_exchanged_h, tile_at_step)
 
 
 @triton.jit

@@ -13,7 +13,8 @@ every step, which works for any hidden size. recgen/ops/config.py chooses betwee
 import triton
 import triton.language as tl
 
-from recgen.kernels.math import batch_tile, direction, load_tile, mma, sigmoid, step_time_index, tanh
+from recgen.kernels.math import mma, sigmoid, tanh
+from recgen.kernels.recurrent.steps import batch_tile, direction, load_tile, step_time_index
 
 
 @triton.jit

@@ -7,7 +7,7 @@ kernels/recurrent/rnn.py, h_t = act(xw_t + h_{t-1} W_hh^T): grid (column blocks,
 batch tiles); program j owns hidden units [j*BLOCK_H, (j+1)*BLOCK_H), i.e. W_hh rows of those
 units (BLOCK_H x H), loaded once. Per step and batch tile of its group it reads the tile's whole
 h_{t-1} from L2 and computes and writes its columns of h_t; then it waits at the grid barrier of
-its (direction, group) (`_group_barrier`, shared with the LSTM).
+its (direction, group) (`_group_barrier` of steps.py).
 
 GRID_SYNC=False runs steps [step_begin, step_end) without the barrier (one launch per step
 under the interpreter); the backward's PHASES selects one half of a step for the same purpose.
@@ -18,9 +18,9 @@ kernels/recurrent/rnn.py, so the two modes' tensors are interchangeable.
 import triton
 import triton.language as tl
 
-from recgen.kernels.recurrent.lstm_persistent import (_group_barrier, end_forward_step, own_columns, persistent_group,
-                                                      publish_h, read_exchanged_h, tile_at_step)
-from recgen.kernels.math import load_tile, mma, tanh
+from recgen.kernels.math import mma, tanh
+from recgen.kernels.recurrent.steps import (_group_barrier, end_forward_step, load_tile, own_columns,
+                                            persistent_group, publish_h, read_exchanged_h, tile_at_step)
 
 
 @triton.jit
