@@ -17,6 +17,18 @@ def tanh(x):
 
 
 @triton.jit
+def sigmoid_grad(grad, y):
+    """grad * sigmoid'(x) from y = sigmoid(x): grad * y * (1 - y), in that order."""
+    return grad * y * (1.0 - y)
+
+
+@triton.jit
+def tanh_grad(grad, y):
+    """grad * tanh'(x) from y = tanh(x): grad * (1 - y^2)."""
+    return grad * (1.0 - y * y)
+
+
+@triton.jit
 def mma(a, b, DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr):
     """a @ b with float32 accumulation. DOT_FP32 upcasts both operands (the interpreter's
     bf16/fp16 dot is wrong); otherwise `a` is cast to the weight dtype, as cuDNN does."""

@@ -13,14 +13,17 @@ State lives in small float32 scratch buffers in global memory (L1/L2 resident): 
 between two slots so that a step reads h_{t-1} while writing h_t, and a barrier closes each
 step. RESIDENT=True (the whole H fits one block) loads the recurrent weights once, before the
 time loop, and keeps them on chip; RESIDENT=False streams weight tiles from global memory every
-step, which works for any hidden size. recgen/ops/config.py chooses between them.
+step, which works for any hidden size. recgen/ops/config.py chooses between them. The time loops
+are kernels/recurrent/steps.py's forward_steps and backward_steps; this module holds the GRU's
+step math (gru_cell, gru_gate_grads), which kernels/recurrent/gru_persistent.py shares.
 """
 
 import triton
 import triton.language as tl
 
-from recgen.kernels.math import mma, sigmoid, tanh
-from recgen.kernels.recurrent.steps import batch_tile, direction, load_tile, step_time_index
+from recgen.kernels.math import sigmoid, sigmoid_grad, tanh, tanh_grad
+from recgen.kernels.recurrent.steps import (backward_steps, batch_tile, direction, forward_steps, gate_inputs,
+                                            load_gates, load_rows, resident_tiles, store_gates, store_rows)
 
 
 @triton.jit
@@ -43,102 +46,110 @@ def _gru_fwd_kernel(
     mask_b, rows, lengths = batch_tile(lengths_ptr, B, T, HAS_LENGTHS, BLOCK_B)
     d, rev = direction(first_reverse)
     # This program's direction: its block of every per-direction tensor.
-    xw_ptr += d * 3 * H
-    y_ptr += d * H
-    w_hh_ptr += d * 3 * H * H
-    b_hh_ptr += d * 3 * H
-    saved_ptr += d * T * B * 4 * H
-    h_state_ptr += d * 2 * B * H
+    xw_ptr, y_ptr, w_hh_ptr, b_hh_ptr, saved_ptr, h_state_ptr = gru_fwd_blocks(
+        d, T, B, H, xw_ptr, y_ptr, w_hh_ptr, b_hh_ptr, saved_ptr, h_state_ptr)
     ar_h = tl.arange(0, BLOCK_H)
     ar_p = tl.arange(0, BLOCK_P)
-
-    if RESIDENT:
-        # W_g^T blocks (H_in, H_out) held for the whole sequence.
-        w_r = load_tile(w_hh_ptr + 0 * H * H, ar_p, ar_h, 1, H, H, H)
-        w_z = load_tile(w_hh_ptr + 1 * H * H, ar_p, ar_h, 1, H, H, H)
-        w_n = load_tile(w_hh_ptr + 2 * H * H, ar_p, ar_h, 1, H, H, H)
-
-    for s in range(T):
-        t, active = step_time_index(s, lengths, rev)
-        live = mask_b & active
-        src = h_state_ptr + (s % 2) * B * H
-        dst = h_state_ptr + ((s + 1) % 2) * B * H
-        x_row = xw_ptr + t * stride_xt + rows * stride_xb
-        # Gate columns, one H block at a time (a single block when RESIDENT).
-        for n0 in range(0, H, BLOCK_H):
-            offs_h = n0 + ar_h
-            mask_h = offs_h < H
-            m2 = live[:, None] & mask_h[None, :]
-            keep = mask_b[:, None] & mask_h[None, :]
-            # Hidden-side pre-activations gh_g = h_{t-1} W_hg^T + b_hg.
-            acc_r = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
-            acc_z = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
-            acc_n = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
-            if HAS_BIAS:
-                acc_r += tl.load(b_hh_ptr + 0 * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)[None, :]
-                acc_z += tl.load(b_hh_ptr + 1 * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)[None, :]
-                acc_n += tl.load(b_hh_ptr + 2 * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)[None, :]
-            for k0 in range(0, H, BLOCK_P):
-                offs_k = k0 + ar_p
-                mask_k = offs_k < H
-                h_k = tl.load(src + rows[:, None] * H + offs_k[None, :],
-                              mask=mask_b[:, None] & mask_k[None, :], other=0.0)
-                if not RESIDENT:
-                    w_r = load_tile(w_hh_ptr + 0 * H * H, offs_k, offs_h, 1, H, H, H)
-                    w_z = load_tile(w_hh_ptr + 1 * H * H, offs_k, offs_h, 1, H, H, H)
-                    w_n = load_tile(w_hh_ptr + 2 * H * H, offs_k, offs_h, 1, H, H, H)
-                acc_r += mma(h_k, w_r, DOT_FP32, INPUT_PRECISION)
-                acc_z += mma(h_k, w_z, DOT_FP32, INPUT_PRECISION)
-                acc_n += mma(h_k, w_n, DOT_FP32, INPUT_PRECISION)
-            h_old = tl.load(src + rows[:, None] * H + offs_h[None, :], mask=keep, other=0.0)
-            h_new = gru_cell(x_row, acc_r, acc_z, acc_n, h_old, saved_ptr, t, rows, offs_h, B, H, m2, keep, SAVE)
-            tl.store(dst + rows[:, None] * H + offs_h[None, :], tl.where(m2, h_new, h_old), mask=keep)
-            tl.store(y_ptr + t[:, None] * stride_yt + rows[:, None] * stride_yb + offs_h[None, :],
-                     tl.where(m2, h_new, 0.0).to(y_ptr.dtype.element_ty), mask=keep)
-        tl.debug_barrier()  # h_t is complete before step s + 1 reads it
+    # W_g^T blocks (H_in, H_out), held for the whole sequence when RESIDENT.
+    w = resident_tiles(w_hh_ptr, 3, ar_p, ar_h, 1, H, H, H, RESIDENT)
+    forward_steps(gru_inputs, gru_step, (b_hh_ptr, saved_ptr), w, xw_ptr, w_hh_ptr, y_ptr, h_state_ptr, mask_b, rows,
+                  lengths, rev, ar_h, ar_p, T, B, H, H, stride_xt, stride_xb, stride_yt, stride_yb, RESIDENT,
+                  DOT_FP32, INPUT_PRECISION, BLOCK_B, BLOCK_H, BLOCK_P, G=3, HAS_BIAS=HAS_BIAS, RELU=False,
+                  SAVE=SAVE, HAS_PROJ=False, w_r=(), w_hr_ptr=w_hh_ptr, m_ptr=y_ptr)  # no projection: unread
 
 
 @triton.jit
-def gru_cell(x_row, acc_r, acc_z, acc_n, h_old, saved_ptr, t, rows, offs_h, B, H, m2, keep, SAVE: tl.constexpr):
-    """One GRU step on a tile, from the hidden-side pre-activations gh_g = h_{t-1} W_hg^T + b_hg:
+def gru_fwd_blocks(d, T, B, H, xw_ptr, y_ptr, w_hh_ptr, b_hh_ptr, saved_ptr, h_state_ptr):
+    """Direction d's block of each per-direction tensor of a GRU forward (one layout, both modes)."""
+    return (xw_ptr + d * 3 * H, y_ptr + d * H, w_hh_ptr + d * 3 * H * H, b_hh_ptr + d * 3 * H,
+            saved_ptr + d * T * B * 4 * H, h_state_ptr + d * 2 * B * H)
+
+
+@triton.jit
+def gru_bwd_blocks(d, T, B, H, dy_ptr, saved_ptr, h_prev_ptr, w_hh_ptr, dxw_ptr, dghn_ptr, dh_state_ptr):
+    """Direction d's block of each per-direction tensor of a GRU backward (one layout, both modes)."""
+    return (dy_ptr + d * T * B * H, saved_ptr + d * T * B * 4 * H, h_prev_ptr + d * T * B * H,
+            w_hh_ptr + d * 3 * H * H, dxw_ptr + d * T * B * 3 * H, dghn_ptr + d * T * B * H,
+            dh_state_ptr + d * 2 * B * H)
+
+
+@triton.jit
+def gate_bias(b_ptr, G: tl.constexpr, H, offs_h, mask_h, HAS_BIAS: tl.constexpr):
+    """The G gates' bias columns offs_h of a (G*H,) bias, in float32 (() without HAS_BIAS)."""
+    out = ()
+    if HAS_BIAS:
+        for g in tl.static_range(G):
+            out = out + (tl.load(b_ptr + g * H + offs_h, mask=mask_h, other=0.0).to(tl.float32),)
+    return out
+
+
+@triton.jit
+def biased_zeros(b, G: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """The G accumulators of the hidden-side pre-activations gh_g = h_{t-1} W_hg^T + b_hg before
+    the dots: zero, plus the bias columns `b` (gate_bias) with HAS_BIAS."""
+    out = ()
+    for g in tl.static_range(G):
+        acc = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
+        if HAS_BIAS:
+            acc += b[g][None, :]
+        out = out + (acc,)
+    return out
+
+
+@triton.jit
+def gru_inputs(cell, x_row, offs_h, mask_h, m2, H, G: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_B: tl.constexpr,
+               BLOCK_H: tl.constexpr):
+    """INIT of the GRU loop: b_hh's columns, read for this block (the xw side joins in gru_cell)."""
+    b_hh_ptr, saved_ptr = cell
+    return biased_zeros(gate_bias(b_hh_ptr, G, H, offs_h, mask_h, HAS_BIAS), G, HAS_BIAS, BLOCK_B, BLOCK_H)
+
+
+@triton.jit
+def gru_cell(x_row, acc, h_old, saved_ptr, t, rows, offs_h, B, H, m2, keep, SAVE: tl.constexpr):
+    """One GRU step on a tile, from the hidden-side pre-activations `acc` (gh_r, gh_z, gh_n):
     reads the input side (x_row: this step's xw rows), returns h_t = (1 - z) n + z h_{t-1} and,
     with SAVE, writes r, z, n and gh_n for the backward (zero at padding)."""
-    x_r = tl.load(x_row[:, None] + (0 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
-    x_z = tl.load(x_row[:, None] + (1 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
-    x_n = tl.load(x_row[:, None] + (2 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
-    gr = sigmoid(x_r + acc_r)
-    gz = sigmoid(x_z + acc_z)
-    gn = tanh(x_n + gr * acc_n)
+    x_r, x_z, x_n = gate_inputs(x_row, 3, H, offs_h, m2)
+    gr = sigmoid(x_r + acc[0])
+    gz = sigmoid(x_z + acc[1])
+    gn = tanh(x_n + gr * acc[2])
     if SAVE:
-        s_row = saved_ptr + (t * B + rows)[:, None] * (4 * H) + offs_h[None, :]
-        tl.store(s_row + 0 * H, tl.where(m2, gr, 0.0), mask=keep)
-        tl.store(s_row + 1 * H, tl.where(m2, gz, 0.0), mask=keep)
-        tl.store(s_row + 2 * H, tl.where(m2, gn, 0.0), mask=keep)
-        tl.store(s_row + 3 * H, tl.where(m2, acc_n, 0.0), mask=keep)
+        store_gates(saved_ptr + (t * B + rows)[:, None] * (4 * H) + offs_h[None, :], (gr, gz, gn, acc[2]), 4, H, m2,
+                    keep)
     return (1.0 - gz) * gn + gz * h_old
+
+
+@triton.jit
+def gru_step(cell, acc, x_row, h_ptr, t, rows, offs_h, B, H, P, m2, keep, HAS_PROJ: tl.constexpr, RELU: tl.constexpr,
+             SAVE: tl.constexpr):
+    """CELL of the GRU loops (kernels/recurrent/steps.py): h_{t-1} of these columns from h_ptr, gru_cell."""
+    b, saved_ptr = cell
+    h_old = load_rows(h_ptr, rows, offs_h, P, keep)
+    return gru_cell(x_row, acc, h_old, saved_ptr, t, rows, offs_h, B, H, m2, keep, SAVE), h_old
 
 
 @triton.jit
 def gru_gate_grads(dh, saved_ptr, h_prev_ptr, dxw_ptr, dghn_ptr, t, rows, offs_h, B, H, m2, keep):
     """Step t's gate gradients of a (rows x units) block, from dh, the total gradient of h_t:
     stores the r, z, n pre-activation gradients (dxw) and dghn (that of gh_n = h W_hn^T + b_hn);
-    returns z, for the direct term dh_t * z of dh_{t-1}. Shared with kernels/recurrent/gru_persistent.py."""
-    seq = (t * B + rows)[:, None] * H + offs_h[None, :]
-    s_row = (t * B + rows)[:, None] * (4 * H) + offs_h[None, :]
-    gr = tl.load(saved_ptr + s_row + 0 * H, mask=m2, other=0.0)
-    gz = tl.load(saved_ptr + s_row + 1 * H, mask=m2, other=0.0)
-    gn = tl.load(saved_ptr + s_row + 2 * H, mask=m2, other=0.0)
-    ghn = tl.load(saved_ptr + s_row + 3 * H, mask=m2, other=0.0)
-    h_prev = tl.load(h_prev_ptr + seq, mask=m2, other=0.0).to(tl.float32)
-    dn_pre = dh * (1.0 - gz) * (1.0 - gn * gn)
-    dz_pre = dh * (h_prev - gn) * gz * (1.0 - gz)
-    dr_pre = dn_pre * ghn * gr * (1.0 - gr)
-    x_row = (t * B + rows)[:, None] * (3 * H) + offs_h[None, :]
-    tl.store(dxw_ptr + x_row + 0 * H, tl.where(m2, dr_pre, 0.0), mask=keep)
-    tl.store(dxw_ptr + x_row + 1 * H, tl.where(m2, dz_pre, 0.0), mask=keep)
-    tl.store(dxw_ptr + x_row + 2 * H, tl.where(m2, dn_pre, 0.0), mask=keep)
-    tl.store(dghn_ptr + seq, tl.where(m2, dn_pre * gr, 0.0), mask=keep)
+    returns z, for the direct term dh_t * z of dh_{t-1}."""
+    gr, gz, gn, ghn = load_gates(saved_ptr + (t * B + rows)[:, None] * (4 * H) + offs_h[None, :], 4, H, m2)
+    h_prev = load_rows(h_prev_ptr, t * B + rows, offs_h, H, m2).to(tl.float32)
+    dn_pre = tanh_grad(dh * (1.0 - gz), gn)
+    dz_pre = sigmoid_grad(dh * (h_prev - gn), gz)
+    dr_pre = sigmoid_grad(dn_pre * ghn, gr)
+    store_gates(dxw_ptr + (t * B + rows)[:, None] * (3 * H) + offs_h[None, :], (dr_pre, dz_pre, dn_pre), 3, H, m2,
+                keep)
+    store_rows(dghn_ptr, t * B + rows, offs_h, H, tl.where(m2, dn_pre * gr, 0.0), keep)
     return gz
+
+
+@triton.jit
+def gru_grads(cell, dh, carry, s, t, rev, lengths, rows, offs_h, dst, B, H, m2, keep, RELU: tl.constexpr):
+    """GRADS of the one-program-per-tile GRU loop: gru_gate_grads (its backward_steps adds the
+    direct term dh_t * z after the contraction)."""
+    saved_ptr, h_prev_ptr, dxw_ptr, dghn_ptr = cell
+    gru_gate_grads(dh, saved_ptr, h_prev_ptr, dxw_ptr, dghn_ptr, t, rows, offs_h, B, H, m2, keep)
 
 
 @triton.jit
@@ -159,64 +170,15 @@ def _gru_bwd_kernel(
 ):
     mask_b, rows, lengths = batch_tile(lengths_ptr, B, T, HAS_LENGTHS, BLOCK_B)
     d, rev = direction(first_reverse)
-    dy_ptr += d * T * B * H
-    saved_ptr += d * T * B * 4 * H
-    h_prev_ptr += d * T * B * H
-    w_hh_ptr += d * 3 * H * H
-    dxw_ptr += d * T * B * 3 * H
-    dghn_ptr += d * T * B * H
-    dh_state_ptr += d * 2 * B * H
+    dy_ptr, saved_ptr, h_prev_ptr, w_hh_ptr, dxw_ptr, dghn_ptr, dh_state_ptr = gru_bwd_blocks(
+        d, T, B, H, dy_ptr, saved_ptr, h_prev_ptr, w_hh_ptr, dxw_ptr, dghn_ptr, dh_state_ptr)
     ar_h = tl.arange(0, BLOCK_H)
     ar_p = tl.arange(0, BLOCK_P)
-
-    if RESIDENT:
-        # W_g blocks (H_out, H_in), the transpose of the forward's view, for dgh_g W_g.
-        w_r = load_tile(w_hh_ptr + 0 * H * H, ar_h, ar_p, H, 1, H, H)
-        w_z = load_tile(w_hh_ptr + 1 * H * H, ar_h, ar_p, H, 1, H, H)
-        w_n = load_tile(w_hh_ptr + 2 * H * H, ar_h, ar_p, H, 1, H, H)
-
-    for i in range(T):
-        s = T - 1 - i
-        t, active = step_time_index(s, lengths, rev)
-        live = mask_b & active
-        src = dh_state_ptr + (i % 2) * B * H
-        dst = dh_state_ptr + ((i + 1) % 2) * B * H
-        for n0 in range(0, H, BLOCK_H):
-            offs_h = n0 + ar_h
-            mask_h = offs_h < H
-            keep = mask_b[:, None] & mask_h[None, :]
-            m2 = live[:, None] & mask_h[None, :]
-            seq = (t * B + rows)[:, None] * H + offs_h[None, :]
-            # Total gradient of h_t = output gradient + gradient carried from step t+1.
-            dh = tl.load(dy_ptr + seq, mask=m2, other=0.0).to(tl.float32) \
-                + tl.load(src + rows[:, None] * H + offs_h[None, :], mask=m2, other=0.0)
-            gru_gate_grads(dh, saved_ptr, h_prev_ptr, dxw_ptr, dghn_ptr, t, rows, offs_h, B, H, m2, keep)
-        tl.debug_barrier()  # every gate gradient of step t is written before it is contracted
-        # dh_{t-1} = dh_t * z + (dr_pre, dz_pre, dn_pre * r) W_hh, one column block at a time.
-        for p0 in range(0, H, BLOCK_P):
-            offs_p = p0 + ar_p
-            mask_p = offs_p < H
-            acc = tl.zeros([BLOCK_B, BLOCK_P], dtype=tl.float32)
-            for k0 in range(0, H, BLOCK_H):
-                offs_k = k0 + ar_h
-                mask_k = offs_k < H
-                dmask = mask_b[:, None] & mask_k[None, :]
-                dx_row = dxw_ptr + (t * B + rows)[:, None] * (3 * H) + offs_k[None, :]
-                if not RESIDENT:
-                    w_r = load_tile(w_hh_ptr + 0 * H * H, offs_k, offs_p, H, 1, H, H)
-                    w_z = load_tile(w_hh_ptr + 1 * H * H, offs_k, offs_p, H, 1, H, H)
-                    w_n = load_tile(w_hh_ptr + 2 * H * H, offs_k, offs_p, H, 1, H, H)
-                acc += mma(tl.load(dx_row + 0 * H, mask=dmask, other=0.0), w_r, DOT_FP32, INPUT_PRECISION)
-                acc += mma(tl.load(dx_row + 1 * H, mask=dmask, other=0.0), w_z, DOT_FP32, INPUT_PRECISION)
-                acc += mma(tl.load(dghn_ptr + (t * B + rows)[:, None] * H + offs_k[None, :],
-                                   mask=dmask, other=0.0), w_n, DOT_FP32, INPUT_PRECISION)
-            keep = mask_b[:, None] & mask_p[None, :]
-            m2 = live[:, None] & mask_p[None, :]
-            seq = (t * B + rows)[:, None] * H + offs_p[None, :]
-            # The direct path h_{t-1} -> h_t through z * h_{t-1}.
-            carry = tl.load(src + rows[:, None] * H + offs_p[None, :], mask=keep, other=0.0)
-            dh = tl.load(dy_ptr + seq, mask=m2, other=0.0).to(tl.float32) + carry
-            gz = tl.load(saved_ptr + (t * B + rows)[:, None] * (4 * H) + 1 * H + offs_p[None, :],
-                         mask=m2, other=0.0)
-            tl.store(dst + rows[:, None] * H + offs_p[None, :], tl.where(m2, acc + dh * gz, carry), mask=keep)
-        tl.debug_barrier()  # dh_{t-1} is complete before the next step reads it
+    # W_g blocks (H_out, H_in), the transpose of the forward's view, for dgh_g W_g, held when RESIDENT.
+    w = resident_tiles(w_hh_ptr, 3, ar_h, ar_p, H, 1, H, H, RESIDENT)
+    # dh_{t-1} = dh_t * z + (dr_pre, dz_pre, dn_pre * r) W_hh; z is slot 1 of the saved (.., 4H) rows.
+    backward_steps(gru_grads, (saved_ptr, h_prev_ptr, dxw_ptr, dghn_ptr), (dxw_ptr, dxw_ptr + H, dghn_ptr),
+                   (3 * H, 3 * H, H), w, w_hh_ptr, dy_ptr, dh_state_ptr, mask_b, rows, lengths, rev, ar_h, ar_p,
+                   T, B, H, H, RESIDENT, DOT_FP32, INPUT_PRECISION, BLOCK_B, BLOCK_H, BLOCK_P,
+                   G=3, RELU=False, DIRECT=True, direct=(saved_ptr + H, 4 * H), HAS_PROJ=False, w_r=(),
+                   w_hr_ptr=w_hh_ptr, dh_ptr=dy_ptr)  # no projection: unread

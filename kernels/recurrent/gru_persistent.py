@@ -18,10 +18,27 @@ of kernels/recurrent/gru.py, so the two modes' tensors are interchangeable.
 import triton
 import triton.language as tl
 
-from recgen.kernels.math import mma
-from recgen.kernels.recurrent.gru import gru_cell, gru_gate_grads
-from recgen.kernels.recurrent.steps import (_group_barrier, end_forward_step, load_tile, own_columns,
-                                            persistent_group, publish_h, read_exchanged_h, tile_at_step)
+from recgen.kernels.recurrent.gru import (biased_zeros, gate_bias, gru_bwd_blocks, gru_fwd_blocks, gru_gate_grads,
+                                          gru_step)
+from recgen.kernels.recurrent.steps import (gate_tiles, own_columns, persistent_backward, persistent_forward,
+                                            persistent_group, resident_tiles, store_rows)
+
+
+@triton.jit
+def gru_held_inputs(cell, x_row, offs_h, mask_h, m2, H, G: tl.constexpr, HAS_BIAS: tl.constexpr,
+                    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """INIT of the persistent GRU forward: the b_hh columns it loaded once (gate_bias)."""
+    b, saved_ptr = cell
+    return biased_zeros(b, G, HAS_BIAS, BLOCK_B, BLOCK_H)
+
+
+@triton.jit
+def gru_direct_grads(cell, dh, carry, s, t, rev, lengths, rows, offs_h, dst, B, H, m2, keep, RELU: tl.constexpr):
+    """GRADS of the persistent GRU backward: gru_gate_grads, and the direct path h_{t-1} -> h_t
+    through z * h_{t-1} into this program's columns of dh_{t-1} (phase 2 adds the rest)."""
+    saved_ptr, h_prev_ptr, dxw_ptr, dghn_ptr = cell
+    gz = gru_gate_grads(dh, saved_ptr, h_prev_ptr, dxw_ptr, dghn_ptr, t, rows, offs_h, B, H, m2, keep)
+    store_rows(dst, rows, offs_h, H, tl.where(m2, dh * gz, carry), keep)
 
 
 @triton.jit
@@ -49,47 +66,19 @@ def _gru_fwd_persistent_kernel(
     one barrier per step makes h_t whole before any program reads it. h_t is exchanged in the
     weights' dtype (as kernels/recurrent/lstm_persistent.py explains)."""
     col0, d, rev, n_cols, group = persistent_group(first_reverse, BLOCK_H)
-    xw_ptr += d * 3 * H
-    y_ptr += d * H
-    w_hh_ptr += d * 3 * H * H
-    b_hh_ptr += d * 3 * H
-    saved_ptr += d * T * B * 4 * H
-    h_state_ptr += d * 2 * B * H
+    xw_ptr, y_ptr, w_hh_ptr, b_hh_ptr, saved_ptr, h_state_ptr = gru_fwd_blocks(
+        d, T, B, H, xw_ptr, y_ptr, w_hh_ptr, b_hh_ptr, saved_ptr, h_state_ptr)
     h_carry_ptr += d * B * H
 
     offs_h, mask_h, ar_p, mask_p = own_columns(col0, H, BLOCK_H, BLOCK_P)
-    # This program's slice of W_g^T (H_in x BLOCK_H) per gate, held for the whole sequence.
-    w_r = load_tile(w_hh_ptr + 0 * H * H, ar_p, offs_h, 1, H, H, H)
-    w_z = load_tile(w_hh_ptr + 1 * H * H, ar_p, offs_h, 1, H, H, H)
-    w_n = load_tile(w_hh_ptr + 2 * H * H, ar_p, offs_h, 1, H, H, H)
-    if HAS_BIAS:
-        b_r = tl.load(b_hh_ptr + 0 * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
-        b_z = tl.load(b_hh_ptr + 1 * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
-        b_n = tl.load(b_hh_ptr + 2 * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
-
-    for s in range(step_begin, step_end):
-        src = h_state_ptr + (s % 2) * B * H
-        dst = h_state_ptr + ((s + 1) % 2) * B * H
-        for tile in range(tl.program_id(2), tl.cdiv(B, BLOCK_B), tl.num_programs(2)):
-            mask_b, rows, lengths, keep, m2, own, t = tile_at_step(
-                tile, s, rev, lengths_ptr, B, T, H, offs_h, mask_h, HAS_LENGTHS, BLOCK_B)
-            x_row = xw_ptr + t * stride_xt + rows * stride_xb
-            h_prev = read_exchanged_h(src, rows, mask_b, ar_p, mask_p, H)
-            # Hidden-side pre-activations gh_g = h_{t-1} W_hg^T + b_hg of this program's units.
-            acc_r = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
-            acc_z = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
-            acc_n = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
-            if HAS_BIAS:
-                acc_r += b_r[None, :]
-                acc_z += b_z[None, :]
-                acc_n += b_n[None, :]
-            acc_r += mma(h_prev, w_r, DOT_FP32, INPUT_PRECISION)
-            acc_z += mma(h_prev, w_z, DOT_FP32, INPUT_PRECISION)
-            acc_n += mma(h_prev, w_n, DOT_FP32, INPUT_PRECISION)
-            h_old = tl.load(h_carry_ptr + own, mask=keep, other=0.0)
-            h_new = gru_cell(x_row, acc_r, acc_z, acc_n, h_old, saved_ptr, t, rows, offs_h, B, H, m2, keep, SAVE)
-            publish_h(h_new, h_old, m2, keep, own, h_carry_ptr, dst, y_ptr, t, rows, offs_h, stride_yt, stride_yb)
-        end_forward_step(counter_ptr, group, (s + 1) * n_cols, spin_limit, GRID_SYNC)
+    # This program's slice of W_g^T (H_in x BLOCK_H) per gate and of b_hh, held for the whole sequence.
+    w = gate_tiles(w_hh_ptr, 3, ar_p, offs_h, 1, H, H, H)
+    b = gate_bias(b_hh_ptr, 3, H, offs_h, mask_h, HAS_BIAS)
+    persistent_forward(gru_held_inputs, gru_step, (b, saved_ptr), w, xw_ptr, y_ptr,
+                       h_state_ptr, h_carry_ptr, counter_ptr, lengths_ptr, rev, group, n_cols, offs_h, mask_h, ar_p,
+                       mask_p, T, B, H, stride_xt, stride_xb, stride_yt, stride_yb, step_begin, step_end, spin_limit,
+                       HAS_LENGTHS, GRID_SYNC, DOT_FP32, INPUT_PRECISION, BLOCK_B, BLOCK_H,
+                       G=3, HAS_BIAS=HAS_BIAS, RELU=False, SAVE=SAVE)
 
 
 @triton.jit
@@ -124,53 +113,13 @@ def _gru_bwd_persistent_kernel(
     PHASES: 1 or 2 runs only that phase (one launch per phase and step, under the
     interpreter), 3 both with the barrier."""
     col0, d, rev, n_cols, group = persistent_group(first_reverse, BLOCK_H)
-    dy_ptr += d * T * B * H
-    saved_ptr += d * T * B * 4 * H
-    h_prev_ptr += d * T * B * H
-    w_hh_ptr += d * 3 * H * H
-    dxw_ptr += d * T * B * 3 * H
-    dghn_ptr += d * T * B * H
-    dh_state_ptr += d * 2 * B * H
+    dy_ptr, saved_ptr, h_prev_ptr, w_hh_ptr, dxw_ptr, dghn_ptr, dh_state_ptr = gru_bwd_blocks(
+        d, T, B, H, dy_ptr, saved_ptr, h_prev_ptr, w_hh_ptr, dxw_ptr, dghn_ptr, dh_state_ptr)
 
     offs_h, mask_h, ar_k, mask_k = own_columns(col0, H, BLOCK_H, BLOCK_P)
-    if PHASES != 1:
-        # W_g[:, own units] (H x BLOCK_H) per gate: dh_{t-1}[:, own] += sum_g dgh_g W_g[:, own].
-        w_r = load_tile(w_hh_ptr + 0 * H * H, ar_k, offs_h, H, 1, H, H)
-        w_z = load_tile(w_hh_ptr + 1 * H * H, ar_k, offs_h, H, 1, H, H)
-        w_n = load_tile(w_hh_ptr + 2 * H * H, ar_k, offs_h, H, 1, H, H)
-
-    for i in range(step_begin, step_end):
-        s = T - 1 - i
-        src = dh_state_ptr + (i % 2) * B * H
-        dst = dh_state_ptr + ((i + 1) % 2) * B * H
-        if PHASES != 2:
-            for tile in range(tl.program_id(2), tl.cdiv(B, BLOCK_B), tl.num_programs(2)):
-                mask_b, rows, lengths, keep, m2, own, t = tile_at_step(
-                    tile, s, rev, lengths_ptr, B, T, H, offs_h, mask_h, HAS_LENGTHS, BLOCK_B)
-                seq = (t * B + rows)[:, None] * H + offs_h[None, :]
-                # Total gradient of h_t = output gradient + gradient carried from step t+1.
-                carry = tl.load(src + own, mask=keep, other=0.0)
-                dh = tl.load(dy_ptr + seq, mask=m2, other=0.0).to(tl.float32) + tl.where(m2, carry, 0.0)
-                gz = gru_gate_grads(dh, saved_ptr, h_prev_ptr, dxw_ptr, dghn_ptr, t, rows, offs_h, B, H, m2, keep)
-                # The direct path h_{t-1} -> h_t through z * h_{t-1}; phase 2 adds the rest.
-                tl.store(dst + own, tl.where(m2, dh * gz, carry), mask=keep)
-        if GRID_SYNC:
-            _group_barrier(counter_ptr, group, (i + 1) * n_cols, spin_limit)
-        if PHASES != 1:
-            for tile in range(tl.program_id(2), tl.cdiv(B, BLOCK_B), tl.num_programs(2)):
-                mask_b, rows, lengths, keep, m2, own, t = tile_at_step(
-                    tile, s, rev, lengths_ptr, B, T, H, offs_h, mask_h, HAS_LENGTHS, BLOCK_B)
-                dmask = mask_b[:, None] & mask_k[None, :]
-                dx_row = dxw_ptr + (t * B + rows)[:, None] * (3 * H) + ar_k[None, :]
-                # .cg: the other programs' gradients of this step, from L2.
-                acc = mma(tl.load(dx_row + 0 * H, mask=dmask, other=0.0, cache_modifier=".cg"), w_r, DOT_FP32,
-                          INPUT_PRECISION)
-                acc += mma(tl.load(dx_row + 1 * H, mask=dmask, other=0.0, cache_modifier=".cg"), w_z, DOT_FP32,
-                           INPUT_PRECISION)
-                acc += mma(tl.load(dghn_ptr + (t * B + rows)[:, None] * H + ar_k[None, :], mask=dmask, other=0.0,
-                                   cache_modifier=".cg"), w_n, DOT_FP32, INPUT_PRECISION)
-                direct = tl.load(dst + own, mask=keep, other=0.0)
-                tl.store(dst + own, tl.where(m2, direct + acc, direct), mask=keep)
-            # The next step's phase 1 reads these columns back, possibly in other threads of
-            # this program (the dot's layout is not the loads'): order the stores before it.
-            tl.debug_barrier()
+    # W_g[:, own units] (H x BLOCK_H) per gate: dh_{t-1}[:, own] += sum_g dgh_g W_g[:, own].
+    w = resident_tiles(w_hh_ptr, 3, ar_k, offs_h, H, 1, H, H, PHASES != 1)
+    persistent_backward(gru_direct_grads, (saved_ptr, h_prev_ptr, dxw_ptr, dghn_ptr), (dxw_ptr, dxw_ptr + H, dghn_ptr),
+                        (3 * H, 3 * H, H), w, dy_ptr, dh_state_ptr, counter_ptr, lengths_ptr, rev, group, n_cols,
+                        offs_h, mask_h, ar_k, mask_k, T, B, H, step_begin, step_end, spin_limit, HAS_LENGTHS, PHASES,
+                        GRID_SYNC, DOT_FP32, INPUT_PRECISION, BLOCK_B, BLOCK_H, G=3, RELU=False, DIRECT=True)

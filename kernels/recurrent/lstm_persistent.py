@@ -27,16 +27,16 @@ same per-step code on the CPU.
 
 No projection (proj_size) in this mode; lengths (packed sequences) and both directions are
 handled as in kernels/recurrent/lstm.py. The saved tensors have the layout of kernels/recurrent/lstm.py, so the
-backward is the single-program kernel's.
+backward is the single-program kernel's. The step math is kernels/recurrent/lstm.py's, the loops and the barrier
+kernels/recurrent/steps.py's (persistent_forward, persistent_backward, _group_barrier).
 """
 
 import triton
 import triton.language as tl
 
-from recgen.kernels.math import mma
-from recgen.kernels.recurrent.lstm import lstm_cell, lstm_gate_grads
-from recgen.kernels.recurrent.steps import (_group_barrier, end_forward_step, load_tile, own_columns,
-                                            persistent_group, publish_h, read_exchanged_h, tile_at_step)
+from recgen.kernels.recurrent.lstm import lstm_gate_grads, lstm_step
+from recgen.kernels.recurrent.steps import (gate_tiles, input_gates, own_columns, persistent_backward,
+                                            persistent_forward, persistent_group, resident_tiles)
 
 
 @triton.jit
@@ -71,32 +71,12 @@ def _lstm_fwd_persistent_kernel(
 
     offs_h, mask_h, ar_p, mask_p = own_columns(col0, H, BLOCK_H, BLOCK_P)
     # This program's slice of W_g^T (H_in x BLOCK_H) per gate, held for the whole sequence.
-    w_i = load_tile(w_hh_ptr + 0 * H * H, ar_p, offs_h, 1, H, H, H)
-    w_f = load_tile(w_hh_ptr + 1 * H * H, ar_p, offs_h, 1, H, H, H)
-    w_g = load_tile(w_hh_ptr + 2 * H * H, ar_p, offs_h, 1, H, H, H)
-    w_o = load_tile(w_hh_ptr + 3 * H * H, ar_p, offs_h, 1, H, H, H)
-
-    for s in range(step_begin, step_end):
-        src = h_state_ptr + (s % 2) * B * H
-        dst = h_state_ptr + ((s + 1) % 2) * B * H
-        for tile in range(tl.program_id(2), tl.cdiv(B, BLOCK_B), tl.num_programs(2)):
-            mask_b, rows, lengths, keep, m2, own, t = tile_at_step(
-                tile, s, rev, lengths_ptr, B, T, H, offs_h, mask_h, HAS_LENGTHS, BLOCK_B)
-            x_row = xw_ptr + t * stride_xt + rows * stride_xb
-            h_prev = read_exchanged_h(src, rows, mask_b, ar_p, mask_p, H)
-            acc_i = tl.load(x_row[:, None] + (0 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
-            acc_f = tl.load(x_row[:, None] + (1 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
-            acc_g = tl.load(x_row[:, None] + (2 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
-            acc_o = tl.load(x_row[:, None] + (3 * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32)
-            acc_i += mma(h_prev, w_i, DOT_FP32, INPUT_PRECISION)
-            acc_f += mma(h_prev, w_f, DOT_FP32, INPUT_PRECISION)
-            acc_g += mma(h_prev, w_g, DOT_FP32, INPUT_PRECISION)
-            acc_o += mma(h_prev, w_o, DOT_FP32, INPUT_PRECISION)
-            h_new = lstm_cell(acc_i, acc_f, acc_g, acc_o, c_state_ptr, gates_ptr, c_ptr, t, rows, offs_h, B, H,
-                              m2, keep, SAVE)
-            h_old = tl.load(h_carry_ptr + own, mask=keep, other=0.0)
-            publish_h(h_new, h_old, m2, keep, own, h_carry_ptr, dst, y_ptr, t, rows, offs_h, stride_yt, stride_yb)
-        end_forward_step(counter_ptr, group, (s + 1) * n_cols, spin_limit, GRID_SYNC)
+    w = gate_tiles(w_hh_ptr, 4, ar_p, offs_h, 1, H, H, H)
+    persistent_forward(input_gates, lstm_step, (c_state_ptr, gates_ptr, c_ptr), w, xw_ptr, y_ptr,
+                       h_state_ptr, h_carry_ptr, counter_ptr, lengths_ptr, rev, group, n_cols, offs_h, mask_h, ar_p,
+                       mask_p, T, B, H, stride_xt, stride_xb, stride_yt, stride_yb, step_begin, step_end, spin_limit,
+                       HAS_LENGTHS, GRID_SYNC, DOT_FP32, INPUT_PRECISION, BLOCK_B, BLOCK_H,
+                       G=4, HAS_BIAS=False, RELU=False, SAVE=SAVE)
 
 
 @triton.jit
@@ -136,45 +116,10 @@ def _lstm_bwd_persistent_kernel(
     dc_state_ptr += d * B * H
 
     offs_h, mask_h, ar_k, mask_k = own_columns(col0, H, BLOCK_H, BLOCK_P)
-    if PHASES != 1:
-        # W_g[:, own units] (H x BLOCK_H) per gate: dh_{t-1}[:, own] = sum_g dgates_g W_g[:, own].
-        w_i = load_tile(w_hh_ptr + 0 * H * H, ar_k, offs_h, H, 1, H, H)
-        w_f = load_tile(w_hh_ptr + 1 * H * H, ar_k, offs_h, H, 1, H, H)
-        w_g = load_tile(w_hh_ptr + 2 * H * H, ar_k, offs_h, H, 1, H, H)
-        w_o = load_tile(w_hh_ptr + 3 * H * H, ar_k, offs_h, H, 1, H, H)
-
-    for i in range(step_begin, step_end):
-        s = T - 1 - i
-        src = dh_state_ptr + (i % 2) * B * H
-        dst = dh_state_ptr + ((i + 1) % 2) * B * H
-        if PHASES != 2:
-            for tile in range(tl.program_id(2), tl.cdiv(B, BLOCK_B), tl.num_programs(2)):
-                mask_b, rows, lengths, keep, m2, own, t = tile_at_step(
-                    tile, s, rev, lengths_ptr, B, T, H, offs_h, mask_h, HAS_LENGTHS, BLOCK_B)
-                t_prev = tl.where(rev, t + 1, t - 1)
-                has_prev = (lengths * 0 + s) > 0  # per row, so it broadcasts into the load masks
-                dm = tl.load(dy_ptr + (t * B + rows)[:, None] * H + offs_h[None, :], mask=m2,
-                             other=0.0).to(tl.float32) + tl.load(src + own, mask=m2, other=0.0)
-                lstm_gate_grads(dm, gates_ptr, c_ptr, c0_ptr, dgates_ptr, dc_state_ptr, t, t_prev, has_prev, rows,
-                                offs_h, B, H, m2, keep)
-        if GRID_SYNC:
-            _group_barrier(counter_ptr, group, (i + 1) * n_cols, spin_limit)
-        if PHASES != 1:
-            for tile in range(tl.program_id(2), tl.cdiv(B, BLOCK_B), tl.num_programs(2)):
-                mask_b, rows, lengths, keep, m2, own, t = tile_at_step(
-                    tile, s, rev, lengths_ptr, B, T, H, offs_h, mask_h, HAS_LENGTHS, BLOCK_B)
-                dg_row = dgates_ptr + (t * B + rows)[:, None] * (4 * H) + ar_k[None, :]
-                dmask = mask_b[:, None] & mask_k[None, :]
-                # .cg: the other programs' gate gradients of this step, from L2.
-                acc = mma(tl.load(dg_row + 0 * H, mask=dmask, other=0.0, cache_modifier=".cg"), w_i, DOT_FP32,
-                          INPUT_PRECISION)
-                acc += mma(tl.load(dg_row + 1 * H, mask=dmask, other=0.0, cache_modifier=".cg"), w_f, DOT_FP32,
-                           INPUT_PRECISION)
-                acc += mma(tl.load(dg_row + 2 * H, mask=dmask, other=0.0, cache_modifier=".cg"), w_g, DOT_FP32,
-                           INPUT_PRECISION)
-                acc += mma(tl.load(dg_row + 3 * H, mask=dmask, other=0.0, cache_modifier=".cg"), w_o, DOT_FP32,
-                           INPUT_PRECISION)
-                carry = tl.load(src + own, mask=keep, other=0.0)
-                tl.store(dst + own, tl.where(m2, acc, carry), mask=keep)
-            # Phase 1 of the next step reads these columns back in another thread layout.
-            tl.debug_barrier()
+    # W_g[:, own units] (H x BLOCK_H) per gate: dh_{t-1}[:, own] = sum_g dgates_g W_g[:, own].
+    w = resident_tiles(w_hh_ptr, 4, ar_k, offs_h, H, 1, H, H, PHASES != 1)
+    grads = (dgates_ptr, dgates_ptr + H, dgates_ptr + 2 * H, dgates_ptr + 3 * H)
+    persistent_backward(lstm_gate_grads, (gates_ptr, c_ptr, c0_ptr, dgates_ptr, dc_state_ptr), grads,
+                        (4 * H, 4 * H, 4 * H, 4 * H), w, dy_ptr, dh_state_ptr, counter_ptr, lengths_ptr, rev, group,
+                        n_cols, offs_h, mask_h, ar_k, mask_k, T, B, H, step_begin, step_end, spin_limit, HAS_LENGTHS,
+                        PHASES, GRID_SYNC, DOT_FP32, INPUT_PRECISION, BLOCK_B, BLOCK_H, G=4, RELU=False, DIRECT=False)

@@ -9,14 +9,71 @@ the contracted columns (both all of H when RESIDENT).
 Same design as kernels/recurrent/lstm.py: h ping-pongs between two float32 scratch slots in global memory
 (a step reads h_{t-1} while writing h_t) and a barrier closes each step. RESIDENT=True loads W_hh
 once, before the time loop; RESIDENT=False streams weight tiles every step, for any H.
-recgen/ops/config.py chooses between them.
+recgen/ops/config.py chooses between them. The time loops are kernels/recurrent/steps.py's
+forward_steps and backward_steps; this module holds the activation and its derivative
+(rnn_activation, rnn_activation_grad), which kernels/recurrent/rnn_persistent.py shares.
 """
 
 import triton
 import triton.language as tl
 
-from recgen.kernels.math import mma, tanh
-from recgen.kernels.recurrent.steps import batch_tile, direction, load_tile, step_time_index
+from recgen.kernels.math import activation, activation_grad, tanh, tanh_grad
+from recgen.kernels.recurrent.steps import (backward_steps, batch_tile, direction, forward_steps, input_gates,
+                                            load_rows, resident_tiles, store_rows)
+
+
+@triton.jit
+def rnn_fwd_blocks(d, T, B, H, xw_ptr, y_ptr, w_hh_ptr, act_ptr, h_state_ptr):
+    """Direction d's block of each per-direction tensor of an RNN forward (one layout, both modes)."""
+    return xw_ptr + d * H, y_ptr + d * H, w_hh_ptr + d * H * H, act_ptr + d * T * B * H, h_state_ptr + d * 2 * B * H
+
+
+@triton.jit
+def rnn_bwd_blocks(d, T, B, H, dy_ptr, act_ptr, w_hh_ptr, dpre_ptr, dh_state_ptr):
+    """Direction d's block of each per-direction tensor of an RNN backward (one layout, both modes)."""
+    return dy_ptr + d * T * B * H, act_ptr + d * T * B * H, w_hh_ptr + d * H * H, dpre_ptr + d * T * B * H, \
+        dh_state_ptr + d * 2 * B * H
+
+
+@triton.jit
+def rnn_activation(pre, RELU: tl.constexpr):
+    """h = relu(pre) (relu(NaN) = NaN, as torch) when RELU, else tanh(pre)."""
+    if RELU:
+        h = activation(pre, 1, 0.0)
+    else:
+        h = tanh(pre)
+    return h
+
+
+@triton.jit
+def rnn_activation_grad(dh, h, RELU: tl.constexpr):
+    """dh * act'(pre) from the output h = act(pre): relu's as torch's threshold_backward on the
+    output (zero where h <= 0, so a NaN passes dh on), tanh's dh * (1 - h^2)."""
+    if RELU:
+        dpre = activation_grad(dh, h, 1, 0.0)
+    else:
+        dpre = tanh_grad(dh, h)
+    return dpre
+
+
+@triton.jit
+def rnn_step(cell, acc, x_row, h_ptr, t, rows, offs_h, B, H, P, m2, keep, HAS_PROJ: tl.constexpr, RELU: tl.constexpr,
+             SAVE: tl.constexpr):
+    """CELL of the RNN loops (kernels/recurrent/steps.py): h_t = act(pre), saved (SAVE) as the
+    float32 activations for the backward, and h_{t-1} of these columns from h_ptr."""
+    act_ptr = cell[0]
+    h_new = rnn_activation(acc[0], RELU)
+    if SAVE:
+        store_rows(act_ptr, t * B + rows, offs_h, H, tl.where(m2, h_new, 0.0), keep)
+    return h_new, load_rows(h_ptr, rows, offs_h, P, keep)
+
+
+@triton.jit
+def rnn_grads(cell, dh, carry, s, t, rev, lengths, rows, offs_h, dst, B, H, m2, keep, RELU: tl.constexpr):
+    """GRADS of the RNN loops: dpre_t = dh_t * act'(pre_t) of these columns, zero at padding."""
+    act_ptr, dpre_ptr = cell
+    dpre = rnn_activation_grad(dh, load_rows(act_ptr, t * B + rows, offs_h, H, m2), RELU)
+    store_rows(dpre_ptr, t * B + rows, offs_h, H, tl.where(m2, dpre, 0.0), keep)
 
 
 @triton.jit
@@ -38,50 +95,16 @@ def _rnn_fwd_kernel(
     mask_b, rows, lengths = batch_tile(lengths_ptr, B, T, HAS_LENGTHS, BLOCK_B)
     d, rev = direction(first_reverse)
     # This program's direction: its block of every per-direction tensor.
-    xw_ptr += d * H
-    y_ptr += d * H
-    w_hh_ptr += d * H * H
-    act_ptr += d * T * B * H
-    h_state_ptr += d * 2 * B * H
+    xw_ptr, y_ptr, w_hh_ptr, act_ptr, h_state_ptr = rnn_fwd_blocks(d, T, B, H, xw_ptr, y_ptr, w_hh_ptr, act_ptr,
+                                                                  h_state_ptr)
     ar_h = tl.arange(0, BLOCK_H)
     ar_p = tl.arange(0, BLOCK_P)
-
-    if RESIDENT:
-        # W_hh^T (P, H) held for the whole sequence.
-        w = load_tile(w_hh_ptr, ar_p, ar_h, 1, H, H, H)
-
-    for s in range(T):
-        t, active = step_time_index(s, lengths, rev)
-        live = mask_b & active
-        src = h_state_ptr + (s % 2) * B * H
-        dst = h_state_ptr + ((s + 1) % 2) * B * H
-        x_row = xw_ptr + t * stride_xt + rows * stride_xb
-        for n0 in range(0, H, BLOCK_H):
-            offs_h = n0 + ar_h
-            mask_h = offs_h < H
-            keep = mask_b[:, None] & mask_h[None, :]
-            m2 = live[:, None] & mask_h[None, :]
-            acc = tl.load(x_row[:, None] + offs_h[None, :], mask=m2, other=0.0).to(tl.float32)
-            for k0 in range(0, H, BLOCK_P):
-                offs_k = k0 + ar_p
-                mask_k = offs_k < H
-                h_prev = tl.load(src + rows[:, None] * H + offs_k[None, :],
-                                 mask=mask_b[:, None] & mask_k[None, :], other=0.0)
-                if not RESIDENT:
-                    w = load_tile(w_hh_ptr, offs_k, offs_h, 1, H, H, H)
-                acc += mma(h_prev, w, DOT_FP32, INPUT_PRECISION)
-            if RELU:
-                h_new = tl.where(acc < 0.0, 0.0, acc)  # as torch: relu(NaN) = NaN (tl.maximum drops NaN)
-            else:
-                h_new = tanh(acc)
-            if SAVE:
-                seq_off = (t * B + rows)[:, None] * H + offs_h[None, :]
-                tl.store(act_ptr + seq_off, tl.where(m2, h_new, 0.0), mask=keep)
-            h_old = tl.load(src + rows[:, None] * H + offs_h[None, :], mask=keep, other=0.0)
-            tl.store(dst + rows[:, None] * H + offs_h[None, :], tl.where(m2, h_new, h_old), mask=keep)
-            tl.store(y_ptr + t[:, None] * stride_yt + rows[:, None] * stride_yb + offs_h[None, :],
-                     tl.where(m2, h_new, 0.0).to(y_ptr.dtype.element_ty), mask=keep)
-        tl.debug_barrier()  # h_t is complete before step s + 1 reads it
+    # W_hh^T (P, H), held for the whole sequence when RESIDENT.
+    w = resident_tiles(w_hh_ptr, 1, ar_p, ar_h, 1, H, H, H, RESIDENT)
+    forward_steps(input_gates, rnn_step, (act_ptr,), w, xw_ptr, w_hh_ptr, y_ptr, h_state_ptr, mask_b, rows, lengths,
+                  rev, ar_h, ar_p, T, B, H, H, stride_xt, stride_xb, stride_yt, stride_yb, RESIDENT, DOT_FP32,
+                  INPUT_PRECISION, BLOCK_B, BLOCK_H, BLOCK_P, G=1, HAS_BIAS=False, RELU=RELU, SAVE=SAVE,
+                  HAS_PROJ=False, w_r=(), w_hr_ptr=w_hh_ptr, m_ptr=y_ptr)  # no projection: unread
 
 
 @triton.jit
@@ -100,55 +123,13 @@ def _rnn_bwd_kernel(
 ):
     mask_b, rows, lengths = batch_tile(lengths_ptr, B, T, HAS_LENGTHS, BLOCK_B)
     d, rev = direction(first_reverse)
-    dy_ptr += d * T * B * H
-    act_ptr += d * T * B * H
-    w_hh_ptr += d * H * H
-    dpre_ptr += d * T * B * H
-    dh_state_ptr += d * 2 * B * H
+    dy_ptr, act_ptr, w_hh_ptr, dpre_ptr, dh_state_ptr = rnn_bwd_blocks(d, T, B, H, dy_ptr, act_ptr, w_hh_ptr,
+                                                                      dpre_ptr, dh_state_ptr)
     ar_h = tl.arange(0, BLOCK_H)
     ar_p = tl.arange(0, BLOCK_P)
-
-    if RESIDENT:
-        # W_hh (H, P), the transpose of the forward's view, for dh_{t-1} = dpre_t W_hh.
-        w = load_tile(w_hh_ptr, ar_h, ar_p, H, 1, H, H)
-
-    for i in range(T):
-        s = T - 1 - i
-        t, active = step_time_index(s, lengths, rev)
-        live = mask_b & active
-        src = dh_state_ptr + (i % 2) * B * H
-        dst = dh_state_ptr + ((i + 1) % 2) * B * H
-        for n0 in range(0, H, BLOCK_H):
-            offs_h = n0 + ar_h
-            mask_h = offs_h < H
-            keep = mask_b[:, None] & mask_h[None, :]
-            m2 = live[:, None] & mask_h[None, :]
-            seq_off = (t * B + rows)[:, None] * H + offs_h[None, :]
-            # Total gradient of h_t = output gradient + gradient carried from the next step.
-            dh = tl.load(dy_ptr + seq_off, mask=m2, other=0.0).to(tl.float32) \
-                + tl.load(src + rows[:, None] * H + offs_h[None, :], mask=m2, other=0.0)
-            a = tl.load(act_ptr + seq_off, mask=m2, other=0.0)
-            if RELU:
-                # torch's threshold_backward on the output: zero where a <= 0, so a NaN passes dh on
-                dpre = tl.where(a <= 0.0, 0.0, dh)
-            else:
-                dpre = dh * (1.0 - a * a)
-            tl.store(dpre_ptr + seq_off, tl.where(m2, dpre, 0.0), mask=keep)
-        tl.debug_barrier()  # every dpre column of step t is written before it is contracted
-        for p0 in range(0, H, BLOCK_P):
-            offs_p = p0 + ar_p
-            mask_p = offs_p < H
-            acc = tl.zeros([BLOCK_B, BLOCK_P], dtype=tl.float32)
-            for k0 in range(0, H, BLOCK_H):
-                offs_k = k0 + ar_h
-                mask_k = offs_k < H
-                dp = tl.load(dpre_ptr + (t * B + rows)[:, None] * H + offs_k[None, :],
-                             mask=mask_b[:, None] & mask_k[None, :], other=0.0)
-                if not RESIDENT:
-                    w = load_tile(w_hh_ptr, offs_k, offs_p, H, 1, H, H)
-                acc += mma(dp, w, DOT_FP32, INPUT_PRECISION)
-            keep = mask_b[:, None] & mask_p[None, :]
-            m2 = live[:, None] & mask_p[None, :]
-            carry = tl.load(src + rows[:, None] * H + offs_p[None, :], mask=keep, other=0.0)
-            tl.store(dst + rows[:, None] * H + offs_p[None, :], tl.where(m2, acc, carry), mask=keep)
-        tl.debug_barrier()  # dh_{t-1} is complete before the next step reads it
+    # W_hh (H, P), the transpose of the forward's view, for dh_{t-1} = dpre_t W_hh, held when RESIDENT.
+    w = resident_tiles(w_hh_ptr, 1, ar_h, ar_p, H, 1, H, H, RESIDENT)
+    backward_steps(rnn_grads, (act_ptr, dpre_ptr), (dpre_ptr,), (H,), w, w_hh_ptr, dy_ptr, dh_state_ptr, mask_b, rows,
+                   lengths, rev, ar_h, ar_p, T, B, H, H, RESIDENT, DOT_FP32, INPUT_PRECISION, BLOCK_B, BLOCK_H,
+                   BLOCK_P, G=1, RELU=RELU, DIRECT=False, direct=(), HAS_PROJ=False, w_r=(), w_hr_ptr=w_hh_ptr,
+                   dh_ptr=dy_ptr)  # no projection: unread

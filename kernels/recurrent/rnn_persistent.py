@@ -18,9 +18,9 @@ kernels/recurrent/rnn.py, so the two modes' tensors are interchangeable.
 import triton
 import triton.language as tl
 
-from recgen.kernels.math import mma, tanh
-from recgen.kernels.recurrent.steps import (_group_barrier, end_forward_step, load_tile, own_columns,
-                                            persistent_group, publish_h, read_exchanged_h, tile_at_step)
+from recgen.kernels.recurrent.rnn import rnn_bwd_blocks, rnn_fwd_blocks, rnn_grads, rnn_step
+from recgen.kernels.recurrent.steps import (gate_tiles, input_gates, own_columns, persistent_backward,
+                                            persistent_forward, persistent_group, resident_tiles)
 
 
 @triton.jit
@@ -46,37 +46,18 @@ def _rnn_fwd_persistent_kernel(
     step makes h_t whole before any program reads it. h_t is exchanged in the weights' dtype and
     each program keeps its own columns in float32 (as kernels/recurrent/lstm_persistent.py explains)."""
     col0, d, rev, n_cols, group = persistent_group(first_reverse, BLOCK_H)
-    xw_ptr += d * H
-    y_ptr += d * H
-    w_hh_ptr += d * H * H
-    act_ptr += d * T * B * H
-    h_state_ptr += d * 2 * B * H
+    xw_ptr, y_ptr, w_hh_ptr, act_ptr, h_state_ptr = rnn_fwd_blocks(d, T, B, H, xw_ptr, y_ptr, w_hh_ptr, act_ptr,
+                                                                  h_state_ptr)
     h_carry_ptr += d * B * H
 
     offs_h, mask_h, ar_p, mask_p = own_columns(col0, H, BLOCK_H, BLOCK_P)
     # This program's slice of W_hh^T (H_in x BLOCK_H), held for the whole sequence.
-    w = load_tile(w_hh_ptr, ar_p, offs_h, 1, H, H, H)
-
-    for s in range(step_begin, step_end):
-        src = h_state_ptr + (s % 2) * B * H
-        dst = h_state_ptr + ((s + 1) % 2) * B * H
-        for tile in range(tl.program_id(2), tl.cdiv(B, BLOCK_B), tl.num_programs(2)):
-            mask_b, rows, lengths, keep, m2, own, t = tile_at_step(
-                tile, s, rev, lengths_ptr, B, T, H, offs_h, mask_h, HAS_LENGTHS, BLOCK_B)
-            x_row = xw_ptr + t * stride_xt + rows * stride_xb
-            h_prev = read_exchanged_h(src, rows, mask_b, ar_p, mask_p, H)
-            acc = tl.load(x_row[:, None] + offs_h[None, :], mask=m2, other=0.0).to(tl.float32)
-            acc += mma(h_prev, w, DOT_FP32, INPUT_PRECISION)
-            if RELU:
-                h_new = tl.where(acc < 0.0, 0.0, acc)  # as torch: relu(NaN) = NaN (tl.maximum drops NaN)
-            else:
-                h_new = tanh(acc)
-            if SAVE:
-                tl.store(act_ptr + (t * B + rows)[:, None] * H + offs_h[None, :], tl.where(m2, h_new, 0.0),
-                         mask=keep)
-            h_old = tl.load(h_carry_ptr + own, mask=keep, other=0.0)
-            publish_h(h_new, h_old, m2, keep, own, h_carry_ptr, dst, y_ptr, t, rows, offs_h, stride_yt, stride_yb)
-        end_forward_step(counter_ptr, group, (s + 1) * n_cols, spin_limit, GRID_SYNC)
+    w = gate_tiles(w_hh_ptr, 1, ar_p, offs_h, 1, H, H, H)
+    persistent_forward(input_gates, rnn_step, (act_ptr,), w, xw_ptr, y_ptr, h_state_ptr, h_carry_ptr,
+                       counter_ptr, lengths_ptr, rev, group, n_cols, offs_h, mask_h, ar_p, mask_p, T, B, H,
+                       stride_xt, stride_xb, stride_yt, stride_yb, step_begin, step_end, spin_limit, HAS_LENGTHS,
+                       GRID_SYNC, DOT_FP32, INPUT_PRECISION, BLOCK_B, BLOCK_H, G=1, HAS_BIAS=False, RELU=RELU,
+                       SAVE=SAVE)
 
 
 @triton.jit
@@ -106,47 +87,13 @@ def _rnn_bwd_persistent_kernel(
     debug_barrier after phase 2, see there). PHASES: 1 or 2 runs only that phase (one launch
     per phase and step, under the interpreter), 3 both with the barrier."""
     col0, d, rev, n_cols, group = persistent_group(first_reverse, BLOCK_H)
-    dy_ptr += d * T * B * H
-    act_ptr += d * T * B * H
-    w_hh_ptr += d * H * H
-    dpre_ptr += d * T * B * H
-    dh_state_ptr += d * 2 * B * H
+    dy_ptr, act_ptr, w_hh_ptr, dpre_ptr, dh_state_ptr = rnn_bwd_blocks(d, T, B, H, dy_ptr, act_ptr, w_hh_ptr,
+                                                                      dpre_ptr, dh_state_ptr)
 
     offs_h, mask_h, ar_k, mask_k = own_columns(col0, H, BLOCK_H, BLOCK_P)
-    if PHASES != 1:
-        # W_hh[:, own units] (H x BLOCK_H): dh_{t-1}[:, own] = dpre_t W_hh[:, own].
-        w = load_tile(w_hh_ptr, ar_k, offs_h, H, 1, H, H)
-
-    for i in range(step_begin, step_end):
-        s = T - 1 - i
-        src = dh_state_ptr + (i % 2) * B * H
-        dst = dh_state_ptr + ((i + 1) % 2) * B * H
-        if PHASES != 2:
-            for tile in range(tl.program_id(2), tl.cdiv(B, BLOCK_B), tl.num_programs(2)):
-                mask_b, rows, lengths, keep, m2, own, t = tile_at_step(
-                    tile, s, rev, lengths_ptr, B, T, H, offs_h, mask_h, HAS_LENGTHS, BLOCK_B)
-                seq = (t * B + rows)[:, None] * H + offs_h[None, :]
-                # Total gradient of h_t = output gradient + gradient carried from the next step.
-                dh = tl.load(dy_ptr + seq, mask=m2, other=0.0).to(tl.float32) + tl.load(src + own, mask=m2, other=0.0)
-                a = tl.load(act_ptr + seq, mask=m2, other=0.0)
-                if RELU:
-                    # torch's threshold_backward on the output: zero where a <= 0, so a NaN passes dh on
-                    dpre = tl.where(a <= 0.0, 0.0, dh)
-                else:
-                    dpre = dh * (1.0 - a * a)
-                tl.store(dpre_ptr + seq, tl.where(m2, dpre, 0.0), mask=keep)
-        if GRID_SYNC:
-            _group_barrier(counter_ptr, group, (i + 1) * n_cols, spin_limit)
-        if PHASES != 1:
-            for tile in range(tl.program_id(2), tl.cdiv(B, BLOCK_B), tl.num_programs(2)):
-                mask_b, rows, lengths, keep, m2, own, t = tile_at_step(
-                    tile, s, rev, lengths_ptr, B, T, H, offs_h, mask_h, HAS_LENGTHS, BLOCK_B)
-                # .cg: the other programs' dpre columns of this step, from L2.
-                dp = tl.load(dpre_ptr + (t * B + rows)[:, None] * H + ar_k[None, :],
-                             mask=mask_b[:, None] & mask_k[None, :], other=0.0, cache_modifier=".cg")
-                acc = mma(dp, w, DOT_FP32, INPUT_PRECISION)
-                carry = tl.load(src + own, mask=keep, other=0.0)
-                tl.store(dst + own, tl.where(m2, acc, carry), mask=keep)
-            # The next step's phase 1 reads these columns back, possibly in other threads of
-            # this program (the dot's layout is not the loads'): order the stores before it.
-            tl.debug_barrier()
+    # W_hh[:, own units] (H x BLOCK_H): dh_{t-1}[:, own] = dpre_t W_hh[:, own].
+    w = resident_tiles(w_hh_ptr, 1, ar_k, offs_h, H, 1, H, H, PHASES != 1)
+    persistent_backward(rnn_grads, (act_ptr, dpre_ptr), (dpre_ptr,), (H,), w, dy_ptr, dh_state_ptr, counter_ptr,
+                        lengths_ptr, rev, group, n_cols, offs_h, mask_h, ar_k, mask_k, T, B, H, step_begin, step_end,
+                        spin_limit, HAS_LENGTHS, PHASES, GRID_SYNC, DOT_FP32, INPUT_PRECISION, BLOCK_B, BLOCK_H,
+                        G=1, RELU=RELU, DIRECT=False)
