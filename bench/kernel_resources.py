@@ -30,12 +30,12 @@ from recgen.ops.common.tiling import BLOCK_B_CHOICES, COLUMN_CHOICES, WARP_CHOIC
 from recgen.tools.grids import RECURRENT_GRID
 
 KERNELS = {  # name: (module, function)
-    "lstm_fwd": ("lstm_persistent", "_lstm_fwd_persistent_kernel"),
-    "lstm_bwd": ("lstm_persistent", "_lstm_bwd_persistent_kernel"),
-    "gru_fwd": ("gru_persistent", "_gru_fwd_persistent_kernel"),
-    "gru_bwd": ("gru_persistent", "_gru_bwd_persistent_kernel"),
-    "rnn_fwd": ("rnn_persistent", "_rnn_fwd_persistent_kernel"),
-    "rnn_bwd": ("rnn_persistent", "_rnn_bwd_persistent_kernel"),
+    "lstm_fwd": ("recurrent.lstm_persistent", "_lstm_fwd_persistent_kernel"),
+    "lstm_bwd": ("recurrent.lstm_persistent", "_lstm_bwd_persistent_kernel"),
+    "gru_fwd": ("recurrent.gru_persistent", "_gru_fwd_persistent_kernel"),
+    "gru_bwd": ("recurrent.gru_persistent", "_gru_bwd_persistent_kernel"),
+    "rnn_fwd": ("recurrent.rnn_persistent", "_rnn_fwd_persistent_kernel"),
+    "rnn_bwd": ("recurrent.rnn_persistent", "_rnn_bwd_persistent_kernel"),
 }
 HIDDEN = RECURRENT_GRID["H"]
 BLOCK_B, WARPS, COLUMNS = BLOCK_B_CHOICES, WARP_CHOICES, COLUMN_CHOICES  # the persistent candidates

@@ -178,8 +178,8 @@ def identity_resources(fn, kernel_identity: tuple, arch: int = 90):
     return launch_resources(fn, args, arch)
 
 
-KERNEL_MODULES = ("lstm", "gru", "rnn", "lstm_persistent", "gru_persistent", "rnn_persistent", "conv", "conv_bwd",
-                  "affine")
+KERNEL_MODULES = ("recurrent.lstm", "recurrent.gru", "recurrent.rnn", "recurrent.lstm_persistent",
+                  "recurrent.gru_persistent", "recurrent.rnn_persistent", "conv.fwd", "conv.bwd", "conv.affine")
 
 
 def kernel_named(name: str):

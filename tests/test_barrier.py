@@ -1,4 +1,4 @@
-"""The persistent kernels' grid barrier (kernels/lstm_persistent.py::_group_barrier) cannot hang:
+"""The persistent kernels' grid barrier (kernels/recurrent/steps.py::_group_barrier) cannot hang:
 on the CPU, under the interpreter, where the programs of a grid run one after another, so that
 a group of two programs can only run out of polls (a deadlock without the bound).
 
@@ -22,7 +22,7 @@ import triton.language as tl
 import recgen
 from recgen.backend import backend
 from recgen.functional import run_direction
-from recgen.kernels.lstm_persistent import BARRIER_RELEASED, _group_barrier
+from recgen.kernels.recurrent.steps import BARRIER_RELEASED, _group_barrier
 from recgen.ops import LAUNCH_COUNTS
 from recgen.ops.common.tiling import forced_tiles
 from recgen.ops.recurrent.persistent import barrier_test_hook

@@ -37,7 +37,7 @@ variants = [
                                          INPUT_PRECISION="ieee", HAS_LENGTHS=False,
                                          HAS_PROJ=False, HAS_BIAS=False, RELU=True, SAVE=False)),
 ]
-if module == "conv":
+if module == "conv.fwd":
     io_pointers = {"x_ptr", "w_ptr", "res_ptr", "out_ptr"}
     flags = dict(K=3, STRIDE=1, UPSAMPLE=True, REFLECT=True, HAS_IN_SCALE=True, HAS_IN_SHIFT=True, IN_ACT=2,
                  HAS_OUT_SCALE=True, HAS_OUT_SHIFT=True, HAS_RESIDUAL=True, OUT_ACT=1, STATS=True,
@@ -51,7 +51,7 @@ if module == "conv":
                                        OUT_ACT=2, STATS=False, DOT_FP32=False, INPUT_PRECISION="ieee",
                                        BLOCK_M=16, BLOCK_CI=16, BLOCK_CO=16)),
     ]
-if module == "affine":
+if module == "conv.affine":
     io_pointers = {"y_ptr", "res_ptr", "out_ptr", "dout_ptr", "dy_ptr", "dres_ptr"}
     flags = dict(HAS_SCALE=True, HAS_SHIFT=True, HAS_RESIDUAL=True, HAS_DY=True, HAS_DRES=True, HAS_DSCALE=True,
                  HAS_DSHIFT=True, ACT=2, MASK_FROM_Z=False, BLOCK_P=32, BLOCK_C=128)
@@ -62,7 +62,7 @@ if module == "affine":
         ("plain-relu-fp16", "fp16", dict(HAS_SCALE=False, HAS_SHIFT=False, HAS_RESIDUAL=False, HAS_DRES=False,
                                          HAS_DSCALE=False, HAS_DSHIFT=False, ACT=1, BLOCK_P=16, BLOCK_C=4)),
     ]
-if module in ("lstm_persistent", "gru_persistent", "rnn_persistent"):
+if module in ("recurrent.lstm_persistent", "recurrent.gru_persistent", "recurrent.rnn_persistent"):
     # The single launch with the barrier at the bench grid's sizes is compiled, with the launchers'
     # own tiles, by tests/test_config_table.py (H 256 and 512, bf16); here the largest size,
     # float32, and the other side of the optional features. (The one-step-per-launch form runs
@@ -76,7 +76,7 @@ if module in ("lstm_persistent", "gru_persistent", "rnn_persistent"):
     flags = dict(flags, PHASES=3)
     state_pointers = STATE_POINTERS  # the forwards exchange h_t in the weights' dtype
     stages = PIPELINE_STAGES  # as the launcher runs them
-if module == "conv_bwd":
+if module == "conv.bwd":
     io_pointers = {"dacc_ptr", "w_ptr", "x_ptr", "dx_ptr"}
     flags = dict(K=3, STRIDE=2, UPSAMPLE=True, REFLECT=True, HAS_IN_SCALE=True, HAS_IN_SHIFT=True, IN_ACT=2,
                  BLOCK_P=64, BLOCK_CI=64, BLOCK_CO=64, BLOCK_R=64)
@@ -96,14 +96,18 @@ for variant, io, overrides in variants:
     print(f"compiled {name} {variant} cubin {len(compiled.asm['cubin'])} bytes")
 '''
 
-KERNELS = [("lstm", "_lstm_fwd_kernel"), ("lstm", "_lstm_bwd_kernel"), ("gru", "_gru_fwd_kernel"),
-           ("gru", "_gru_bwd_kernel"), ("rnn", "_rnn_fwd_kernel"), ("rnn", "_rnn_bwd_kernel"),
-           ("lstm_persistent", "_lstm_fwd_persistent_kernel"), ("lstm_persistent", "_lstm_bwd_persistent_kernel"),
-           ("gru_persistent", "_gru_fwd_persistent_kernel"), ("gru_persistent", "_gru_bwd_persistent_kernel"),
-           ("rnn_persistent", "_rnn_fwd_persistent_kernel"), ("rnn_persistent", "_rnn_bwd_persistent_kernel"),
-           ("conv", "_conv2d_fwd_kernel"), ("conv_bwd", "_conv2d_bwd_data_kernel"),
-           ("conv_bwd", "_conv2d_bwd_weight_kernel"), ("affine", "_affine_act_fwd_kernel"),
-           ("affine", "_affine_act_bwd_kernel")]
+KERNELS = [("recurrent.lstm", "_lstm_fwd_kernel"), ("recurrent.lstm", "_lstm_bwd_kernel"),
+           ("recurrent.gru", "_gru_fwd_kernel"), ("recurrent.gru", "_gru_bwd_kernel"),
+           ("recurrent.rnn", "_rnn_fwd_kernel"), ("recurrent.rnn", "_rnn_bwd_kernel"),
+           ("recurrent.lstm_persistent", "_lstm_fwd_persistent_kernel"),
+           ("recurrent.lstm_persistent", "_lstm_bwd_persistent_kernel"),
+           ("recurrent.gru_persistent", "_gru_fwd_persistent_kernel"),
+           ("recurrent.gru_persistent", "_gru_bwd_persistent_kernel"),
+           ("recurrent.rnn_persistent", "_rnn_fwd_persistent_kernel"),
+           ("recurrent.rnn_persistent", "_rnn_bwd_persistent_kernel"),
+           ("conv.fwd", "_conv2d_fwd_kernel"), ("conv.bwd", "_conv2d_bwd_data_kernel"),
+           ("conv.bwd", "_conv2d_bwd_weight_kernel"), ("conv.affine", "_affine_act_fwd_kernel"),
+           ("conv.affine", "_affine_act_bwd_kernel")]
 
 
 @pytest.mark.parametrize("module,name", KERNELS, ids=[k[1] for k in KERNELS])

@@ -1,5 +1,5 @@
-"""The persistent multi-program forwards and backwards (kernels/lstm_persistent.py,
-kernels/gru_persistent.py, kernels/rnn_persistent.py) against the float64 reference: every output
+"""The persistent multi-program forwards and backwards (kernels/recurrent/lstm_persistent.py,
+kernels/recurrent/gru_persistent.py, kernels/recurrent/rnn_persistent.py) against the float64 reference: every output
 and gradient, odd sizes, packed lengths both ways, both directions.
 
 On the CPU the mode runs one launch per step (the interpreter runs one program at a time, so the

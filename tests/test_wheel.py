@@ -15,9 +15,11 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 def source_packages() -> set:
     """Every package of the source tree: each folder of recgen/ with an __init__.py, and kernels/
-    (installed as recgen.kernels)."""
+    with each of its folders with an __init__.py (installed as recgen.kernels, recgen.kernels.<folder>)."""
     found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "recgen").rglob("__init__.py")}
-    return found | {"recgen.kernels"}
+    kernels = {".".join(("recgen",) + p.parent.relative_to(ROOT).parts)
+               for p in (ROOT / "kernels").rglob("__init__.py")}
+    return found | kernels
 
 
 def test_setup_cfg_lists_every_package_of_the_source_tree():

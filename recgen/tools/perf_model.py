@@ -17,7 +17,7 @@ What is counted, and where each count comes from:
 - hbm_bytes():         the bytes that must cross device memory with today's structure: inputs
                        and weights once, intermediates (xw, the float32 saved gates/states,
                        fwdbwd only, the float32 gate gradients) written once and read once;
-- kernel_step_bytes(): what one program of kernels/{lstm,gru,rnn}.py reads and writes per
+- kernel_step_bytes(): what one program of kernels/recurrent/{lstm,gru,rnn}.py reads and writes per
                        step, read off the kernels (loads and stores, re-reads included);
 - step(): the floor of one time step with today's parallelism (one program per 16-row batch
   tile, each on its own SM: compute at 1/132 of the chip), the floor with the whole chip, and a
@@ -86,7 +86,7 @@ H200 = Hardware(
     step_latency_s=2e-6,              # assumption; measure with a B=1, H=16 kernel
 )
 
-# ---- the cells, read off kernels/*.py -----------------------------------------------------------
+# ---- the cells, read off kernels/recurrent/*.py -------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ CELLS = {
 }
 F32 = 4  # the kernels keep state, saved tensors and gradients in float32
 
-# SAVE (kernels/*.py): the forward writes the saved columns only when something will be
+# SAVE (kernels/recurrent/*.py): the forward writes the saved columns only when something will be
 # differentiated (recgen.ops.common.library.needs_saving), so 'fwd' (no_grad) moves none of them and
 # 'fwdbwd' all. Not modelled here (H = P): with proj_size > 0 the LSTM writes m (H) either way,
 # since the projection reads it back in the same step.
@@ -260,7 +260,7 @@ def hbm_bytes(cell: str, T: int, B: int, I: int, H: int, dtype_bytes: int, pass_
 
 def kernel_step_bytes(cell: str, H: int, dtype_bytes: int, direction: str, rows: int,
                       save: bool = False) -> dict:
-    """Bytes one program of today's kernel moves per time step, read off kernels/*.py.
+    """Bytes one program of today's kernel moves per time step, read off kernels/recurrent/*.py.
 
     rows: live batch rows of the program (masked rows move nothing); save: the forward's SAVE
     (True in the forward of a pass that differentiates, False under no_grad). 'io' is the must-move
@@ -437,7 +437,7 @@ def case(cell: str, T: int, B: int, I: int, H: int, dtype_bytes: int, pass_: str
 
 def persistent_step(cell: str, H: int, dtype_bytes: int, direction: str, rows: int, columns: int,
                     hw: Hardware = H200, save: bool = False, tf32: bool = True) -> dict:
-    """Seconds per step of one program of the persistent mode, read off kernels/*_persistent.py:
+    """Seconds per step of one program of the persistent mode, read off kernels/recurrent/*_persistent.py:
     it owns `columns` hidden units of every gate and steps through `rows` batch rows (its tiles
     times BLOCK_B, the plan's rows_per_step), W_hh's slice held on chip. Per step it reads the
     whole exchanged row of its rows from L2 (forward: h_{t-1} in the weights' dtype; backward:

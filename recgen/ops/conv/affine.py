@@ -2,7 +2,7 @@
 autograd Function of the elementwise pass that applies a batch/instance normalisation once its
 statistics are known (typically the tail of a residual block).
 
-Name chain, as called: _affine_act_fwd_kernel (kernels/affine.py) -> affine_act_fwd ->
+Name chain, as called: _affine_act_fwd_kernel (kernels/conv/affine.py) -> affine_act_fwd ->
 torch.ops.recgen.affine_act (affine_act_op; its autograd: AffineActFunction) -> checked_affine_act
 (the argument checks) -> recgen.functional.affine_act -> recgen.functional.residual_block ->
 recgen.nn.ResidualBlock. Backward: AffineActFunction.backward -> affine_act_grads ->
@@ -65,7 +65,7 @@ def affine_act_fwd(y, scale, shift, residual, act, slope):
     act: 'none' | 'relu' | 'leaky_relu'. Returns out laid out like y, in y's dtype.
     Inputs are assumed validated (see checked_affine_act).
     """
-    from recgen.kernels.affine import _affine_act_fwd_kernel
+    from recgen.kernels.conv.affine import _affine_act_fwd_kernel
 
     N, C, H, W = y.shape
     out = _new_like(y, y.dtype)
@@ -96,7 +96,7 @@ def affine_act_bwd(dout, out, y, scale, shift, residual, act, slope, grad_dtypes
     Returns (dy, dscale, dshift, dresidual), None where not wanted: dy and dresidual laid out
     like dout, dscale and dshift (N, C).
     """
-    from recgen.kernels.affine import _affine_act_bwd_kernel
+    from recgen.kernels.conv.affine import _affine_act_bwd_kernel
 
     dy_dtype, dscale_dtype, dshift_dtype, dres_dtype = grad_dtypes
     N, C, H, W = dout.shape

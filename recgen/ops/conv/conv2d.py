@@ -1,7 +1,7 @@
 """The fused convolution of residual blocks: the forward launcher, its torch.library op and the
 autograd Function.
 
-Name chain, as called: _conv2d_fwd_kernel (kernels/conv.py) -> conv2d_fwd ->
+Name chain, as called: _conv2d_fwd_kernel (kernels/conv/fwd.py) -> conv2d_fwd ->
 torch.ops.recgen.fused_conv2d (fused_conv2d_op; its autograd: FusedConv2dFunction) ->
 recgen.functional.fused_conv2d -> recgen.functional.residual_block -> recgen.nn.ResidualBlock.
 Backward: FusedConv2dFunction.backward -> torch.ops.recgen.affine_act_bwd (the epilogue,
@@ -115,7 +115,7 @@ def conv2d_fwd(x, weight, *, stride=1, padding_mode="zeros", upsample=False,
 
     Example: out, s, m2 = conv2d_fwd(x, w, in_scale=a, in_shift=b, in_act="relu", stats=True)
     """
-    from recgen.kernels.conv import _conv2d_fwd_kernel
+    from recgen.kernels.conv.fwd import _conv2d_fwd_kernel
 
     N, CI, H, W, CO, K, OH, OW = check_conv2d_fwd(x, weight, stride, padding_mode, upsample, in_scale,
                                                   in_shift, in_act, out_scale, out_shift, residual, out_act)

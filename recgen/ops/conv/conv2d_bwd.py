@@ -1,12 +1,12 @@
 """Backward of the convolution inside fused_conv2d: launchers of the data- and weight-gradient kernels.
 
-Name chain: _conv2d_bwd_data_kernel / _conv2d_bwd_weight_kernel (kernels/conv_bwd.py) ->
+Name chain: _conv2d_bwd_data_kernel / _conv2d_bwd_weight_kernel (kernels/conv/bwd.py) ->
 conv2d_bwd_data / conv2d_bwd_weight -> torch.ops.recgen.conv2d_bwd_data / conv2d_bwd_weight (not
 differentiable) -> FusedConv2dFunction.backward (recgen/ops/conv/conv2d.py).
 
 Both take dacc, the gradient of the conv accumulator acc (N, CO, OH, OW) of
 recgen.reference.conv.fused_conv2d (the epilogue's backward is the caller's), and the forward's
-geometry and prologue arguments. Glossary as in kernels/conv_bwd.py. Nothing uses atomics: partial
+geometry and prologue arguments. Glossary as in kernels/conv/bwd.py. Nothing uses atomics: partial
 sums go to float32 buffers that torch sums, so results are deterministic.
 """
 
@@ -80,7 +80,7 @@ def conv2d_bwd_data(dacc, x, weight, *, stride=1, padding_mode="zeros", upsample
     d_in_scale, d_in_shift (N, CI) float32, each None when the tensor is None.
     Example: dx, _, _ = conv2d_bwd_data(dacc, x, w, stride=2, padding_mode="reflect").
     """
-    from recgen.kernels.conv_bwd import _conv2d_bwd_data_kernel
+    from recgen.kernels.conv.bwd import _conv2d_bwd_data_kernel
 
     op = "conv2d_bwd_data"
     N, CI, H, W, CO, K, OH, OW = _geometry(op, dacc, x, weight.shape, stride, padding_mode, upsample, in_act)
@@ -118,7 +118,7 @@ def conv2d_bwd_weight(dacc, x, weight_shape, *, stride=1, padding_mode="zeros", 
     Returns dw (CO, CI, K, K), accumulated in float32 and cast to x's dtype.
     Example: dw = conv2d_bwd_weight(dacc, x, w.shape, upsample=True, in_act="relu").
     """
-    from recgen.kernels.conv_bwd import _conv2d_bwd_weight_kernel
+    from recgen.kernels.conv.bwd import _conv2d_bwd_weight_kernel
 
     op = "conv2d_bwd_weight"
     N, CI, H, W, CO, K, OH, OW = _geometry(op, dacc, x, tuple(weight_shape), stride, padding_mode, upsample,

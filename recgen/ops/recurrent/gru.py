@@ -1,12 +1,12 @@
 """The GRU recurrence: launchers, torch.library ops and the autograd Function.
 
-Name chain, as called: _gru_fwd_kernel (kernels/gru.py) -> gru_fwd ->
+Name chain, as called: _gru_fwd_kernel (kernels/recurrent/gru.py) -> gru_fwd ->
 torch.ops.recgen.gru_fwd (gru_fwd_op; its autograd: GRUFunction) -> gru_layer (one layer, all its
 directions in one launch) -> recgen.functional.gru -> recgen.nn.GRU; the cell modules reach
 gru_layer through gru_direction. Backward: GRUFunction.backward -> torch.ops.recgen.gru_bwd ->
 gru_bwd -> _gru_bwd_kernel. In the persistent mode (modes.py) gru_fwd and gru_bwd call
 gru_fwd_persistent / gru_bwd_persistent (below), which run _gru_fwd_persistent_kernel /
-_gru_bwd_persistent_kernel (kernels/gru_persistent.py) or decline, and then the single-
+_gru_bwd_persistent_kernel (kernels/recurrent/gru_persistent.py) or decline, and then the single-
 program kernel runs.
 
 Tensors of a layer's D directions are stacked on a leading axis: h0 (D, B, H), w_hh (D, 3H, H),
@@ -41,7 +41,7 @@ def gru_fwd(xw, h0, w_hh, b_hh, lengths, first_reverse, save=True):
     (D, T, B, 4H) float32 holding r, z, n and gh_n = h W_hn^T + b_hn per step (None, and never
     written, with save=False).
     """
-    from recgen.kernels.gru import _gru_fwd_kernel
+    from recgen.kernels.recurrent.gru import _gru_fwd_kernel
 
     T, B, _ = xw.shape
     D, G3, H = w_hh.shape
@@ -79,7 +79,7 @@ def gru_bwd(dy, dhn, saved, h_prev, w_hh, lengths, first_reverse):
     of xw), dghn (D, T, B, H) float32 (gradient of gh_n; the hidden-side pre-activation
     gradient is (dxw_r, dxw_z, dghn)) and dh0 (D, B, H) float32.
     """
-    from recgen.kernels.gru import _gru_bwd_kernel
+    from recgen.kernels.recurrent.gru import _gru_bwd_kernel
 
     D, T, B, G4 = saved.shape
     H = G4 // 4
@@ -112,7 +112,7 @@ def gru_bwd(dy, dhn, saved, h_prev, w_hh, lengths, first_reverse):
 def gru_fwd_persistent(xw, h0, w_hh, b_hh, lengths, first_reverse, save, plans: tuple):
     """gru_fwd (recgen/ops/recurrent/gru.py) in the persistent mode: the same inputs and outputs. Returns
     None, having launched nothing, where lstm_fwd_persistent would."""
-    from recgen.kernels.gru_persistent import _gru_fwd_persistent_kernel
+    from recgen.kernels.recurrent.gru_persistent import _gru_fwd_persistent_kernel
 
     T, B, _ = xw.shape
     D, G3, H = w_hh.shape
@@ -137,7 +137,7 @@ def gru_fwd_persistent(xw, h0, w_hh, b_hh, lengths, first_reverse, save, plans: 
 def gru_bwd_persistent(dy, dhn, saved, h_prev, w_hh, lengths, first_reverse, plans: tuple):
     """gru_bwd (recgen/ops/recurrent/gru.py) in the persistent mode: the same inputs and outputs (dxw,
     dghn, dh0). Returns None, having launched nothing, where lstm_fwd_persistent would."""
-    from recgen.kernels.gru_persistent import _gru_bwd_persistent_kernel
+    from recgen.kernels.recurrent.gru_persistent import _gru_bwd_persistent_kernel
 
     D, T, B, G4 = saved.shape
     H = G4 // 4

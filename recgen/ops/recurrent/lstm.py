@@ -1,12 +1,12 @@
 """The LSTM recurrence: launchers, torch.library ops and the autograd Function.
 
-Name chain, as called: _lstm_fwd_kernel (kernels/lstm.py) -> lstm_fwd ->
+Name chain, as called: _lstm_fwd_kernel (kernels/recurrent/lstm.py) -> lstm_fwd ->
 torch.ops.recgen.lstm_fwd (lstm_fwd_op; its autograd: LSTMFunction) -> lstm_layer (one layer, all
 its directions in one launch) -> recgen.functional.lstm -> recgen.nn.LSTM; the cell modules reach
 lstm_layer through lstm_direction. Backward: LSTMFunction.backward -> torch.ops.recgen.lstm_bwd ->
 lstm_bwd -> _lstm_bwd_kernel. In the persistent mode (modes.py) lstm_fwd and lstm_bwd call
 lstm_fwd_persistent / lstm_bwd_persistent (below) (without projection), which run
-_lstm_fwd_persistent_kernel / _lstm_bwd_persistent_kernel (kernels/lstm_persistent.py) or
+_lstm_fwd_persistent_kernel / _lstm_bwd_persistent_kernel (kernels/recurrent/lstm_persistent.py) or
 decline, and then the single-program kernel runs.
 
 Tensors of a layer's D directions are stacked on a leading axis (D = 2 for bidirectional):
@@ -42,7 +42,7 @@ def lstm_fwd(xw, h0, c0, w_hh, w_hr, lengths, first_reverse, save=True):
     float32 tensors gates (D, T, B, 4H), c (D, T, B, H), m (D, T, B, H) or None. With save=False
     (nothing will be differentiated) gates and c are None and never written.
     """
-    from recgen.kernels.lstm import _lstm_fwd_kernel
+    from recgen.kernels.recurrent.lstm import _lstm_fwd_kernel
 
     T, B, _ = xw.shape
     D, G4, P = w_hh.shape
@@ -88,7 +88,7 @@ def lstm_bwd(dy, dhn, dcn, gates, c_all, c0, w_hh, w_hr, lengths, first_reverse)
     i.e. of xw), dh0 (D, B, P), dc0 (D, B, H) float32, and dh_all (D, T, B, P) float32 (total
     gradient of each h_t) when projecting, else None.
     """
-    from recgen.kernels.lstm import _lstm_bwd_kernel
+    from recgen.kernels.recurrent.lstm import _lstm_bwd_kernel
 
     D, T, B, G4 = gates.shape
     H = G4 // 4
@@ -130,7 +130,7 @@ def lstm_fwd_persistent(xw, h0, c0, w_hh, lengths, first_reverse, save, plans: t
     having launched nothing, when none of them fits the device at once, or while torch.compile
     traces with fake tensors (no compiled kernel to measure): the caller then runs the streamed
     kernel."""
-    from recgen.kernels.lstm_persistent import _lstm_fwd_persistent_kernel
+    from recgen.kernels.recurrent.lstm_persistent import _lstm_fwd_persistent_kernel
 
     T, B, _ = xw.shape
     D, G4, H = w_hh.shape
@@ -158,7 +158,7 @@ def lstm_fwd_persistent(xw, h0, c0, w_hh, lengths, first_reverse, save, plans: t
 def lstm_bwd_persistent(dy, dhn, dcn, gates, c_all, c0, w_hh, lengths, first_reverse, plans: tuple):
     """lstm_bwd (recgen/ops/recurrent/lstm.py) in the persistent mode, without projection: the same inputs
     and outputs. Returns None, having launched nothing, where lstm_fwd_persistent would."""
-    from recgen.kernels.lstm_persistent import _lstm_bwd_persistent_kernel
+    from recgen.kernels.recurrent.lstm_persistent import _lstm_bwd_persistent_kernel
 
     D, T, B, G4 = gates.shape
     H = G4 // 4

@@ -311,7 +311,7 @@ def run_persistent(name: str, kernel, plans: tuple, shape: tuple, steps: int, de
     every kernel argument but the barrier counters and the spin limit, added here."""
     from torch._subclasses.fake_tensor import is_fake
 
-    from recgen.kernels.lstm_persistent import BARRIER_RELEASED
+    from recgen.kernels.recurrent.steps import BARRIER_RELEASED
 
     if any(is_fake(v) for v in args.values()):
         return False

@@ -1,12 +1,12 @@
 """The Elman RNN recurrence (tanh or relu): launchers, torch.library ops and the autograd Function.
 
-Name chain, as called: _rnn_fwd_kernel (kernels/rnn.py) -> rnn_fwd ->
+Name chain, as called: _rnn_fwd_kernel (kernels/recurrent/rnn.py) -> rnn_fwd ->
 torch.ops.recgen.rnn_fwd (rnn_fwd_op; its autograd: RNNFunction) -> rnn_layer (one layer, all its
 directions in one launch) -> recgen.functional.rnn -> recgen.nn.RNN; the cell modules reach
 rnn_layer through rnn_direction. Backward: RNNFunction.backward -> torch.ops.recgen.rnn_bwd ->
 rnn_bwd -> _rnn_bwd_kernel. In the persistent mode (modes.py) rnn_fwd and rnn_bwd call
 rnn_fwd_persistent / rnn_bwd_persistent (below), which run _rnn_fwd_persistent_kernel /
-_rnn_bwd_persistent_kernel (kernels/rnn_persistent.py) or decline, and then the single-
+_rnn_bwd_persistent_kernel (kernels/recurrent/rnn_persistent.py) or decline, and then the single-
 program kernel runs.
 
 Tensors of a layer's D directions are stacked on a leading axis: h0 (D, B, H), w_hh (D, H, H);
@@ -49,7 +49,7 @@ def rnn_fwd(xw, h0, w_hh, lengths, first_reverse, nonlinearity, save=True):
     and never written, with save=False).
     """
     relu = _relu_flag(nonlinearity)
-    from recgen.kernels.rnn import _rnn_fwd_kernel
+    from recgen.kernels.recurrent.rnn import _rnn_fwd_kernel
 
     T, B, _ = xw.shape
     D, H, _ = w_hh.shape
@@ -85,7 +85,7 @@ def rnn_bwd(dy, dhn, act, w_hh, lengths, first_reverse, nonlinearity):
     padding) and dh0 (D, B, H) float32.
     """
     relu = _relu_flag(nonlinearity)
-    from recgen.kernels.rnn import _rnn_bwd_kernel
+    from recgen.kernels.recurrent.rnn import _rnn_bwd_kernel
 
     D, T, B, H = act.shape
     cfg = recurrence_config(1, H, H, w_hh.dtype, batch=B, persistent_capable=True)
@@ -115,7 +115,7 @@ def rnn_bwd(dy, dhn, act, w_hh, lengths, first_reverse, nonlinearity):
 def rnn_fwd_persistent(xw, h0, w_hh, lengths, first_reverse, nonlinearity, save, plans: tuple):
     """rnn_fwd (recgen/ops/recurrent/rnn.py) in the persistent mode: the same inputs and outputs. Returns
     None, having launched nothing, where lstm_fwd_persistent would."""
-    from recgen.kernels.rnn_persistent import _rnn_fwd_persistent_kernel
+    from recgen.kernels.recurrent.rnn_persistent import _rnn_fwd_persistent_kernel
 
     relu = _relu_flag(nonlinearity)
     T, B, _ = xw.shape
@@ -139,7 +139,7 @@ def rnn_fwd_persistent(xw, h0, w_hh, lengths, first_reverse, nonlinearity, save,
 def rnn_bwd_persistent(dy, dhn, act, w_hh, lengths, first_reverse, nonlinearity, plans: tuple):
     """rnn_bwd (recgen/ops/recurrent/rnn.py) in the persistent mode: the same inputs and outputs (dpre,
     dh0). Returns None, having launched nothing, where lstm_fwd_persistent would."""
-    from recgen.kernels.rnn_persistent import _rnn_bwd_persistent_kernel
+    from recgen.kernels.recurrent.rnn_persistent import _rnn_bwd_persistent_kernel
 
     relu = _relu_flag(nonlinearity)
     D, T, B, H = act.shape

@@ -8,7 +8,7 @@ P = H * W input pixels of one image, NPT = cdiv(P, BLOCK_P) pixel tiles, SPLIT r
 Both kernels start from dacc, the gradient of the conv accumulator
     acc[n, co, o] = sum_{kh, kw, ci} a[n, ci, src(o, kh, kw)] * w[co, ci, kh, kw],
     a = act_in(pre),  pre = x * in_scale[n, ci] + in_shift[n, ci]      (the prologue)
-where src is recgen.kernels.conv_index.source_index (padding, reflection and upsampling folded in).
+where src is recgen.kernels.conv.index.source_index (padding, reflection and upsampling folded in).
 
 _conv2d_bwd_data_kernel: da = the transposed conv, in GATHER form (deterministic, no atomics).
 One program owns BLOCK_P input pixels of ONE image and BLOCK_CI input channels, and sums
@@ -23,13 +23,13 @@ tap whose B operand is recomputed from x with the prologue on the fly (zero at p
 program owns one tap, BLOCK_CO x BLOCK_CI of dw and one of SPLIT slices of the reduction over R;
 the launcher sums the SPLIT float32 partials.
 
-Activation codes (IN_ACT): 0 none, 1 relu, 2 leaky_relu with a runtime slope (as kernels/conv.py).
+Activation codes (IN_ACT): 0 none, 1 relu, 2 leaky_relu with a runtime slope (as kernels/conv/fwd.py).
 """
 
 import triton
 import triton.language as tl
 
-from recgen.kernels.conv_index import source_index, target_index
+from recgen.kernels.conv.index import channel_block, pixel_tile, source_index, target_index
 from recgen.kernels.math import activation, activation_grad, mma
 
 
@@ -56,12 +56,8 @@ def _conv2d_bwd_data_kernel(
     pid_p = tl.program_id(0)
     pid_ci = tl.program_id(1)
     n = tl.program_id(2).to(tl.int64)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    mask_p = offs_p < H * W
-    ih = offs_p // W
-    iw = offs_p % W
-    offs_ci = pid_ci * BLOCK_CI + tl.arange(0, BLOCK_CI)
-    mask_ci = offs_ci < CI
+    offs_p, mask_p, ih, iw = pixel_tile(pid_p, H, W, BLOCK_P)
+    offs_ci, mask_ci = channel_block(pid_ci, CI, BLOCK_CI)
     ar_co = tl.arange(0, BLOCK_CO)
     n_cand = (1 + UPSAMPLE) * (1 + 2 * REFLECT)  # preimages per dimension, see target_index
 
@@ -150,10 +146,8 @@ def _conv2d_bwd_weight_kernel(
     tap = tl.program_id(1)
     split = tl.program_id(2)
     n_ci_blocks = tl.cdiv(CI, BLOCK_CI)
-    offs_co = (pid // n_ci_blocks) * BLOCK_CO + tl.arange(0, BLOCK_CO)
-    offs_ci = (pid % n_ci_blocks) * BLOCK_CI + tl.arange(0, BLOCK_CI)
-    mask_co = offs_co < CO
-    mask_ci = offs_ci < CI
+    offs_co, mask_co = channel_block(pid // n_ci_blocks, CO, BLOCK_CO)
+    offs_ci, mask_ci = channel_block(pid % n_ci_blocks, CI, BLOCK_CI)
     co64 = offs_co.to(tl.int64)
     ci64 = offs_ci.to(tl.int64)
     kh = tap // K

@@ -6,7 +6,7 @@ OH x OW output size, M = OH * OW output pixels of one image, TILES = cdiv(M, BLO
 
 The forward is a GEMM  out[m, co] = sum_{kh, kw, ci} a[src(m, kh, kw), ci] * w[kh, kw, ci, co]
 whose A operand is gathered on the fly: for each tap (kh, kw) the rows of A are the input pixels
-that the BLOCK_M output pixels read (recgen.kernels.conv_index.source_index, which also folds
+that the BLOCK_M output pixels read (recgen.kernels.conv.index.source_index, which also folds
 the upsampling and the reflection), so neither the padded nor the upsampled input is ever
 materialised. One program owns BLOCK_M output pixels of ONE image and BLOCK_CO output channels,
 so its per-channel partial statistics belong to a single (image, channel) pair.
@@ -24,7 +24,7 @@ Activation codes (IN_ACT, OUT_ACT): 0 none, 1 relu, 2 leaky_relu with a runtime 
 import triton
 import triton.language as tl
 
-from recgen.kernels.conv_index import source_index
+from recgen.kernels.conv.index import channel_block, pixel_tile, source_index
 from recgen.kernels.math import activation, mma
 
 
@@ -58,12 +58,8 @@ def _conv2d_fwd_kernel(
     pid_co = tl.program_id(1)
     n = (pid_m // TILES).to(tl.int64)
     tile = pid_m % TILES
-    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < OH * OW
-    oh = offs_m // OW
-    ow = offs_m % OW
-    offs_co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
-    mask_co = offs_co < CO
+    offs_m, mask_m, oh, ow = pixel_tile(tile, OH, OW, BLOCK_M)
+    offs_co, mask_co = channel_block(pid_co, CO, BLOCK_CO)
     ar_ci = tl.arange(0, BLOCK_CI)
     PROLOGUE: tl.constexpr = HAS_IN_SCALE or HAS_IN_SHIFT or IN_ACT != 0
 

@@ -18,13 +18,13 @@ the result is deterministic (no atomics).
 import triton
 import triton.language as tl
 
-from recgen.kernels.math import activation
+from recgen.kernels.math import activation, activation_grad
 
 
 @triton.jit
 def _program_tile(HW, W, C, TILES, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     """This program's image n, pixel tile, pixel rows h / columns w and channels (int64), and
-    the pixel and channel masks."""
+    the channel mask and the [BLOCK_P, BLOCK_C] tile's mask."""
     pid_nt = tl.program_id(0)
     n = (pid_nt // TILES).to(tl.int64)
     tile = pid_nt % TILES
@@ -32,13 +32,34 @@ def _program_tile(HW, W, C, TILES, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr)
     h = (offs_p // W).to(tl.int64)
     w = (offs_p % W).to(tl.int64)
     offs_c = (tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
-    return n, tile, h, w, offs_c, offs_p < HW, offs_c < C
+    mask_c = offs_c < C
+    return n, tile, h, w, offs_c, mask_c, (offs_p < HW)[:, None] & mask_c[None, :]
 
 
 @triton.jit
 def _offsets(n, h, w, offs_c, stride_n, stride_c, stride_h, stride_w):
     """[BLOCK_P, BLOCK_C] element offsets of pixels (h, w) and channels `offs_c` of image n."""
     return n * stride_n + (h * stride_h + w * stride_w)[:, None] + (offs_c * stride_c)[None, :]
+
+
+@triton.jit
+def _load_tile(ptr, n, h, w, offs_c, stride_n, stride_c, stride_h, stride_w, mask, PRESENT: tl.constexpr):
+    """The [BLOCK_P, BLOCK_C] tile of a (N, C, H, W) tensor in float32, zero where not `mask`;
+    0.0 (a placeholder, never read) when not PRESENT."""
+    tile = 0.0
+    if PRESENT:
+        tile = tl.load(ptr + _offsets(n, h, w, offs_c, stride_n, stride_c, stride_h, stride_w), mask=mask,
+                       other=0.0).to(tl.float32)
+    return tile
+
+
+@triton.jit
+def _load_channels(ptr, n, offs_c, stride_n, stride_c, mask_c, PRESENT: tl.constexpr):
+    """Image n's [BLOCK_C] vector of a (N, C) tensor in float32; 0.0 (never read) when not PRESENT."""
+    vec = 0.0
+    if PRESENT:
+        vec = tl.load(ptr + n * stride_n + offs_c * stride_c, mask=mask_c, other=0.0).to(tl.float32)
+    return vec
 
 
 @triton.jit
@@ -71,20 +92,11 @@ def _affine_act_fwd_kernel(
     HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     ACT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    n, tile, h, w, offs_c, mask_p, mask_c = _program_tile(HW, W, C, TILES, BLOCK_P, BLOCK_C)
-    mask = mask_p[:, None] & mask_c[None, :]
-    y_off = _offsets(n, h, w, offs_c, stride_yn, stride_yc, stride_yh, stride_yw)
-    y = tl.load(y_ptr + y_off, mask=mask, other=0.0).to(tl.float32)
-    scale = 0.0  # placeholders for absent terms, never read
-    shift = 0.0
-    res = 0.0
-    if HAS_SCALE:
-        scale = tl.load(scale_ptr + n * stride_sn + offs_c * stride_sc, mask=mask_c, other=0.0).to(tl.float32)
-    if HAS_SHIFT:
-        shift = tl.load(shift_ptr + n * stride_tn + offs_c * stride_tc, mask=mask_c, other=0.0).to(tl.float32)
-    if HAS_RESIDUAL:
-        r_off = _offsets(n, h, w, offs_c, stride_rn, stride_rc, stride_rh, stride_rw)
-        res = tl.load(res_ptr + r_off, mask=mask, other=0.0).to(tl.float32)
+    n, tile, h, w, offs_c, mask_c, mask = _program_tile(HW, W, C, TILES, BLOCK_P, BLOCK_C)
+    y = _load_tile(y_ptr, n, h, w, offs_c, stride_yn, stride_yc, stride_yh, stride_yw, mask, True)
+    scale = _load_channels(scale_ptr, n, offs_c, stride_sn, stride_sc, mask_c, HAS_SCALE)
+    shift = _load_channels(shift_ptr, n, offs_c, stride_tn, stride_tc, mask_c, HAS_SHIFT)
+    res = _load_tile(res_ptr, n, h, w, offs_c, stride_rn, stride_rc, stride_rh, stride_rw, mask, HAS_RESIDUAL)
     z = activation(_pre_activation(y, scale, shift, res, HAS_SCALE, HAS_SHIFT, HAS_RESIDUAL), ACT, slope)
     o_off = _offsets(n, h, w, offs_c, stride_on, stride_oc, stride_oh, stride_ow)
     tl.store(out_ptr + o_off, z.to(out_ptr.dtype.element_ty), mask=mask)
@@ -116,39 +128,22 @@ def _affine_act_bwd_kernel(
     MASK_FROM_Z: tl.constexpr,  # leaky_relu with slope < 0: the sign of out is not that of z
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    n, tile, h, w, offs_c, mask_p, mask_c = _program_tile(HW, W, C, TILES, BLOCK_P, BLOCK_C)
-    mask = mask_p[:, None] & mask_c[None, :]
-    g_off = _offsets(n, h, w, offs_c, stride_gn, stride_gc, stride_gh, stride_gw)
+    n, tile, h, w, offs_c, mask_c, mask = _program_tile(HW, W, C, TILES, BLOCK_P, BLOCK_C)
     # Masked lanes load dout = 0, so they add nothing to the partial sums below.
-    dz = tl.load(dout_ptr + g_off, mask=mask, other=0.0).to(tl.float32)
-    scale = 0.0  # placeholders for absent terms, never read
-    shift = 0.0
-    res = 0.0
-    y = 0.0
-    if HAS_SCALE:
-        scale = tl.load(scale_ptr + n * stride_sn + offs_c * stride_sc, mask=mask_c, other=0.0).to(tl.float32)
-    if HAS_DSCALE or MASK_FROM_Z:
-        y_off = _offsets(n, h, w, offs_c, stride_yn, stride_yc, stride_yh, stride_yw)
-        y = tl.load(y_ptr + y_off, mask=mask, other=0.0).to(tl.float32)
+    dz = _load_tile(dout_ptr, n, h, w, offs_c, stride_gn, stride_gc, stride_gh, stride_gw, mask, True)
+    scale = _load_channels(scale_ptr, n, offs_c, stride_sn, stride_sc, mask_c, HAS_SCALE)
+    y = _load_tile(y_ptr, n, h, w, offs_c, stride_yn, stride_yc, stride_yh, stride_yw, mask, HAS_DSCALE or MASK_FROM_Z)
     if ACT != 0:
         # torch's rule: relu's gradient is zero where its result is <= 0 (so a NaN passes it on);
         # leaky_relu takes the slope where its input is not > 0. For slope >= 0 the sign of the
         # output is that of the input (both give the slope branch at z == 0).
         if MASK_FROM_Z:
-            if HAS_SHIFT:
-                shift = tl.load(shift_ptr + n * stride_tn + offs_c * stride_tc, mask=mask_c,
-                                other=0.0).to(tl.float32)
-            if HAS_RESIDUAL:
-                r_off = _offsets(n, h, w, offs_c, stride_rn, stride_rc, stride_rh, stride_rw)
-                res = tl.load(res_ptr + r_off, mask=mask, other=0.0).to(tl.float32)
+            shift = _load_channels(shift_ptr, n, offs_c, stride_tn, stride_tc, mask_c, HAS_SHIFT)
+            res = _load_tile(res_ptr, n, h, w, offs_c, stride_rn, stride_rc, stride_rh, stride_rw, mask, HAS_RESIDUAL)
             sign_of = _pre_activation(y, scale, shift, res, HAS_SCALE, HAS_SHIFT, HAS_RESIDUAL)
         else:
-            o_off = _offsets(n, h, w, offs_c, stride_on, stride_oc, stride_oh, stride_ow)
-            sign_of = tl.load(out_ptr + o_off, mask=mask, other=0.0).to(tl.float32)
-        if ACT == 1:
-            dz = tl.where(sign_of <= 0.0, 0.0, dz)
-        else:
-            dz = tl.where(sign_of > 0.0, dz, dz * slope)
+            sign_of = _load_tile(out_ptr, n, h, w, offs_c, stride_on, stride_oc, stride_oh, stride_ow, mask, True)
+        dz = activation_grad(dz, sign_of, ACT, slope)
     d_off = _offsets(n, h, w, offs_c, stride_dn, stride_dc, stride_dh, stride_dw)
     if HAS_DY:
         if HAS_SCALE:

@@ -5,10 +5,26 @@ q = o * STRIDE + k - PAD of the padded, optionally 2x-upsampled input of length 
 Zero padding: valid iff 0 <= q < L. Reflection: q < 0 -> -q, q >= L -> 2(L-1) - q (always
 valid; the launcher checks PAD < L as torch does). Upsampling: the stored input index is q // 2.
 The upsampled tensor is never materialised. target_index is the inverse (for the data gradient).
+pixel_tile and channel_block are the programs' tiles of positions and channels.
 """
 
 import triton
 import triton.language as tl
+
+
+@triton.jit
+def pixel_tile(tile, ROWS, COLS, BLOCK: tl.constexpr):
+    """Positions tile * BLOCK + [0, BLOCK) of a ROWS x COLS image (row-major): (offsets, mask,
+    row, column)."""
+    offs = tile * BLOCK + tl.arange(0, BLOCK)
+    return offs, offs < ROWS * COLS, offs // COLS, offs % COLS
+
+
+@triton.jit
+def channel_block(block, C, BLOCK: tl.constexpr):
+    """Channels block * BLOCK + [0, BLOCK) of C: (offsets, mask)."""
+    offs = block * BLOCK + tl.arange(0, BLOCK)
+    return offs, offs < C
 
 
 @triton.jit
