@@ -600,3 +600,18 @@ def test_dense_convert_leaves_other_linears_alone():
     assert recgen.convert(single) is single and type(single) is nn.Linear
     swapped = recgen.convert(single, linear=True)
     assert type(swapped) is recgen.nn.Linear and swapped.weight is single.weight and swapped.activation is None
+
+
+def test_dense_dots_follow_torchs_matmul_flag(monkeypatch, device):
+    """Every dense launch takes its dot precision from torch's matmul flag, as nn.Linear (TF32 for
+    float32 exactly when torch.backends.cuda.matmul allows it; the interpreter is exact float32)."""
+    import recgen.ops.dense.linear as dense_ops
+
+    seen = []
+    real = dense_ops.dot_flags
+    monkeypatch.setattr(dense_ops, "dot_flags", lambda dtype, op: seen.append(op) or real(dtype, op))
+    x = torch.randn(3, 5, device=device, requires_grad=True)
+    layer = recgen.nn.Linear(5, 4, activation="sigmoid").to(device)
+    with backend("triton"):
+        layer(x).sum().backward()
+    assert seen == ["matmul"] * 3
