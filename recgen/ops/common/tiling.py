@@ -568,8 +568,8 @@ def dense_bwd_weight_config(M: int, I: int, O: int, weight_grad: bool = True) ->
     """Blocks and reduction split of the weight gradient dW = dz^T @ x (and of d bias / d residual,
     which its first column of programs writes): a tile of up to 64 x 64 (O x I), the rows reduced
     in chunks of up to 64, split into slices as conv_bwd_config splits its reduction. Without dW
-    (only d bias or d residual wanted) there is one program along I, and the whole I extent is
-    not tiled. Or the forced `dense` blocks and `dense_split`."""
+    (only d bias or d residual wanted) there is one program along I and no GEMM runs. Or the
+    forced `dense` blocks and `dense_split`."""
     if _FORCED["dense"] is not None:
         block_m, block_i, block_o = _FORCED["dense"]
     else:
