@@ -7,11 +7,16 @@ read from the cubins, recgen/aot.py), and every launch is recorded instead of ru
 says what the launchers would launch on the GPU machine with this Triton, by the same rule.
 
     python bench/config_resources.py --out DIR [--grid bench|check|quick ...] [--workers N]
+    python bench/config_resources.py --fold-into TABLE.json --grid check --match "check dense"
     python bench/config_resources.py --merge DIR/configs-triton3.9.json DIR/configs-triton3.6.json --out DIR
 
 The first form writes configs-triton<version>.json (every grid point's launches and decisions,
 and every compiled kernel's resources: the table tests/test_config_table.py checks the rule
-against) and .md. The second writes configs-sm90.md: per grid point and launch, the choice and
+against) and .md. --fold-into captures only the points of --grid / --match (a partial capture:
+a new op's check line, say) and puts them into an existing table of the same Triton version in
+place of its entries for those points, keeping every other point, in the grid's order; it
+rewrites the table's .json and .md and names each folded launch that spills. The third writes
+configs-sm90.md: per grid point and launch, the choice and
 its registers / spilled bytes / shared memory under each Triton version side by side.
 The persistent mode is captured on and off (RECGEN_PERSISTENT) for the recurrent bench grid.
 
@@ -364,6 +369,66 @@ def quoted_markdown(reports: list) -> str:
     return "\n".join(lines) + "\n"
 
 
+def capture_report(todo: list, workers: int) -> dict:
+    """Capture the points `todo` in `workers` processes: the report a table is made of."""
+    os.environ.pop("TRITON_INTERPRET", None)
+    import triton
+
+    chunks = [todo[i::workers] for i in range(min(workers, len(todo)))]
+    start = time.perf_counter()
+    report = {"target": "sm_90 (H200), compiled without a GPU", "triton": triton.__version__,
+              "date": datetime.date.today().isoformat(), "points": [], "launches": [], "decisions": [],
+              "compiled": []}
+    with concurrent.futures.ProcessPoolExecutor(len(chunks), mp_context=multiprocessing.get_context("spawn")) as pool:
+        for part in pool.map(capture_points, chunks):
+            for key in ("points", "launches", "decisions"):
+                report[key] += part[key]
+            report["compiled"] += part["compiled"]
+    unique = {json.dumps(e["identity"]): e for e in report["compiled"]}
+    report["compiled"] = sorted(unique.values(), key=lambda e: json.dumps(e["identity"]))
+    order = {label: i for i, (label, _, _) in enumerate(todo)}
+    for key in ("points", "launches", "decisions"):
+        report[key].sort(key=lambda e: order[_point_label(e["label"])])
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    report["choices"] = persistent_choices(report)
+    return report
+
+
+def _table_grids(table: dict) -> tuple:
+    """The grids a table's points come from, read off their labels ('check ...', 'bench ...',
+    'session ...'; --quick's points are labelled as the bench points they are)."""
+    firsts = {e["label"].split()[0] for e in table["points"]}
+    return tuple(grid for grid in ("check", "bench", "session") if grid in firsts)
+
+
+def fold(table: dict, part: dict) -> dict:
+    """`table` with the points `part` captured replaced by part's entries (launches, decisions,
+    points) and part's compiled kernels added, everything in the order of the table's grids
+    (points()). Both must come from the same Triton version."""
+    if table["triton"] != part["triton"]:
+        raise SystemExit(f"cannot fold a Triton {part['triton']} capture into a Triton {table['triton']} table")
+    folded = {e["label"] for e in part["points"]}
+    order = {label: i for i, (label, _, _) in enumerate(points(_table_grids(table) or ("check", "bench")))}
+    merged = dict(table)
+    for key in ("points", "launches", "decisions"):
+        kept = [e for e in table[key] if _point_label(e["label"]) not in folded]
+        merged[key] = sorted(kept + part[key], key=lambda e: order.get(_point_label(e["label"]), len(order)))
+    compiled = {json.dumps(e["identity"]): e for e in part["compiled"]}
+    compiled.update({json.dumps(e["identity"]): e for e in table["compiled"]})  # the table's own stay as recorded
+    merged["compiled"] = sorted(compiled.values(), key=lambda e: json.dumps(e["identity"]))
+    merged["seconds"] = round(table.get("seconds", 0.0) + part["seconds"], 1)
+    merged["folded"] = table.get("folded", []) + [{"date": part["date"], "points": sorted(folded),
+                                                   "seconds": part["seconds"]}]
+    merged["choices"] = persistent_choices(merged)
+    return merged
+
+
+def spilling_launches(report: dict, labels) -> list:
+    """The chosen launches of the points `labels` whose compiled kernel spills (or does not load)."""
+    return [row for row in _chosen_rows(report) if _point_label(row["label"]) in labels
+            and (row["resources"] is None or row["resources"]["spilled_bytes"])]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", action="append", choices=GRIDS)
@@ -374,6 +439,8 @@ def main(argv=None) -> int:
     parser.add_argument("--recompile", help="a configs-triton*.json table: check its launches for new spills")
     parser.add_argument("--prewarm", help="a configs-triton*.json table: compile all its kernels in parallel")
     parser.add_argument("--estimate", help="a 'session' capture: its compile-time estimate per gpu_session stage")
+    parser.add_argument("--fold-into", metavar="TABLE",
+                        help="a configs-triton*.json table: capture the --grid / --match points and put them into it")
     parser.add_argument("--out")
     args = parser.parse_args(argv)
     if args.replay:
@@ -393,6 +460,23 @@ def main(argv=None) -> int:
         count = prewarm(_load(args.prewarm), args.workers)
         print(f"prewarmed {count} kernels with {args.workers} workers in {time.perf_counter() - start:.1f} s")
         return 0
+    if args.fold_into:
+        todo = [p for p in points(args.grid or ("check",)) if not args.match or args.match in p[0]]
+        if not todo:
+            parser.error("no grid point matches --grid / --match")
+        part = capture_report(todo, args.workers)
+        table = fold(_load(args.fold_into), part)
+        with open(args.fold_into, "w") as f:
+            f.write(json.dumps(table, indent=0))
+        markdown = args.fold_into.removesuffix(".json") + ".md"
+        with open(markdown, "w") as f:
+            f.write(to_markdown(table))
+        print(f"folded {len(todo)} grid points ({len(part['launches'])} launches, {len(part['compiled'])} kernels "
+              f"compiled, {part['seconds']} s) into {args.fold_into} and {markdown}")
+        spilled = spilling_launches(table, {label for label, _, _ in todo})
+        print("\n".join(f"spills: {row['label']} {row['name']} {row['tiles']}: {_resources_text(row['resources'])}"
+                        for row in spilled) or "no folded launch spills")
+        return 1 if spilled else 0
     if not args.out:
         parser.error("--out is required to capture or merge")
     os.makedirs(args.out, exist_ok=True)
@@ -407,28 +491,9 @@ def main(argv=None) -> int:
                 f.write(text)
             print(f"wrote {path}")
         return 0
-    os.environ.pop("TRITON_INTERPRET", None)
-    import triton
-
     todo = [p for p in points(args.grid or ("check", "bench")) if not args.match or args.match in p[0]]
-    chunks = [todo[i::args.workers] for i in range(min(args.workers, len(todo)))]
-    start = time.perf_counter()
-    report = {"target": "sm_90 (H200), compiled without a GPU", "triton": triton.__version__,
-              "date": datetime.date.today().isoformat(), "points": [], "launches": [], "decisions": [],
-              "compiled": []}
-    with concurrent.futures.ProcessPoolExecutor(len(chunks), mp_context=multiprocessing.get_context("spawn")) as pool:
-        for part in pool.map(capture_points, chunks):
-            for key in ("points", "launches", "decisions"):
-                report[key] += part[key]
-            report["compiled"] += part["compiled"]
-    unique = {json.dumps(e["identity"]): e for e in report["compiled"]}
-    report["compiled"] = sorted(unique.values(), key=lambda e: json.dumps(e["identity"]))
-    order = {label: i for i, (label, _, _) in enumerate(todo)}
-    for key in ("points", "launches", "decisions"):
-        report[key].sort(key=lambda e: order[_point_label(e["label"])])
-    report["seconds"] = round(time.perf_counter() - start, 1)
-    report["choices"] = persistent_choices(report)
-    name = f"configs-triton{triton.__version__}"
+    report = capture_report(todo, args.workers)
+    name = f"configs-triton{report['triton']}"
     for suffix, text in ((".json", json.dumps(report, indent=0)), (".md", to_markdown(report))):
         with open(os.path.join(args.out, name + suffix), "w") as f:
             f.write(text)

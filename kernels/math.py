@@ -40,11 +40,16 @@ def mma(a, b, DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr):
 
 @triton.jit
 def activation(x, ACT: tl.constexpr, slope):
-    """ACT 0: identity, 1: relu, 2: leaky_relu(slope), on float32 values (codes: ops/_launch.ACT_CODES)."""
+    """ACT 0: identity, 1: relu, 2: leaky_relu(slope), 3: tanh, 4: sigmoid, on float32 values
+    (codes: recgen/ops/common/launch.py, ACT_CODES for the conv family's 0-2, DENSE_ACT_CODES)."""
     if ACT == 1:
         x = tl.where(x < 0.0, 0.0, x)  # relu(NaN) = NaN, as torch (tl.maximum would give 0)
     elif ACT == 2:
         x = tl.where(x > 0.0, x, x * slope)
+    elif ACT == 3:
+        x = tanh(x)
+    elif ACT == 4:
+        x = sigmoid(x)
     return x
 
 
@@ -56,4 +61,21 @@ def activation_grad(grad, pre, ACT: tl.constexpr, slope):
         grad = tl.where(pre <= 0.0, 0.0, grad)
     elif ACT == 2:
         grad = tl.where(pre > 0.0, grad, grad * slope)
+    return grad
+
+
+@triton.jit
+def activation_grad_from_output(grad, out, ACT: tl.constexpr, slope):
+    """grad * act'(z) from the activation's OUTPUT out = act(z), as torch's backward formulas
+    (the pre-activation z is never kept): relu's is zero where out <= 0 (a NaN passes grad on),
+    leaky_relu (slope >= 0: out has z's sign) takes the slope where not out > 0, tanh's is
+    1 - out^2, sigmoid's out * (1 - out). ACT 0 passes grad unchanged."""
+    if ACT == 1:
+        grad = tl.where(out <= 0.0, 0.0, grad)
+    elif ACT == 2:
+        grad = tl.where(out > 0.0, grad, grad * slope)
+    elif ACT == 3:
+        grad = grad * (1.0 - out * out)
+    elif ACT == 4:
+        grad = grad * (out * (1.0 - out))
     return grad

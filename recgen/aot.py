@@ -24,6 +24,7 @@ import tempfile
 # Pointers that carry the I/O dtype (the rest are float32 state or saved tensors, or int32).
 IO_POINTERS = {"xw_ptr", "y_ptr", "dy_ptr", "w_hh_ptr", "w_hr_ptr", "h_prev_ptr", "b_hh_ptr"}
 INT_POINTERS = {"lengths_ptr", "counter_ptr"}
+INT8_POINTERS = {"sign_ptr"}  # the dense kernels' sign bits of z
 FLOAT_SCALARS = {"in_slope", "out_slope", "slope"}
 
 # Per-SM limits of compute capability 9.0 (H100/H200): NVIDIA, Hopper tuning guide, section 1.4.1
@@ -43,6 +44,8 @@ def signature(fn, values: dict, io: str, io_pointers=IO_POINTERS, state_pointers
             constexprs[(fn.arg_names.index(p.name),)] = values[p.name]
         elif p.name in INT_POINTERS:
             sig[p.name] = "*i32"
+        elif p.name in INT8_POINTERS:
+            sig[p.name] = "*i8"
         elif p.name.endswith("_ptr"):
             sig[p.name] = f"*{io}" if p.name in io_pointers or p.name in state_pointers else "*fp32"
         elif p.name in FLOAT_SCALARS:
@@ -179,7 +182,8 @@ def identity_resources(fn, kernel_identity: tuple, arch: int = 90):
 
 
 KERNEL_MODULES = ("recurrent.lstm", "recurrent.gru", "recurrent.rnn", "recurrent.lstm_persistent",
-                  "recurrent.gru_persistent", "recurrent.rnn_persistent", "conv.fwd", "conv.bwd", "conv.affine")
+                  "recurrent.gru_persistent", "recurrent.rnn_persistent", "conv.fwd", "conv.bwd", "conv.affine",
+                  "dense.linear")
 
 
 def kernel_named(name: str):

@@ -1,6 +1,7 @@
 """`recgen check`: every kernel against its reference on this machine's device: the recurrences
-(outputs and all gradients), the fused convolution (forward and backward) and residual blocks
-(outputs, running statistics and all gradients, train and eval).
+(outputs and all gradients), the fused convolution (forward and backward), residual blocks
+(outputs, running statistics and all gradients, train and eval) and the dense layer (output and
+every gradient, each activation).
 
 On a machine without CUDA the kernels run on the CPU under Triton's interpreter (slow, so
 the grid is small). One line per op and dtype; exit status 1 on any failure.
@@ -29,6 +30,17 @@ CONV_CASES = [
 # Residual blocks: (ResidualBlock kwargs, in_channels, train).
 BLOCK_CASES = [(dict(norm="batch"), 3, True), (dict(norm="batch", out_channels=5, stride=2), 3, False),
                (dict(norm="instance", padding_mode="reflect", upsample=True, out_channels=4), 5, True)]
+# Dense layer: (leading dims, I, O, activation, negative_slope, bias, residual): B=1, odd I and O,
+# a 3-D input, every activation (leaky_relu with a negative slope: the sign-bit path), with and
+# without bias and residual; O = 70 and I = 40 take two output and input tiles.
+DENSE_CASES = [
+    ((3,), 7, 5, "relu", 0.01, True, True),
+    ((1,), 5, 3, "tanh", 0.01, False, False),
+    ((2, 3), 9, 6, "sigmoid", 0.01, True, True),
+    ((5,), 6, 7, "leaky_relu", -0.3, True, False),
+    ((4,), 40, 70, "leaky_relu", 0.2, False, True),
+    ((2,), 5, 4, "none", 0.01, True, False),
+]
 # In half precision a value within rounding of a ReLU kink may land on the other side than in
 # float64, and its whole gradient moves (then BatchNorm's backward spreads it to every input):
 # a real rounding effect, not an error of the kernels. Half-precision blocks are therefore
@@ -71,6 +83,12 @@ def _block_errors(dtype, device):
         yield compare_block(block, torch.randn(2, cin, 7, 6), train, dtype, device, seed=k)
 
 
+def _dense_errors(dtype, device):
+    from recgen.testing import compare_dense
+    for k, (lead, I, O, act, slope, bias, residual) in enumerate(DENSE_CASES):
+        yield compare_dense(lead, I, O, act, slope, bias, residual, dtype, device, seed=k)
+
+
 # Recurrence modes `recgen check --mode` can force (recgen.ops.common.tiling.forced_tiles); 'auto' is
 # the launchers' own rule (resident at these sizes). Streamed tiles are forced at tl.dot's
 # minimum width, so that the small shapes still take several tiles per step.
@@ -104,7 +122,7 @@ def checks(modes=("auto",)):
                 continue
             errors_of = _in_mode(mode, lambda dt, dev, c=cell, p=proj: _recurrent_errors(c, p, dt, dev))
             ops.append((label if mode == "auto" else f"{label}[{mode}]", errors_of))
-    return ops + [("fused_conv", _conv_errors), ("res_block", _block_errors)]
+    return ops + [("fused_conv", _conv_errors), ("res_block", _block_errors), ("dense", _dense_errors)]
 
 
 def run_check(dtypes=None, out=None, modes=("auto",)) -> bool:

@@ -145,6 +145,35 @@ def compare_fused_conv(x_shape, co, k, kwargs, present, dtype=torch.float32, dev
     return _errors_of({names[i]: p for i, p in enumerate(zip(out_t, out_r))}, tri, ref)
 
 
+def compare_dense(lead: tuple, I: int, O: int, activation: str = "none", negative_slope: float = 0.01,
+                  bias: bool = True, residual: bool = False, dtype=torch.float32, device="cpu", seed=0) -> dict:
+    """recgen's linear_act (Triton, with autograd) vs the float64 reference
+    (recgen.reference.dense.linear_act) on the same dtype-rounded inputs: errors of the output
+    and of the gradients of x (shape (*lead, I)), weight (O, I), bias and residual (*lead, O)."""
+    from recgen.functional import linear_act
+    from recgen.reference.dense import linear_act as reference_linear_act
+
+    gen = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return ((torch.rand(*shape, generator=gen, dtype=torch.float64) * 2 - 1) * scale).to(dtype)
+
+    k = I ** -0.5  # nn.Linear's init range
+    made = {"x": rnd(*lead, I, scale=2.0), "weight": rnd(O, I, scale=k), "bias": rnd(O, scale=k) if bias else None,
+            "residual": rnd(*lead, O) if residual else None}
+    inputs = {n: v for n, v in made.items() if v is not None}
+    tri = {n: v.detach().clone().to(device).requires_grad_() for n, v in inputs.items()}
+    ref = {n: v.to(torch.float64).requires_grad_() for n, v in inputs.items()}
+    kwargs = dict(activation=activation, negative_slope=negative_slope)
+    with backend("triton"):
+        out_t = linear_act(tri["x"], tri["weight"], tri.get("bias"), residual=tri.get("residual"), **kwargs)
+    out_r = reference_linear_act(ref["x"], ref["weight"], ref.get("bias"), residual=ref.get("residual"), **kwargs)
+    grad = torch.rand(out_r.shape, generator=gen, dtype=torch.float64) - 0.5
+    out_t.backward(grad.to(out_t.device, out_t.dtype))
+    out_r.backward(grad)
+    return _errors_of({"out": (out_t, out_r)}, tri, ref)
+
+
 def randomise_norms(block: torch.nn.Module) -> None:
     """Non-trivial running statistics and affine parameters, so eval-mode folding is exercised."""
     with torch.no_grad():

@@ -23,7 +23,8 @@ DEVICE = "cuda" if CUDA else "cpu"
 # Words in a test's file, name or id that put it in an op family: `pytest -k FAMILY` selects
 # every test of that family, whatever concern its file is grouped by.
 FAMILY_WORDS = {"lstm": ("lstm",), "gru": ("gru",), "rnn": ("rnn", "elman"),
-                "residual": ("residual", "block", "conv", "affine", "res_gan", "res-gan", "resnet")}
+                "residual": ("residual", "block", "conv", "affine", "res_gan", "res-gan", "resnet"),
+                "dense": ("dense", "linear_act")}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -17,7 +17,7 @@ def test_check_passes_and_prints_one_line_per_op_and_dtype(capsys):
     assert main(["check", "--dtype", "fp32"]) == 0
     lines = capsys.readouterr().out.splitlines()
     ops = [ln.split()[0] for ln in lines if ln.endswith("s") and " fp32 " in ln]
-    assert ops == ["lstm", "lstm_proj", "gru", "rnn_tanh", "rnn_relu", "fused_conv", "res_block"]
+    assert ops == ["lstm", "lstm_proj", "gru", "rnn_tanh", "rnn_relu", "fused_conv", "res_block", "dense"]
     assert all("PASS" in ln for ln in lines if " fp32 " in ln)
     assert lines[-1] == "all ops passed"
     # Each line says which implementation ran, and that it launched kernels.

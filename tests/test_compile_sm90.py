@@ -89,6 +89,37 @@ if module == "conv.bwd":
                                        HAS_IN_SHIFT=False, IN_ACT=0, DOT_FP32=False, INPUT_PRECISION="ieee",
                                        BLOCK_P=16, BLOCK_CI=16, BLOCK_CO=16, BLOCK_R=16)),
     ]
+if module == "dense.linear":
+    dense_io = {"x_ptr", "w_ptr", "b_ptr", "res_ptr", "out_ptr", "dout_ptr", "dx_ptr", "dres_ptr"}
+    io_pointers = dense_io
+    if name == "_linear_fwd_kernel":
+        flags = dict(HAS_BIAS=True, HAS_RESIDUAL=True, ACT=3, SAVE_SIGN=False, BLOCK_M=128, BLOCK_I=32, BLOCK_O=64)
+        variants = [
+            ("tanh-fp32-tf32", "fp32", dict(DOT_FP32=True, INPUT_PRECISION="tf32")),
+            ("leaky-sign-bf16", "bf16", dict(ACT=2, SAVE_SIGN=True, DOT_FP32=False, INPUT_PRECISION="ieee")),
+            # No bias, no residual, no activation, tl.dot's smallest tiles.
+            ("plain-fp16", "fp16", dict(HAS_BIAS=False, HAS_RESIDUAL=False, ACT=0, DOT_FP32=False,
+                                        INPUT_PRECISION="ieee", BLOCK_M=16, BLOCK_I=16, BLOCK_O=16)),
+        ]
+    elif name == "_linear_bwd_data_kernel":
+        flags = dict(ACT=4, USE_SIGN=False, BLOCK_M=128, BLOCK_I=64, BLOCK_O=32)
+        variants = [
+            ("sigmoid-fp32-tf32", "fp32", dict(DOT_FP32=True, INPUT_PRECISION="tf32")),
+            ("leaky-sign-bf16", "bf16", dict(ACT=2, USE_SIGN=True, DOT_FP32=False, INPUT_PRECISION="ieee")),
+            ("plain-fp16", "fp16", dict(ACT=0, DOT_FP32=False, INPUT_PRECISION="ieee", BLOCK_M=16, BLOCK_I=16,
+                                        BLOCK_O=16)),
+        ]
+    else:
+        flags = dict(ACT=3, USE_SIGN=False, HAS_DW=True, HAS_DB=True, HAS_DRES=True, BLOCK_O=64, BLOCK_I=64,
+                     BLOCK_M=64)
+        variants = [
+            ("tanh-all-fp32-tf32", "fp32", dict(DOT_FP32=True, INPUT_PRECISION="tf32")),
+            # No dW (d residual alone), through the sign bits; then dW alone, relu, tl.dot's smallest tiles.
+            ("leaky-sign-dres-bf16", "bf16", dict(ACT=2, USE_SIGN=True, HAS_DW=False, HAS_DB=False,
+                                                  DOT_FP32=False, INPUT_PRECISION="ieee")),
+            ("relu-dw-fp16", "fp16", dict(ACT=1, HAS_DB=False, HAS_DRES=False, DOT_FP32=False,
+                                          INPUT_PRECISION="ieee", BLOCK_O=16, BLOCK_I=16, BLOCK_M=16)),
+        ]
 for variant, io, overrides in variants:
     extra = {"io_pointers": io_pointers} if io_pointers else {}
     compiled = compile_kernel(fn, {**flags, **overrides}, io, num_stages=stages, state_pointers=state_pointers,
@@ -107,7 +138,9 @@ KERNELS = [("recurrent.lstm", "_lstm_fwd_kernel"), ("recurrent.lstm", "_lstm_bwd
            ("recurrent.rnn_persistent", "_rnn_bwd_persistent_kernel"),
            ("conv.fwd", "_conv2d_fwd_kernel"), ("conv.bwd", "_conv2d_bwd_data_kernel"),
            ("conv.bwd", "_conv2d_bwd_weight_kernel"), ("conv.affine", "_affine_act_fwd_kernel"),
-           ("conv.affine", "_affine_act_bwd_kernel")]
+           ("conv.affine", "_affine_act_bwd_kernel"),
+           ("dense.linear", "_linear_fwd_kernel"), ("dense.linear", "_linear_bwd_data_kernel"),
+           ("dense.linear", "_linear_bwd_weight_kernel")]
 
 
 @pytest.mark.parametrize("module,name", KERNELS, ids=[k[1] for k in KERNELS])

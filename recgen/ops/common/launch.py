@@ -18,8 +18,10 @@ LAUNCH_COUNTS: Counter = Counter()
 POISON = {"on": False}
 
 
-# The kernels' activation codes (constexpr IN_ACT / OUT_ACT / ACT), kernels/math.py:activation.
+# The kernels' activation codes (constexpr IN_ACT / OUT_ACT / ACT), kernels/math.py:activation:
+# the conv family's (its kernels' backward knows these three), and the dense family's.
 ACT_CODES = {"none": 0, "relu": 1, "leaky_relu": 2}
+DENSE_ACT_CODES = {**ACT_CODES, "tanh": 3, "sigmoid": 4}
 
 
 def new_output(shape, dtype, device) -> torch.Tensor:

@@ -257,7 +257,8 @@ def launch_chosen(name: str, kernel, candidates: tuple, grid: tuple, **args) -> 
 
 MODES = ("resident", "streamed", "persistent")  # recurrence kernel modes (recgen/ops/recurrent/modes.py)
 _FORCED: dict = {"mode": None, "stream_block": None, "groups": 0, "columns": 0, "conv": None,
-                 "conv_bwd_split": None, "conv_bwd_channel_block": None, "affine": None}
+                 "conv_bwd_split": None, "conv_bwd_channel_block": None, "affine": None, "dense": None,
+                 "dense_split": None}
 
 
 def forced(name: str):
@@ -272,13 +273,17 @@ def _check_power_of_two(name: str, value, minimum: int = 1) -> None:
 
 def forced_tiles(*, mode: str | None = None, stream_block: int | None = None, groups: int = 0,
                  columns: int = 0, conv: tuple | None = None, conv_bwd_split: int | None = None,
-                 conv_bwd_channel_block: int | None = None, affine: tuple | None = None):
+                 conv_bwd_channel_block: int | None = None, affine: tuple | None = None,
+                 dense: tuple | None = None, dense_split: int | None = None):
     """For a with block, pin tiles the rules below would choose (tests and benchmarks): a
     recurrence `mode` (and the streamed width `stream_block`, at most `groups` persistent program
     groups per direction, `columns` hidden units per persistent program); the conv forward's
     `conv` = (BLOCK_M, BLOCK_CI, BLOCK_CO[, num_warps]), which it then runs with exactly; the conv
     backward's weight-gradient split and channel-block cap; the affine kernels' `affine` =
-    (BLOCK_P, BLOCK_C). Settings left out keep the rule's choice."""
+    (BLOCK_P, BLOCK_C); the dense kernels' `dense` = (BLOCK_M, BLOCK_I, BLOCK_O), the blocks of
+    rows, input and output features of all three (each at every warps/stages candidate), and
+    `dense_split`, the weight gradient's number of row slices. Settings left out keep the rule's
+    choice."""
     if mode is not None and mode not in MODES:
         raise ValueError(f"unknown recurrence mode {mode!r}; expected one of {MODES}")
     _check_power_of_two("stream_block", stream_block, MIN_DOT)
@@ -296,8 +301,17 @@ def forced_tiles(*, mode: str | None = None, stream_block: int | None = None, gr
     if affine is not None:
         for name, block in zip(("block_p", "block_c"), affine):
             _check_power_of_two(name, block)
+    if dense is not None:
+        if len(dense) != 3:
+            raise ValueError(f"dense must be (block_m, block_i, block_o), got {dense!r}")
+        for name, block in zip(("block_m", "block_i", "block_o"), dense):
+            _check_power_of_two(name, block, MIN_DOT)
+        dense = tuple(dense)
+    if dense_split is not None and dense_split < 1:
+        raise ValueError(f"dense_split must be >= 1, got {dense_split}")
     settings = dict(mode=mode, stream_block=stream_block, groups=groups, columns=columns, conv=conv,
-                    conv_bwd_split=conv_bwd_split, conv_bwd_channel_block=conv_bwd_channel_block, affine=affine)
+                    conv_bwd_split=conv_bwd_split, conv_bwd_channel_block=conv_bwd_channel_block, affine=affine,
+                    dense=dense, dense_split=dense_split)
 
     @contextlib.contextmanager
     def pinned():
@@ -482,3 +496,89 @@ def affine_blocks(C: int, HW: int) -> tuple:
 def affine_tiles(C: int, HW: int) -> tuple:
     block_p, block_c = affine_blocks(C, HW)
     return tile_candidates("affine", BLOCK_P=block_p, BLOCK_C=block_c)
+
+
+# -- dense layers (recgen/ops/dense/linear.py) --
+# The forward's tile is rows x output features, reduced over the input features: the conv
+# forward's reasoning and caps (a 128 x 64 float32 accumulator with its 128 x 32 and 32 x 64
+# operand tiles fits one Hopper SM's registers and shared memory with pipelining; small
+# dimensions are padded only to tl.dot's 16). The backward's tiles are rows x input features
+# (data gradient, reduced over the output features) and output x input features (weight
+# gradient, reduced over the rows), each capped at 128 x 64 / 64 x 64 with 32- and 64-wide
+# reduction chunks. The weight gradient splits its reduction over M as the conv weight gradient
+# does (conv_bwd_config): about TARGET_PROGRAMS programs, never slices shorter than
+# MIN_CHUNKS_PER_SPLIT chunks, summed by torch in a fixed order (deterministic).
+DENSE_MAX_ROWS = 128     # BLOCK_M of the forward and the data gradient
+DENSE_MAX_COLUMNS = 64   # BLOCK_O of the forward, BLOCK_I of the data gradient, both of the weight gradient's tile
+DENSE_MAX_CHUNK = 32     # the reduction chunk of the forward (BLOCK_I) and data gradient (BLOCK_O)
+DENSE_MAX_ROW_CHUNK = 64  # the weight gradient's reduction chunk over the rows (BLOCK_M)
+
+
+def _dense_warps(rows: int, columns: int) -> int:
+    """8 warps first for a full 128 x 64 tile (as the conv rule), 4 otherwise."""
+    return 8 if rows * columns >= DENSE_MAX_ROWS * DENSE_MAX_COLUMNS else 4
+
+
+def dense_blocks(M: int, I: int, O: int) -> tuple:
+    """(BLOCK_M, BLOCK_I, BLOCK_O, num_warps) of the dense forward: each block the next power of
+    two of its dimension, at least 16 (tl.dot), capped at 128 rows, 32 input features per
+    chunk, 64 output features; or the forced `dense` blocks."""
+    if _FORCED["dense"] is not None:
+        block_m, block_i, block_o = _FORCED["dense"]
+    else:
+        block_m, block_i, block_o = padded(M, DENSE_MAX_ROWS), padded(I, DENSE_MAX_CHUNK), padded(O, DENSE_MAX_COLUMNS)
+    return block_m, block_i, block_o, _dense_warps(block_m, block_o)
+
+
+def dense_tiles(M: int, I: int, O: int) -> tuple:
+    """The dense forward's candidates: dense_blocks() at every (warps, stages) pair, its own
+    warps first."""
+    block_m, block_i, block_o, warps = dense_blocks(M, I, O)
+    return tile_candidates("dense", warps, BLOCK_M=block_m, BLOCK_I=block_i, BLOCK_O=block_o)
+
+
+def dense_bwd_data_blocks(M: int, I: int, O: int) -> tuple:
+    """(BLOCK_M, BLOCK_I, BLOCK_O, num_warps) of the data gradient dx = dz @ W: a tile of up to
+    128 rows x 64 input features, reduced over the output features in chunks of up to 32."""
+    if _FORCED["dense"] is not None:
+        block_m, block_i, block_o = _FORCED["dense"]
+    else:
+        block_m, block_i, block_o = padded(M, DENSE_MAX_ROWS), padded(I, DENSE_MAX_COLUMNS), padded(O, DENSE_MAX_CHUNK)
+    return block_m, block_i, block_o, _dense_warps(block_m, block_i)
+
+
+def dense_bwd_data_tiles(M: int, I: int, O: int) -> tuple:
+    block_m, block_i, block_o, warps = dense_bwd_data_blocks(M, I, O)
+    return tile_candidates("dense_bwd_data", warps, BLOCK_M=block_m, BLOCK_I=block_i, BLOCK_O=block_o)
+
+
+@dataclass(frozen=True)
+class DenseBwdWeightConfig:
+    block_o: int      # output features per program
+    block_i: int      # input features per program (1 tile along I when dW is not wanted)
+    block_m: int      # rows per step of the reduction loop
+    split: int        # programs along the reduction over M
+    m_per_split: int  # rows per split, a multiple of block_m
+
+    def tiles(self) -> tuple:
+        return tile_candidates("dense_bwd_weight", BLOCK_O=self.block_o, BLOCK_I=self.block_i, BLOCK_M=self.block_m)
+
+
+def dense_bwd_weight_config(M: int, I: int, O: int, weight_grad: bool = True) -> DenseBwdWeightConfig:
+    """Blocks and reduction split of the weight gradient dW = dz^T @ x (and of d bias / d residual,
+    which its first column of programs writes): a tile of up to 64 x 64 (O x I), the rows reduced
+    in chunks of up to 64, split into slices as conv_bwd_config splits its reduction. Without dW
+    (only d bias or d residual wanted) there is one program along I and no GEMM runs. Or the
+    forced `dense` blocks and `dense_split`."""
+    if _FORCED["dense"] is not None:
+        block_m, block_i, block_o = _FORCED["dense"]
+    else:
+        block_o, block_i = padded(O, DENSE_MAX_COLUMNS), padded(I, DENSE_MAX_COLUMNS)
+        block_m = padded(M, DENSE_MAX_ROW_CHUNK)
+    chunks = _cdiv(M, block_m)
+    tiles = _cdiv(O, block_o) * (_cdiv(I, block_i) if weight_grad else 1)
+    split = _FORCED["dense_split"] or min(_cdiv(TARGET_PROGRAMS, max(tiles, 1)), chunks // MIN_CHUNKS_PER_SPLIT)
+    split = max(1, min(split, chunks))
+    per_split = _cdiv(max(chunks, 1), split)
+    split = _cdiv(max(chunks, 1), per_split)
+    return DenseBwdWeightConfig(block_o, block_i, block_m, split, per_split * block_m)
