@@ -1,3 +1,3 @@
-"""Residual conv block kernels, installed as `recgen.kernels.conv.fwd`: the fused convolution's forward
+"""Residual conv block kernels, installed as `recgen.kernels.conv`: the fused convolution's forward
 (fwd.py) and backward (bwd.py) on the index arithmetic of index.py, and the affine + activation pass
 (affine.py). Launchers are in recgen/ops."""
