@@ -1,4 +1,4 @@
-"""pytest-benchmark suite of recgen (the grid lives in recgen/tools/benchmark.py).
+"""pytest-benchmark suite of recgen (the grids live in recgen/tools/grids.py).
 
     python -m pytest bench --benchmark-json=out.json          # the quick grid on this device
     RECGEN_BENCH_FULL=1 python -m pytest bench                # the standard grid (GPU: long)
@@ -17,7 +17,8 @@ CUDA = torch.cuda.is_available()
 if not CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from recgen.tools.benchmark import PASSES, PROVIDERS, build, environment, grid, make_step, provider_module  # noqa: E402
+from recgen.tools.benchmark import (FAMILY_PROVIDERS, PASSES, build, environment, grid, make_step,  # noqa: E402
+                                    provider_module)
 
 DEVICE = "cuda" if CUDA else "cpu"
 FULL = os.environ.get("RECGEN_BENCH_FULL") == "1"
@@ -33,7 +34,7 @@ def run_case(benchmark, case, pass_, provider):
     if provider == "compile" and not CUDA:
         pytest.skip("compile: not run on the CPU (compilation takes minutes on 2 cores)")
     torch_module, x = build(case, DEVICE)
-    module = provider_module(provider, case, torch_module)
+    module = provider_module(provider, case, torch_module, pass_)
     if isinstance(module, str):
         pytest.skip(f"{provider}: {module}")
     if pass_ == "fwdbwd":
@@ -57,6 +58,6 @@ def pass_(request):
     return request.param
 
 
-@pytest.fixture(params=PROVIDERS)
-def provider(request):
-    return request.param
+def family_providers(family):
+    """The providers `family` times (recgen.tools.benchmark.FAMILY_PROVIDERS), for a parametrize."""
+    return FAMILY_PROVIDERS[family]

@@ -2,9 +2,10 @@
 provider, fwd and fwd+bwd, train and eval."""
 
 import pytest
-from conftest import cases, run_case
+from conftest import cases, family_providers, run_case
 
 
+@pytest.mark.parametrize("provider", family_providers("residual"))
 @pytest.mark.parametrize("case", cases("residual"))
 def test_residual(benchmark, case, pass_, provider):
     run_case(benchmark, case, pass_, provider)

@@ -7,7 +7,7 @@ import importlib.util
 import os
 import sys
 
-PROVIDER_NAMES = ("recgen", "cudnn", "torch", "compile", "flashrnn", "reference")
+PROVIDER_NAMES = ("recgen", "cudnn", "torch", "compile", "flashrnn", "reference", "addmm_activation")
 # The modules each subcommand imports beyond torch, and the extra that installs them.
 EXTRAS = {
     "train": ("train", ("sklearn", "PIL", "matplotlib", "tqdm")),
@@ -51,11 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="time recgen against cuDNN, torch.compile and peers on this machine",
                            epilog=EXAMPLES["bench"])
     bench.add_argument("--quick", action="store_true", help="the headline subset of the grid")
-    bench.add_argument("--family", choices=["recurrent", "residual"], action="append",
-                       help="op family to run (default: both)")
+    bench.add_argument("--family", choices=["recurrent", "residual", "dense"], action="append",
+                       help="op family to run, repeatable (default: recurrent and residual)")
     bench.add_argument("--provider", action="append", type=provider_list, metavar="NAME[,NAME...]",
                        help=f"providers to time, a comma list of {', '.join(PROVIDER_NAMES)} "
-                            "(default: all; recgen is always timed, as every ratio's baseline)")
+                            "(default: all a family has; flashrnn is recurrent-only, addmm_activation "
+                            "dense-only; recgen is always timed, as every ratio's baseline)")
     bench.add_argument("--out", default="recgen-bench", help="folder for the JSON, markdown and PNG")
     from recgen.app.cli import add_parsers as add_train_parsers
     add_train_parsers(sub)  # train, sample
@@ -120,11 +121,16 @@ def _bench(args) -> int:
               "interpreter, torch.nn on torch's CPU kernels, rows named 'torch') say nothing about "
               "kernel speed.")
     from recgen.tools.bench_report import to_markdown, write_report
-    from recgen.tools.benchmark import PROVIDERS, run
+    from recgen.tools.benchmark import FAMILY_PROVIDERS, PROVIDERS, run
 
-    families = tuple(args.family or ("recurrent", "residual"))
+    families = tuple(dict.fromkeys(args.family or ("recurrent", "residual")))
     chosen = [name for names in args.provider for name in names] if args.provider else list(PROVIDERS)
     providers = tuple(dict.fromkeys(["recgen", *chosen]))  # recgen first: the ratios' baseline
+    idle = [name for name in providers if not any(name in FAMILY_PROVIDERS[f] for f in families)]
+    if args.provider and idle:
+        print(f"recgen bench: error: provider(s) {', '.join(idle)} time none of the families "
+              f"{', '.join(families)} (flashrnn: recurrent; addmm_activation: dense)", file=sys.stderr)
+        return 2
     results = run(families, quick=args.quick, providers=providers)
     print(to_markdown(results))
     for kind, path in write_report(results, args.out).items():

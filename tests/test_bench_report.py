@@ -294,7 +294,7 @@ def test_markdown_labels_recgen_rows_by_what_ran():
     (_set(["results", 0, "note"], None), "results[0].note: must be a str, got null"),
     (_set(["results", 4, "pass"], "bwd"), "results[4].pass: must be one of ['fwd', 'fwdbwd'], got 'bwd'"),
     (_set(["results", 0, "family"], "conv"),
-     "results[0].family: must be one of ['recurrent', 'residual'], got 'conv'"),
+     "results[0].family: must be one of ['recurrent', 'residual', 'dense'], got 'conv'"),
     (_set(["results", 0, "family"], _DELETE), "results[0].family: missing"),
     (_set(["results", 0, "pass_"], "fwd"), "results[0].pass_: unexpected key"),
     (_set(["results", 6, "shape", "X"], 1), "results[6].shape.X: unexpected key"),
@@ -370,3 +370,72 @@ def test_from_dict_generic_types(change, message):
     with pytest.raises(ValueError) as err:
         br.from_dict(_Probe, {**good, **change})
     assert str(err.value) == message
+
+
+# ---- the dense family --------------------------------------------------------------------------
+
+MLP_SHAPE = {"B": 64, "I": 784, "H": 64, "O": 784, "layers": 3}
+WIDE_SHAPE = {"B": 4096, "I": 4096, "H": 4096, "O": 4096, "layers": 1}
+
+
+def make_dense_results():
+    """The seed's stack (recgen, torch eager, addmm_activation unsupported in fwd+bwd) and one wide
+    relu layer (addmm_activation timed), beside one recurrent case: families mix in one file."""
+    mlp = ("dense", "mlp", "fwdbwd", "fp32", MLP_SHAPE)
+    wide = ("dense", "linear_relu", "fwd", "bf16", WIDE_SHAPE)
+    lstm = ("recurrent", "lstm", "fwd", "bf16", LSTM_SHAPE)
+    return {
+        "device": GPU, "torch": "2.13.0", "triton": "3.6.0", "date": "2026-12-02",
+        "results": [
+            row(*mlp, "recgen", 0.5, note="ran: kernels"),
+            row(*mlp, "cudnn", 0.75),
+            row(*mlp, "addmm_activation", None, note="forward only: torch._addmm_activation has no autograd"),
+            row(*wide, "recgen", 2.0),
+            row(*wide, "addmm_activation", 1.0),
+            row(*lstm, "recgen", 1.0),
+            row(*lstm, "cudnn", 3.0),
+        ],
+    }
+
+
+def test_dense_rows_parse_to_their_records():
+    results = make_dense_results()
+    report = br.parse(results)
+    assert [type(r).__name__ for r in report.results] == ["DenseRow"] * 5 + ["RecurrentRow"] * 2
+    assert report.results[0].shape == br.DenseShape(**MLP_SHAPE)
+    assert report.results[3].shape == br.DenseShape(B=4096, I=4096, H=4096, O=4096, layers=1)
+    assert br.to_dict(report) == results
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (_set(["results", 0, "shape", "layers"], _DELETE), "results[0].shape.layers: missing"),
+    (_set(["results", 1, "shape", "O"], 0), "results[1].shape.O: must be a positive int, got 0"),
+    (_set(["results", 3, "shape", "H"], 64), "results[3].shape.H: must equal O=4096 when layers = 1, got 64"),
+    (_set(["results", 4, "shape", "layers"], 2.0), "results[4].shape.layers: must be an int, got 2.0"),
+    (_set(["results", 0, "shape"], dict(LSTM_SHAPE)), "results[0].shape.O: missing"),  # a recurrent shape
+    (_set(["results", 5, "family"], "dense"), "results[5].shape.O: missing"),  # the shape follows the family
+    (_set(["results", 1, "shape", "N"], 8), "results[1].shape.N: unexpected key"),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_dense_shape_checks(mutate, message):
+    results = make_dense_results()
+    mutate(results)
+    with pytest.raises(ValueError) as err:
+        br.validate(results)
+    assert str(err.value) == message
+
+
+def test_dense_shape_text_markdown_and_plot(tmp_path):
+    assert br.shape_text("dense", MLP_SHAPE) == "B=64 784-64-64-784"
+    assert br.shape_text("dense", WIDE_SHAPE) == "B=4096 4096-4096"
+    results = make_dense_results()
+    rows = [_cells(r) for r in _table_rows(br.to_markdown(results))]
+    assert rows[0][6:] == ["cudnn ms (ratio)", "addmm_activation ms (ratio)"]
+    assert rows[2] == ["dense", "mlp", "fwdbwd", "fp32", "B=64 784-64-64-784", "0.500 [kernels]", "0.750 (1.50)",
+                       "unsupported: forward only: torch._addmm_activation has no autograd"]
+    assert rows[3] == ["dense", "linear_relu", "fwd", "bf16", "B=4096 4096-4096", "2.000", "-", "1.000 (0.50)"]
+    ax = br.ratio_figure(results).axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [
+        "mlp fwdbwd fp32 B=64 784-64-64-784", "linear_relu fwd bf16 B=4096 4096-4096",
+        "lstm fwd bf16 T=64 B=16 I=128 H=256"]
+    paths = br.write_report(results, tmp_path)
+    assert br.load(paths["json"]) == results and paths["png"].read_bytes().startswith(b"\x89PNG")

@@ -1,12 +1,14 @@
 """The stand-alone scripts of bench/ on the CPU, so they never rot: the step-latency benchmark in
 its smoke form (interpreter), and the Hopper resource probe on one small kernel (compiled for
-sm_90 without a GPU)."""
+sm_90 without a GPU); and `recgen bench --family dense` on its tiny CPU grid (seconds)."""
 
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import torch
 
 from recgen.aot import SM90_LIMITS
 
@@ -64,3 +66,41 @@ def test_cpu_parity_smoke(tmp_path):
     refused = subprocess.run([sys.executable, str(ROOT / "bench" / "cpu_parity.py"), "--out", str(tmp_path)],
                              capture_output=True, text=True, env=dict(env, TRITON_INTERPRET="1"))
     assert refused.returncode == 2 and "unset TRITON_INTERPRET" in refused.stderr
+
+
+def test_recgen_bench_dense_family(tmp_path, capsys):
+    """`recgen bench --family dense` on this machine's grid (the CPU's: the seed's stack and one relu
+    layer at tiny sizes): every provider of the family on every case and pass, recgen's rows on its
+    fused Linear for every layer, torch._addmm_activation forward only while it has no autograd."""
+    from recgen.cli import main
+    from recgen.tools import benchmark
+    from recgen.tools.bench_report import load
+    cuda = torch.cuda.is_available()
+    assert main(["bench", "--family", "dense", "--out", str(tmp_path)]) == 0
+    assert "| dense | mlp | fwdbwd |" in capsys.readouterr().out
+    results = load(next(tmp_path.glob("*.json")))
+    rows = {(r["op"], r["pass"], r["provider"]): r for r in results["results"]}
+    eager = "cudnn" if cuda else "torch"
+    providers = {"recgen", eager, "compile", "addmm_activation", "reference"}
+    cases = benchmark.grid("dense", quick=False, cuda=cuda)
+    assert len(rows) == len(results["results"]) == len(cases) * 2 * len(providers)
+    assert {r["family"] for r in results["results"]} == {"dense"}
+    if not cuda:
+        assert [c.shape for c in cases] == [{"B": 3, "I": 12, "H": 8, "O": 12, "layers": 3},
+                                            {"B": 3, "I": 12, "H": 12, "O": 12, "layers": 1}]
+    ran = "kernels" if cuda else "interpreter"
+    for (op, pass_, provider), row in rows.items():
+        if provider == "recgen":  # every layer, the stack's last (no activation) too, ran recgen's kernels
+            assert row["ms"] is not None and row["note"].startswith(f"ran: {ran};"), row
+        elif provider == "addmm_activation":
+            missing = benchmark.addmm_activation_backward()
+            if pass_ == "fwdbwd" and missing:
+                assert row["ms"] is None and "no autograd" in row["note"], row
+            else:
+                assert row["ms"] is not None, row
+            assert ("layer 2 (tanh) is addmm + tanh" in row["note"]) == (op == "mlp" and row["ms"] is not None)
+        elif provider != "compile" or cuda:
+            assert row["ms"] is not None, row
+    # A provider none of the chosen families has is refused, before anything runs.
+    assert main(["bench", "--family", "recurrent", "--provider", "addmm_activation", "--out", str(tmp_path)]) == 2
+    assert "addmm_activation time none of the families recurrent" in capsys.readouterr().err

@@ -496,3 +496,60 @@ def test_real_models_train_resume_sample_and_compare(tmp_path, monkeypatch, name
     assert numbers["recgen_steps_per_s"] > 0 and numbers["torch_steps_per_s"] > 0
     assert numbers["recgen_implementation"] == ("kernels" if device == "cuda" else "reference")
     assert numbers["max_abs_loss_diff"] < 1e-3  # the same model and batches: only rounding differs
+
+
+def test_cyclic_mlp_trains_reconstructs_resumes_and_compares(tmp_path, monkeypatch):
+    """The reconstruction model through the same loop: an epoch of 2 steps writes held-out digits
+    beside their reconstructions, the loss curve, the checkpoint and the held-out error (finite, the
+    one recomputed from the checkpoint); resume, `recgen sample` (reconstructions) and compare_torch."""
+    import recgen
+    from recgen.app.data import load_digits
+    monkeypatch.setattr(T, "_load_models", REAL_LOAD_MODELS)
+    if not torch.cuda.is_available():
+        recgen.set_backend("reference")  # the Triton interpreter is too slow for training loops
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    lines = []
+    summary = T.train("cyclic-mlp", epochs=1, batch_size=512, out=tmp_path, options={"hidden": 12},
+                      **quiet(device=device, log=lines.append))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "evaluation.json", "loss_curve.png",
+                                                         "reconstructions_epoch001.png"]
+    with Image.open(tmp_path / "reconstructions_epoch001.png") as grid:  # 64 pairs: 16 tiles a row, 8 rows
+        assert grid.size == ((16 * 9 + 1) * 6, (8 * 9 + 1) * 6) and grid.mode == "L"
+    evaluation = json.loads((tmp_path / "evaluation.json").read_text())
+    assert evaluation == summary["evaluation"] and evaluation["epoch"] == 1 and evaluation["images"] == 359
+    assert "digits test split (held out" in evaluation["images_from"]
+    assert 0 < evaluation["reconstruction_mse"] < 1
+    state = T.read_checkpoint(tmp_path / "checkpoint.pt")
+    assert (state["model"], state["step"], set(state["optimizer_states"])) == ("cyclic-mlp", 2, {"model"})
+    assert state["epoch_losses"][0]["reconstruction_mse"] == evaluation["reconstruction_mse"]
+    model, _ = T.load_model(tmp_path / "checkpoint.pt", device)
+    held_out = load_digits("test")
+    error = ((model.reconstruct(held_out.to(device)).cpu().double() - held_out.double()) ** 2).mean().item()
+    assert error == pytest.approx(evaluation["reconstruction_mse"], rel=1e-12)
+    assert any("epoch 1/1: mse " in line and "held-out reconstruction mse" in line for line in lines)
+    assert lines[-1].startswith("reconstruction error (mean squared error per pixel) ")
+
+    summary = T.train("cyclic-mlp", epochs=2, out=tmp_path, resume=True, **quiet(device=device))
+    assert summary["step"] == 4 and (tmp_path / "reconstructions_epoch002.png").is_file()
+    assert summary["evaluation"]["reconstruction_mse"] < evaluation["reconstruction_mse"]
+
+    args = parse("sample", "--checkpoint", str(tmp_path / "checkpoint.pt"), "--n", "5", "--out",
+                 str(tmp_path / "pairs.png"), "--device", device)
+    assert args.handler(args) == 0
+    with Image.open(tmp_path / "pairs.png") as grid:  # 5 pairs: 3 a row, 2 rows
+        assert grid.size == ((6 * 9 + 1) * 6, (2 * 9 + 1) * 6)
+    with pytest.raises(ValueError, match="reconstructs held-out images, and there are 359"):
+        T.sample_grid(tmp_path / "checkpoint.pt", n=360, out=tmp_path / "x.png", device=device)
+
+    numbers = T.compare_torch("cyclic-mlp", steps=2, batch_size=8, device=device, options={"hidden": 12},
+                              log=lambda *a: None)
+    assert numbers["recgen_implementation"] == ("kernels" if device == "cuda" else "reference")
+    assert numbers["max_abs_loss_diff"] < 1e-5  # the same model and batches: only rounding differs
+
+
+def test_heldout_images_of_a_folder_are_its_own(tmp_path):
+    from recgen.app.data import load_heldout
+    for i in range(3):
+        Image.new("L", (4, 4), 40 * i).save(tmp_path / f"{i}.png")
+    images, what = load_heldout(str(tmp_path))
+    assert images.shape == (3, 1, 4, 4) and "not held out: a folder has no test split" in what

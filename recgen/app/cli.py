@@ -20,7 +20,7 @@ from pathlib import Path
 from recgen.app.train import (DEFAULT_BATCH_SIZE, DEFAULT_COMPARE_STEPS, GRID_SAMPLES, USAGE_ERRORS,
                               TrainingDiverged, compare_torch, sample_grid, train)
 
-MODEL_NAMES = ("row-lstm", "rnn-gan", "res-gan")  # for help texts; recgen.app.models.MODELS decides
+MODEL_NAMES = ("row-lstm", "rnn-gan", "res-gan", "cyclic-mlp")  # for help texts; recgen.app.models.MODELS decides
 
 
 def _option_value(text: str):
@@ -59,14 +59,16 @@ def add_parsers(subparsers) -> None:
     t.add_argument("--compare-torch", action="store_true",
                    help="time K steps against the model's torch.nn twin and compare losses (no training run)")
     t.add_argument("--steps", type=int, default=None, help=f"K for --compare-torch (default {DEFAULT_COMPARE_STEPS})")
-    t.add_argument("--hidden", type=int, default=None, help="hidden size (row-lstm, rnn-gan)")
+    t.add_argument("--hidden", type=int, default=None, help="hidden size (row-lstm, rnn-gan, cyclic-mlp)")
     t.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="another model option, e.g. base=32, noise_dim=16, discriminator=gru (repeatable)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(handler=main_train)
-    s = subparsers.add_parser("sample", help="draw samples from a `recgen train` checkpoint into a grid image")
+    s = subparsers.add_parser("sample", help="draw samples from a `recgen train` checkpoint into a grid image "
+                              "(cyclic-mlp: held-out images beside their reconstructions)")
     s.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by recgen train")
-    s.add_argument("--n", type=int, default=GRID_SAMPLES, help=f"number of samples (default {GRID_SAMPLES})")
+    s.add_argument("--n", type=int, default=GRID_SAMPLES,
+                   help=f"number of samples, or of held-out images to reconstruct (default {GRID_SAMPLES})")
     s.add_argument("--out", default="grid.png", help="image file to write (default grid.png)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", choices=["cpu", "cuda"], default=None)

@@ -5,6 +5,7 @@ Every loader returns a float32 tensor of shape (N, C, H, W) with values in [0, 1
     from recgen.app.data import load_dataset
     images = load_dataset("digits")          # (1438, 1, 8, 8): the training split
     images = load_dataset("faces/")          # every png/jpg/jpeg/bmp/gif in faces/, sorted by name
+    images, what = load_heldout("digits")    # (359, 1, 8, 8): the test split, for a reconstruction error
 
 scikit-learn and pillow are imported inside the functions that need them (the `train` extra),
 so importing this module stays cheap.
@@ -133,3 +134,18 @@ def load_dataset(spec: str) -> torch.Tensor:
     if not Path(spec).exists():
         raise FileNotFoundError(f"--data {str(spec)!r}: no such folder (use 'digits' or a folder of images)")
     return load_image_folder(spec)
+
+
+def load_heldout(spec: str) -> tuple[torch.Tensor, str]:
+    """The images a reconstruction model (cyclic-mlp) is scored and shown on for `--data SPEC`, and
+    what they are: for 'digits' the test split (359 images, disjoint from the training split that
+    load_dataset gives); a folder has no held-out split, so its own images, which it also trains on.
+
+        images, what = load_heldout("digits")   # (359, 1, 8, 8), "the 359 images of the digits test split ..."
+    """
+    if isinstance(spec, (str, Path)) and str(spec) == "digits":
+        images = load_digits("test")
+        return images, (f"the {images.shape[0]} images of the digits test split (held out: "
+                        "disjoint from the training split)")
+    images = load_dataset(spec)
+    return images, f"the {images.shape[0]} images of {str(spec)!r} (not held out: a folder has no test split)"

@@ -12,6 +12,12 @@ For 8x8 one-channel data the run ends with evaluation.json (recgen.app.sample_sc
 the digits classifier's mean confidence and class histogram, and the Frechet distance of its features
 to the real test digits beside the real-vs-real floor (a repeated pattern passes the first, not this).
 
+A model with a `reconstruct(images)` method (an autoencoder: cyclic-mlp) draws no samples. Its run
+writes reconstructions_epoch{E:03d}.png instead, the first 64 held-out images each beside its
+reconstruction (recgen.app.data.load_heldout: for digits the test split), logs the reconstruction
+error (mean squared error per pixel) on all of them after every epoch, and ends with that error in
+evaluation.json; `recgen sample` writes such pairs for a seeded draw of held-out images.
+
 The command-line handlers of `recgen train` / `recgen sample` are in recgen.app.cli. tqdm,
 matplotlib, pillow and scikit-learn (the `train` extra) are imported only when used.
 """
@@ -234,6 +240,47 @@ def draw_samples(model, n: int, seed: int, chunk: int = 500) -> torch.Tensor:
     return images
 
 
+def reconstructs(model) -> bool:
+    """Whether `model` is a reconstruction model (it has `reconstruct(images)`; it draws no samples)."""
+    return callable(getattr(model, "reconstruct", None))
+
+
+def reconstruct_all(model, images: torch.Tensor, chunk: int = 500) -> torch.Tensor:
+    """model.reconstruct of images (N, C, H, W) on the CPU, run on the model's device in chunks."""
+    device = next(model.parameters()).device
+    parts = [model.reconstruct(images[start:start + chunk].to(device)).float().cpu()
+             for start in range(0, images.shape[0], chunk)]
+    out = torch.cat(parts)
+    if out.shape != images.shape:
+        raise RuntimeError(f"{model.name}.reconstruct returned shape {tuple(out.shape)}, expected {tuple(images.shape)}")
+    return out
+
+
+def reconstruction_error(model, images: torch.Tensor) -> float:
+    """The mean squared error per pixel of the model's reconstructions of images (N, C, H, W),
+    on the raw output (what the model is trained on), computed in float64."""
+    return (reconstruct_all(model, images).double() - images.double()).pow(2).mean().item()
+
+
+def save_reconstruction_grid(model, images: torch.Tensor, path) -> Path:
+    """Write images (N, C, H, W) each followed by its reconstruction (clipped to [0, 1]), two tiles
+    per image, ceil(sqrt(N)) images a row: originals in the odd columns, reconstructions beside them."""
+    pairs = torch.stack([images.float().cpu(), reconstruct_all(model, images)], dim=1).flatten(0, 1)
+    return save_image_grid(pairs, path, nrow=2 * math.ceil(math.sqrt(images.shape[0])))
+
+
+def evaluate_reconstruction(model, images: torch.Tensor, images_from: str) -> dict:
+    """{'reconstruction_mse', 'images', 'images_from'}: the reconstruction error of a model on images."""
+    return {"reconstruction_mse": reconstruction_error(model, images), "images": images.shape[0],
+            "images_from": images_from}
+
+
+def format_reconstruction(evaluation: dict) -> str:
+    """The line `recgen train` prints for evaluate_reconstruction's dict."""
+    return (f"reconstruction error (mean squared error per pixel) {evaluation['reconstruction_mse']:.4g} on "
+            f"{evaluation['images_from']}")
+
+
 def evaluate_digits(model, n: int = EVAL_SAMPLES, seed: int = 0) -> dict:
     """recgen.app.sample_scores.digits_evaluation of n samples (seed `seed`) of a model of 8x8 digits:
     mean confidence, class histogram, Frechet distance to the real test digits and its real-vs-real
@@ -282,16 +329,18 @@ def train(model: str, data: str | None = None, epochs: int = 10, batch_size: int
           out="recgen-run", device: str | None = None, seed: int = 0, resume: bool = False,
           options: dict | None = None, progress: bool = True, eval_samples: int = EVAL_SAMPLES,
           log=print) -> dict:
-    """Train `model` ('row-lstm', 'rnn-gan', 'res-gan') on `data` ('digits' or a folder of images)
-    until it has `epochs` epochs, writing samples, the loss curve and a checkpoint into `out` after
-    each. `resume=True` continues out/checkpoint.pt (same model; `epochs` is the total to reach;
+    """Train `model` ('row-lstm', 'rnn-gan', 'res-gan', 'cyclic-mlp') on `data` ('digits' or a folder
+    of images) until it has `epochs` epochs, writing samples (a reconstruction model: held-out images
+    beside their reconstructions), the loss curve and a checkpoint into `out` after each.
+    `resume=True` continues out/checkpoint.pt (same model; `epochs` is the total to reach;
     data, batch size and options default to the checkpoint's, the seed and RNG states are its own).
-    Returns {'out', 'epoch', 'step', 'history', 'epoch_losses', 'evaluation' (None unless the images
+    Returns {'out', 'epoch', 'step', 'history', 'epoch_losses', 'evaluation' (a reconstruction
+    model's error on the held-out images; for a generator the digits scores, None unless the images
     are 1x8x8)}.
 
         summary = train("row-lstm", epochs=3, out="runs/lstm", options={"hidden": 64})
     """
-    from recgen.app.data import DIGITS_SHAPE, load_dataset
+    from recgen.app.data import DIGITS_SHAPE, load_dataset, load_heldout
     from recgen.app.sample_scores import format_evaluation
 
     _check_positive(epochs=epochs)
@@ -329,6 +378,8 @@ def train(model: str, data: str | None = None, epochs: int = 10, batch_size: int
     torch.manual_seed(seed)
     net = build(model, image_shape, options).to(device)
     optimizers = net.make_optimizers()
+    heldout = load_heldout(data) if reconstructs(net) else None  # (images, what they are)
+    grid_name = "reconstructions_epoch{:03d}.png" if heldout else "samples_epoch{:03d}.png"
     shuffle = torch.Generator().manual_seed(seed)
     history, start, step, epoch_losses = [], 0, 0, []
     if state is not None:
@@ -351,9 +402,14 @@ def train(model: str, data: str | None = None, epochs: int = 10, batch_size: int
             with _model_errors(f"{model}, epoch {epoch}"):
                 step, means = _run_epoch(net, optimizers, images, batch_size, shuffle, device, epoch, epochs,
                                          step, history, out, progress)
-                grid = draw_samples(net, GRID_SAMPLES, seed)
-            epoch_losses.append({"epoch": epoch, "losses": means})
-            save_image_grid(grid, out / f"samples_epoch{epoch:03d}.png")
+                if heldout:  # the error on every held-out image; the first 64 shown beside their reconstructions
+                    scores = {"reconstruction_mse": reconstruction_error(net, heldout[0])}
+                    save_reconstruction_grid(net, heldout[0][:GRID_SAMPLES], out / grid_name.format(epoch))
+                else:
+                    scores, grid = {}, draw_samples(net, GRID_SAMPLES, seed)
+            epoch_losses.append({"epoch": epoch, "losses": means, **scores})
+            if not heldout:
+                save_image_grid(grid, out / grid_name.format(epoch))
             plot_losses(history, out / "loss_curve.png", title=f"{model} on {data}")
             # last, after everything that may draw random numbers: resuming from here replays the same run
             save_checkpoint({
@@ -365,18 +421,25 @@ def train(model: str, data: str | None = None, epochs: int = 10, batch_size: int
             }, path)
             done = epoch
             log(f"epoch {epoch}/{epochs}: " + ", ".join(f"{k} {v:.4g}" for k, v in means.items())
-                + f"; wrote {out / f'samples_epoch{epoch:03d}.png'} and {path}")
+                + "".join(f"; {'held-out ' if data == 'digits' else ''}reconstruction mse {v:.4g}"
+                          for v in scores.values())
+                + f"; wrote {out / grid_name.format(epoch)} and {path}")
     except KeyboardInterrupt:
         log(f"interrupted: {str(path)!r} holds epoch {done}; continue with --resume" if done
             else "interrupted before the first epoch ended: no checkpoint written")
         raise
-    evaluation = None
-    if image_shape == DIGITS_SHAPE and eval_samples > 0:
+    evaluation, text = None, None
+    if heldout:
+        evaluation = {"epoch": done, **evaluate_reconstruction(net, *heldout)}
+        text = format_reconstruction(evaluation)
+    elif image_shape == DIGITS_SHAPE and eval_samples > 0:
         evaluation = {"epoch": done, **evaluate_digits(net, eval_samples, seed + 1)}
+        text = format_evaluation(evaluation)
+    if evaluation is not None:
         with open(_atomic_path(out / "evaluation.json"), "w") as f:
             json.dump(evaluation, f, indent=2)
         os.replace(_atomic_path(out / "evaluation.json"), out / "evaluation.json")
-        log(format_evaluation(evaluation) + f"\nwrote {out / 'evaluation.json'}")
+        log(text + f"\nwrote {out / 'evaluation.json'}")
     return {"out": out, "epoch": done, "step": step, "history": history, "epoch_losses": epoch_losses,
             "evaluation": evaluation}
 
@@ -490,7 +553,18 @@ _IMPLEMENTATION_NOTES = {
 
 
 def sample_grid(checkpoint, n: int = GRID_SAMPLES, out="grid.png", seed: int = 0, device: str | None = None) -> Path:
-    """Draw n samples (CPU generator seeded with `seed`) from a checkpoint into a grid image at `out`."""
+    """Draw n samples (CPU generator seeded with `seed`) from a checkpoint into a grid image at `out`.
+    For a reconstruction model (cyclic-mlp): n held-out images of the checkpoint's data (a draw
+    without repeats seeded with `seed`, recgen.app.data.load_heldout), each beside its reconstruction."""
+    from recgen.app.data import load_heldout
+
     _check_positive(n=n)
-    model, _ = load_model(checkpoint, device)
-    return save_image_grid(draw_samples(model, n, seed), out)
+    model, state = load_model(checkpoint, device)
+    if not reconstructs(model):
+        return save_image_grid(draw_samples(model, n, seed), out)
+    images, what = load_heldout(state["data"])
+    if n > images.shape[0]:
+        raise ValueError(f"--n {n}: {model.name} reconstructs held-out images, and there are {images.shape[0]} "
+                         f"({what})")
+    pick = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
+    return save_reconstruction_grid(model, images[pick], out)

@@ -10,7 +10,8 @@ a dict into them, checking each field against its annotation:
                   "shape": {"T": 64, "B": 16, "I": 128, "H": 256}, "provider": "recgen",
                   "ms": 1.25, "peak_mb": 30.5, "note": ""}, ...]}
 
-`shape` holds T, B, I, H for the recurrent family and N, C, H, W, train for the residual one.
+`shape` holds T, B, I, H for the recurrent family, N, C, H, W, train for the residual one and
+B, I, H, O, layers for the dense one (a stack I -> H ... H -> O of `layers` Linear layers).
 A provider that could not run a case has `ms` None and the reason in `note`. Ratios are
 peer ms / recgen ms: above 1, recgen is faster.
 
@@ -68,13 +69,29 @@ class ResidualShape:
 
 
 @dataclass(frozen=True)
+class DenseShape:
+    """A stack of `layers` Linear layers on a batch of B rows: I -> H, H -> H (layers - 2 times),
+    H -> O; one layer (layers = 1) is I -> O and has no hidden width, so H = O."""
+    B: int
+    I: int  # noqa: E741 - the glossary's name
+    H: int
+    O: int  # noqa: E741 - the glossary's name
+    layers: int
+
+    def __post_init__(self):
+        _positive(self)
+        _require(self.layers > 1 or self.H == self.O, "H", f"must equal O={self.O} when layers = 1, got {self.H}")
+
+
+@dataclass(frozen=True)
 class Row:
-    """One provider's timing of one case; RecurrentRow and ResidualRow tie the shape to the family."""
-    family: Literal["recurrent", "residual"]
+    """One provider's timing of one case; RecurrentRow, ResidualRow and DenseRow tie the shape to
+    the family."""
+    family: Literal["recurrent", "residual", "dense"]
     op: str
     pass_: Literal["fwd", "fwdbwd"]  # JSON's "pass": from_dict drops a trailing _
     dtype: Literal["fp32", "bf16", "fp16"]
-    shape: RecurrentShape | ResidualShape
+    shape: RecurrentShape | ResidualShape | DenseShape
     provider: str
     ms: float | None  # the median; > 0, as ratios divide by it and the plot's y axis is logarithmic
     peak_mb: float | None
@@ -101,6 +118,12 @@ class ResidualRow(Row):
 
 
 @dataclass(frozen=True)
+class DenseRow(Row):
+    family: Literal["dense"]
+    shape: DenseShape
+
+
+@dataclass(frozen=True)
 class Environment:
     """Where and when the results were taken (recgen.tools.benchmark.environment)."""
     device: str
@@ -121,7 +144,7 @@ class Environment:
 
 @dataclass(frozen=True)
 class Report(Environment):
-    results: list[RecurrentRow | ResidualRow]
+    results: list[RecurrentRow | ResidualRow | DenseRow]
 
     def __post_init__(self):
         super().__post_init__()
@@ -306,9 +329,13 @@ def ratio_table(results: dict) -> list[dict]:
 
 
 def shape_text(family: str, shape: dict) -> str:
-    """Compact shape: `T=64 B=16 I=128 H=256` (recurrent), `N=8 C=64 32x32 train` (residual)."""
+    """Compact shape: `T=64 B=16 I=128 H=256` (recurrent), `N=8 C=64 32x32 train` (residual),
+    `B=64 784-64-64-784` (dense: the batch, then the features through the stack)."""
     if family == "recurrent":
         return " ".join(f"{key}={shape[key]}" for key in ("T", "B", "I", "H"))
+    if family == "dense":
+        widths = [shape["I"]] + [shape["H"]] * (shape["layers"] - 1) + [shape["O"]]
+        return f"B={shape['B']} " + "-".join(map(str, widths))
     mode = "train" if shape["train"] else "eval"
     return f"N={shape['N']} C={shape['C']} {shape['H']}x{shape['W']} {mode}"
 

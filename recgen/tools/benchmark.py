@@ -7,8 +7,11 @@ files in bench/. Each case is timed per provider:
              (torch's own CPU kernels; `--provider torch` is the same provider);
 - compile:   torch.compile of the torch.nn module (compiled in the warm-up, outside the timing);
 - flashrnn:  the FlashRNN package, where importable (recurrent only);
+- addmm_activation: torch._addmm_activation, cuBLASLt's GEMM + bias + relu/gelu epilogue (dense
+             only, forward only while torch gives it no autograd: `addmm_activation_backward()`);
 - reference: recgen's pure-PyTorch reference ops.
-A provider that cannot run a case is recorded with ms=None and the reason, never dropped.
+Each family times the providers of FAMILY_PROVIDERS. A provider that cannot run a case is
+recorded with ms=None and the reason, never dropped.
 Inputs are built and compilation/autotuning is done outside the timed region; CUDA is
 synchronised around each timed run; the median over the rounds is reported with peak memory.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import functools
 import itertools
 import statistics
 import time
@@ -27,12 +31,16 @@ from torch import nn
 
 import recgen
 from recgen.ops.recurrent.modes import persistent_enabled
-from recgen.tools.grids import CPU_GRID, PASSES, QUICK_GPU, RECURRENT_GRID, RESIDUAL_GRID
+from recgen.tools.grids import (CPU_GRID, DENSE_GRID, FAMILIES, PASSES, QUICK_GPU, RECURRENT_GRID,
+                                RESIDUAL_GRID)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-PROVIDERS = ("recgen", "cudnn", "compile", "flashrnn", "reference")
+PROVIDERS = ("recgen", "cudnn", "compile", "flashrnn", "reference", "addmm_activation")
+# The providers each family times (residual keeps FlashRNN's row, which says it has no such blocks).
+FAMILY_PROVIDERS = {"recurrent": PROVIDERS[:5], "residual": PROVIDERS[:5],
+                    "dense": ("recgen", "cudnn", "compile", "addmm_activation", "reference")}
 PEERS = ("compile", "flashrnn")  # other projects' code: their failures are results
-
+STANDARD_GRIDS = {"recurrent": RECURRENT_GRID, "residual": RESIDUAL_GRID, "dense": DENSE_GRID}
 
 
 @dataclass(frozen=True)
@@ -48,20 +56,29 @@ class Case:
 
 def grid(family: str, quick: bool, cuda: bool) -> list:
     """The cases of `family` for this machine: the standard grid, --quick's subset, or the CPU grid."""
-    if family not in ("recurrent", "residual"):
-        raise ValueError(f"unknown family {family!r}; expected 'recurrent' or 'residual'")
-    spec = (QUICK_GPU[family] if quick else (RECURRENT_GRID if family == "recurrent" else RESIDUAL_GRID)) \
-        if cuda else CPU_GRID[family]
-    keys = list(spec)
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; expected one of {', '.join(map(repr, FAMILIES))}")
+    spec = (QUICK_GPU[family] if quick else STANDARD_GRIDS[family]) if cuda else CPU_GRID[family]
     cases = []
-    for values in itertools.product(*(spec[k] for k in keys)):
-        v = dict(zip(keys, values))
-        if family == "recurrent":
-            shape = {"T": v["T"], "B": v["B"], "I": v["H"], "H": v["H"]}
-        else:
-            shape = {"N": v["N"], "C": v["C"], "H": v["S"], "W": v["S"], "train": v["train"]}
-        cases.append(Case(family, v["op"], v["dtype"], shape))
+    for sub in (spec if isinstance(spec, tuple) else (spec,)):  # the dense grid is a tuple of sub-grids
+        keys = list(sub)
+        for values in itertools.product(*(sub[k] for k in keys)):
+            v = dict(zip(keys, values))
+            cases.append(Case(family, v["op"], v["dtype"], _shape(family, v)))
     return cases
+
+
+def _shape(family: str, v: dict) -> dict:
+    """A grid point's shape record (recgen.tools.bench_report's RecurrentShape, ResidualShape, DenseShape)."""
+    if family == "recurrent":
+        return {"T": v["T"], "B": v["B"], "I": v["H"], "H": v["H"]}
+    if family == "residual":
+        return {"N": v["N"], "C": v["C"], "H": v["S"], "W": v["S"], "train": v["train"]}
+    if v["op"] == "mlp":  # P -> H -> H -> P
+        return {"B": v["B"], "I": v["P"], "H": v["H"], "O": v["P"], "layers": 3}
+    if v["op"] == "linear_relu":  # P -> H, one layer (no hidden width: H = O)
+        return {"B": v["B"], "I": v["P"], "H": v["H"], "O": v["H"], "layers": 1}
+    raise ValueError(f"unknown dense op {v['op']!r}; expected 'mlp' or 'linear_relu'")
 
 
 # ---- modules and inputs -------------------------------------------------------------------
@@ -107,19 +124,33 @@ class _ResnetBlock(nn.Module):
 _BasicBlock.__name__, _ResnetBlock.__name__ = "BasicBlock", "ResnetBlock"
 
 
+def _torch_dense(op: str, shape: dict) -> nn.Sequential:
+    """The dense case as torch.nn layers: nn.Linear + activation module per layer."""
+    if op == "mlp":  # the seed's stack: relu, tanh, no activation
+        return nn.Sequential(nn.Linear(shape["I"], shape["H"]), nn.ReLU(), nn.Linear(shape["H"], shape["H"]),
+                             nn.Tanh(), nn.Linear(shape["H"], shape["O"]))
+    if op == "linear_relu":
+        return nn.Sequential(nn.Linear(shape["I"], shape["O"]), nn.ReLU())
+    raise ValueError(f"unknown dense op {op!r}; expected 'mlp' or 'linear_relu'")
+
+
 def build(case: Case, device: str):
     """(torch module, input) for a case, on `device` in the case's dtype."""
     dtype = DTYPES[case.dtype]
     torch.manual_seed(0)
+    s = case.shape
     if case.family == "recurrent":
-        s = case.shape
         module = _torch_recurrent(case.op, s["H"])
         x = torch.randn(s["T"], s["B"], s["I"])
-    else:
-        s = case.shape
+    elif case.family == "residual":
         module = (_BasicBlock if case.op == "basicblock_bn" else _ResnetBlock)(s["C"])
         module.train(s["train"])
         x = torch.randn(s["N"], s["C"], s["H"], s["W"])
+    elif case.family == "dense":
+        module = _torch_dense(case.op, s)
+        x = torch.randn(s["B"], s["I"])
+    else:
+        raise ValueError(f"unknown family {case.family!r}; expected one of {', '.join(map(repr, FAMILIES))}")
     module = module.to(device, dtype)
     x = x.to(device, dtype)
     if case.family == "residual":
@@ -127,14 +158,26 @@ def build(case: Case, device: str):
     return module, x
 
 
-def provider_module(provider: str, case: Case, torch_module: nn.Module):
-    """The callable a provider times, or a string saying why it cannot run the case."""
+def provider_module(provider: str, case: Case, torch_module: nn.Module, pass_: str | None = None):
+    """The callable a provider times (for `pass_`, where that matters), or a string saying why it
+    cannot run the case."""
+    if provider not in FAMILY_PROVIDERS.get(case.family, PROVIDERS):
+        if provider in PROVIDERS:
+            return f"{provider} is not a provider of the {case.family} family"
+        raise ValueError(f"unknown provider {provider!r}; expected one of {PROVIDERS}")
     if provider == "cudnn":
         return torch_module
     if provider in ("recgen", "reference"):
-        return recgen.convert(copy.deepcopy(torch_module))
+        # linear=True: a Linear without an activation (the stack's last) is recgen's too
+        return recgen.convert(copy.deepcopy(torch_module), linear=case.family == "dense")
     if provider == "compile":
         return torch.compile(copy.deepcopy(torch_module))
+    if provider == "addmm_activation":
+        if pass_ == "fwdbwd":
+            missing = addmm_activation_backward()
+            if missing:
+                return missing
+        return _AddmmActivationStack(torch_module)
     if provider == "flashrnn":
         if case.family != "recurrent":
             return "FlashRNN has no residual blocks"
@@ -146,6 +189,50 @@ def provider_module(provider: str, case: Case, torch_module: nn.Module):
             return f"flashrnn is not importable on this machine ({error})"
         return _FlashRNNLayer(flashrnn, case.op, torch_module)
     raise ValueError(f"unknown provider {provider!r}; expected one of {PROVIDERS}")
+
+
+@functools.cache
+def addmm_activation_backward() -> str:
+    """'' when torch._addmm_activation has a backward in this torch, else why not (torch 2.13:
+    "derivative for aten::_addmm_activation is not implemented"): asked of a 1x1 product."""
+    w = torch.ones(1, 1, requires_grad=True)
+    try:
+        torch._addmm_activation(torch.zeros(1), torch.ones(1, 1), w.t()).sum().backward()
+    except RuntimeError as error:
+        return (f"forward only: torch._addmm_activation has no autograd in torch {torch.__version__} "
+                f"({str(error).splitlines()[0][:120]})")
+    return ""
+
+
+class _AddmmActivationStack:
+    """The dense stack on torch's fused GEMM calls: a Linear followed by nn.ReLU as
+    torch._addmm_activation(bias, x, W^T) (cuBLASLt's bias + relu epilogue on CUDA where its
+    conditions hold, else addmm then relu; addmm then relu on the CPU), any other Linear as
+    torch.addmm (bias in the GEMM), then its activation (cuBLASLt has relu and gelu epilogues
+    only). `note` names the layers that are not one fused call."""
+
+    def __init__(self, sequential: nn.Sequential):
+        layers = list(sequential)
+        self.layers, unfused = [], []
+        for k, layer in enumerate(layers):
+            if not isinstance(layer, nn.Linear):
+                continue
+            after = layers[k + 1] if k + 1 < len(layers) and not isinstance(layers[k + 1], nn.Linear) else None
+            if after is not None and type(after) not in (nn.ReLU, nn.Tanh):
+                raise ValueError(f"addmm_activation: no form for {type(after).__name__} after a Linear")
+            self.layers.append((layer.weight, layer.bias, type(after).__name__ if after is not None else None))
+            if isinstance(after, nn.Tanh):
+                unfused.append(f"layer {len(self.layers)} (tanh) is addmm + tanh")
+        self.note = "; ".join(unfused) + (" (cuBLASLt has relu/gelu epilogues only)" if unfused else "")
+
+    def __call__(self, x):
+        for weight, bias, act in self.layers:
+            if act == "ReLU":
+                x = torch._addmm_activation(bias, x, weight.t())
+            else:
+                x = torch.addmm(bias, x, weight.t())
+                x = torch.tanh(x) if act == "Tanh" else x
+        return x
 
 
 FLASHRNN_FUNCTIONS = {"lstm": "lstm", "gru": "gru", "rnn_tanh": "elman"}
@@ -205,6 +292,17 @@ class _FlashRNNLayer:
 
 # ---- timing -------------------------------------------------------------------------------
 
+def ran(module) -> str | None:
+    """What a converted module's last forward ran (recgen.backend.implementation_of): its own record,
+    else those of its recgen submodules (a dense stack's Linear layers), joined if they differ."""
+    own = recgen.backend.implementation_of(module)
+    if own is not None or not isinstance(module, nn.Module):
+        return own
+    found = [recgen.backend.implementation_of(m) for m in module.modules()]
+    found = list(dict.fromkeys(name for name in found if name is not None))
+    return "+".join(found) if found else None
+
+
 def make_step(module, x, pass_: str, recurrent: bool):
     """The timed callable of one pass: forward under no_grad, or forward + backward of a sum."""
     def fwd():
@@ -247,7 +345,7 @@ def measure(case: Case, provider: str, pass_: str, device: str, rounds: int, war
         row["note"] = "not run on the CPU: compilation takes minutes on a 2-core machine"
         return row
     torch_module, x = build(case, device)
-    module = provider_module(provider, case, torch_module)
+    module = provider_module(provider, case, torch_module, pass_)
     if isinstance(module, str):
         row["note"] = module
         return row
@@ -268,7 +366,11 @@ def measure(case: Case, provider: str, pass_: str, device: str, rounds: int, war
         else:
             row["ms"], row["peak_mb"] = time_step(step, rounds, warmup, cuda)
     if provider in ("recgen", "reference"):
-        notes.append(f"ran: {recgen.backend.implementation_of(module)}")
+        notes.append(f"ran: {ran(module)}")
+    if provider == "cudnn" and cuda and case.family == "dense":
+        notes.append("torch.nn eager: nn.Linear runs cuBLAS, not cuDNN")
+    if provider == "addmm_activation" and module.note:
+        notes.append(module.note)
     if not cuda:
         notes.append("CPU timing: not kernel speed")
     elif provider == "recgen" and case.family == "recurrent" and persistent_enabled():
@@ -308,8 +410,10 @@ def tf32_note(family: str) -> str:
     input projection). Timings of float32 rows depend on them."""
     from recgen.ops.common.launch import torch_allows_tf32
 
-    op = "rnn" if family == "recurrent" else "conv"
     state = {True: "on", False: "off"}
+    if family == "dense":  # cuBLAS's products and recgen's dense kernels both follow the matmul flag
+        return f"TF32 {state[torch_allows_tf32('matmul')]} for matmuls and recgen's dense kernels (torch's flags)"
+    op = "rnn" if family == "recurrent" else "conv"
     return (f"TF32 {state[torch_allows_tf32(op)]} for cuDNN {op} and recgen's kernels, "
             f"{state[torch_allows_tf32('matmul')]} for matmuls (torch's flags)")
 
@@ -323,13 +427,14 @@ def environment(cuda: bool) -> dict:
 
 def run(families=("recurrent", "residual"), quick=False, providers=PROVIDERS, rounds=None,
         warmup=None, progress=True) -> dict:
-    """Run the grid of each family on this machine's device; returns the results dict."""
+    """Run the grid of each family on this machine's device, each with the `providers` it has
+    (FAMILY_PROVIDERS); returns the results dict."""
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     rounds = rounds or (20 if cuda else 2)
     warmup = warmup or (3 if cuda else 1)
     jobs = [(case, p, pass_) for family in families for case in grid(family, quick, cuda)
-            for pass_ in PASSES for p in providers]
+            for pass_ in PASSES for p in providers if p in FAMILY_PROVIDERS[family]]
     if progress:
         from tqdm import tqdm
         jobs = tqdm(jobs, desc="recgen bench", unit="run")

@@ -8,7 +8,9 @@
     twin = model.torch_twin()                                # the same model on torch.nn's layers
 
 MODELS: "row-lstm" (autoregressive LSTM over rows, Bernoulli pixels), "rnn-gan" (LSTM generator,
-LSTM/GRU discriminator over rows), "res-gan" (residual-block generator and discriminator).
+LSTM/GRU discriminator over rows), "res-gan" (residual-block generator and discriminator),
+"cyclic-mlp" (a dense autoencoder on recgen.nn.Linear: it reconstructs images rather than
+sampling them, `model.reconstruct(images)`).
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from recgen.app.models._common import check_positive
+from recgen.app.models.cyclic_mlp import CyclicMLP
 from recgen.app.models.res_gan import ResidualDiscriminator, ResidualGAN, ResidualGenerator
 from recgen.app.models.rnn_gan import RecurrentGAN
 from recgen.app.models.row_lstm import RowLSTMGenerator
-from recgen.app.models.twin import TorchResidualBlock, torch_twin
+from recgen.app.models.twin import TorchLinear, TorchResidualBlock, torch_twin
 
 REAL_LABEL = 0.9  # one-sided label smoothing: real targets only; fakes stay at 0
 
@@ -186,7 +189,60 @@ class ResidualGANModel(_GANModel):
         self.net = ResidualGAN(H, C, noise_dim=noise_dim, base=base)
 
 
-MODELS = {"row-lstm": RowLSTMModel, "rnn-gan": RecurrentGANModel, "res-gan": ResidualGANModel}
+class CyclicMLPModel(GenerativeModel):
+    """recgen.app.models.cyclic_mlp.CyclicMLP over the C*H*W pixels of an image, trained to
+    reconstruct it (squared error, Adam 1e-3); losses {'mse': mean squared error per pixel}.
+    An autoencoder, not a generator: `reconstruct(images)` instead of `sample(n)`, which raises.
+    Options: hidden=64.
+
+    >>> model = build_model("cyclic-mlp", (1, 8, 8))
+    >>> model.reconstruct(torch.rand(4, 1, 8, 8)).shape
+    torch.Size([4, 1, 8, 8])
+    """
+
+    name = "cyclic-mlp"
+
+    def __init__(self, image_shape, hidden=64):
+        super().__init__(image_shape)
+        C, H, W = self.image_shape
+        self.net = CyclicMLP(C * H * W, hidden=hidden)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, C, H, W) -> reconstructions (B, C, H, W), the raw output (not clipped)."""
+        self._check_images(images)
+        return self.net(images.flatten(1)).view(images.shape)
+
+    def make_optimizers(self):
+        return {"model": torch.optim.Adam(self.parameters(), lr=1e-3)}
+
+    def train_step(self, images, optimizers):
+        self._check_images(images)
+        opt = self._optimizer(optimizers, "model")
+        self.train()
+        opt.zero_grad(set_to_none=True)
+        loss = F.mse_loss(self(images), images)
+        loss.backward()
+        opt.step()
+        return {"mse": loss.item()}
+
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+        """Reconstructions (B, C, H, W) of images in [0, 1], in eval mode without gradients (the
+        previous mode is restored); the raw output, which the squared error is measured on."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                return self(images)
+        finally:
+            self.train(was_training)
+
+    def _sample(self, n, generator):
+        raise TypeError("cyclic-mlp is an autoencoder: it reconstructs images (model.reconstruct(images)) "
+                        "and draws no samples")
+
+
+MODELS = {"row-lstm": RowLSTMModel, "rnn-gan": RecurrentGANModel, "res-gan": ResidualGANModel,
+          "cyclic-mlp": CyclicMLPModel}
 
 
 def build_model(name: str, image_shape: tuple[int, int, int], **options) -> GenerativeModel:
@@ -202,6 +258,6 @@ def build_model(name: str, image_shape: tuple[int, int, int], **options) -> Gene
 
 __all__ = [
     "MODELS", "build_model", "GenerativeModel", "RowLSTMModel", "RecurrentGANModel", "ResidualGANModel",
-    "RowLSTMGenerator", "RecurrentGAN", "ResidualGAN", "ResidualGenerator", "ResidualDiscriminator",
-    "TorchResidualBlock", "torch_twin",
+    "CyclicMLPModel", "RowLSTMGenerator", "RecurrentGAN", "ResidualGAN", "ResidualGenerator",
+    "ResidualDiscriminator", "CyclicMLP", "TorchLinear", "TorchResidualBlock", "torch_twin",
 ]
