@@ -23,7 +23,7 @@ import triton.language as tl
 
 from recgen.kernels.math import sigmoid, sigmoid_grad, tanh, tanh_grad
 from recgen.kernels.recurrent.steps import (backward_steps, batch_tile, direction, forward_steps, gate_inputs,
-                                            load_gates, load_rows, resident_tiles, store_gates, store_rows)
+                                            load_gates, resident_tiles, store_gates, tile_offsets)
 
 
 @triton.jit
@@ -51,7 +51,7 @@ def _gru_fwd_kernel(
     ar_h = tl.arange(0, BLOCK_H)
     ar_p = tl.arange(0, BLOCK_P)
     # W_g^T blocks (H_in, H_out), held for the whole sequence when RESIDENT.
-    w = resident_tiles(w_hh_ptr, 3, ar_p, ar_h, 1, H, H, H, RESIDENT)
+    w = resident_tiles(w_hh_ptr, 3, H, H, ar_p, ar_h, 1, H, H, H, RESIDENT)
     forward_steps(gru_inputs, gru_step, (b_hh_ptr, saved_ptr), w, xw_ptr, w_hh_ptr, y_ptr, h_state_ptr, mask_b, rows,
                   lengths, rev, ar_h, ar_p, T, B, H, H, stride_xt, stride_xb, stride_yt, stride_yb, RESIDENT,
                   DOT_FP32, INPUT_PRECISION, BLOCK_B, BLOCK_H, BLOCK_P, G=3, HAS_BIAS=HAS_BIAS, RELU=False,
@@ -120,11 +120,11 @@ def gru_cell(x_row, acc, h_old, saved_ptr, t, rows, offs_h, B, H, m2, keep, SAVE
 
 
 @triton.jit
-def gru_step(cell, acc, x_row, h_ptr, t, rows, offs_h, B, H, P, m2, keep, HAS_PROJ: tl.constexpr, RELU: tl.constexpr,
-             SAVE: tl.constexpr):
-    """CELL of the GRU loops (kernels/recurrent/steps.py): h_{t-1} of these columns from h_ptr, gru_cell."""
+def gru_step(cell, acc, x_row, h_base, h_off, t, rows, offs_h, B, H, m2, keep, HAS_PROJ: tl.constexpr,
+             RELU: tl.constexpr, SAVE: tl.constexpr):
+    """CELL of the GRU loops (kernels/recurrent/steps.py): h_{t-1} of these columns, gru_cell."""
     b, saved_ptr = cell
-    h_old = load_rows(h_ptr, rows, offs_h, P, keep)
+    h_old = tl.load(h_base + h_off, mask=keep, other=0.0)
     return gru_cell(x_row, acc, h_old, saved_ptr, t, rows, offs_h, B, H, m2, keep, SAVE), h_old
 
 
@@ -133,22 +133,26 @@ def gru_gate_grads(dh, saved_ptr, h_prev_ptr, dxw_ptr, dghn_ptr, t, rows, offs_h
     """Step t's gate gradients of a (rows x units) block, from dh, the total gradient of h_t:
     stores the r, z, n pre-activation gradients (dxw) and dghn (that of gh_n = h W_hn^T + b_hn);
     returns z, for the direct term dh_t * z of dh_{t-1}."""
-    gr, gz, gn, ghn = load_gates(saved_ptr + (t * B + rows)[:, None] * (4 * H) + offs_h[None, :], 4, H, m2)
-    h_prev = load_rows(h_prev_ptr, t * B + rows, offs_h, H, m2).to(tl.float32)
+    seq = tile_offsets(t * B + rows, offs_h, H)
+    gr, gz, gn, ghn = load_gates(saved_ptr + tile_offsets(t * B + rows, offs_h, 4 * H), 4, H, m2)
+    h_prev = tl.load(h_prev_ptr + seq, mask=m2, other=0.0).to(tl.float32)
     dn_pre = tanh_grad(dh * (1.0 - gz), gn)
     dz_pre = sigmoid_grad(dh * (h_prev - gn), gz)
     dr_pre = sigmoid_grad(dn_pre * ghn, gr)
-    store_gates(dxw_ptr + (t * B + rows)[:, None] * (3 * H) + offs_h[None, :], (dr_pre, dz_pre, dn_pre), 3, H, m2,
-                keep)
-    store_rows(dghn_ptr, t * B + rows, offs_h, H, tl.where(m2, dn_pre * gr, 0.0), keep)
+    store_gates(dxw_ptr + tile_offsets(t * B + rows, offs_h, 3 * H), (dr_pre, dz_pre, dn_pre), 3, H, m2, keep)
+    tl.store(dghn_ptr + seq, tl.where(m2, dn_pre * gr, 0.0), mask=keep)
     return gz
 
 
 @triton.jit
-def gru_grads(cell, dh, carry, s, t, rev, lengths, rows, offs_h, dst, B, H, m2, keep, RELU: tl.constexpr):
-    """GRADS of the one-program-per-tile GRU loop: gru_gate_grads (its backward_steps adds the
-    direct term dh_t * z after the contraction)."""
-    saved_ptr, h_prev_ptr, dxw_ptr, dghn_ptr = cell
+def gru_grads(cell, dm, c_base, c_off, dst, t, t_prev, has_prev, rows, offs_h, B, H, P, m2, keep,
+              HAS_PROJ: tl.constexpr, RELU: tl.constexpr):
+    """GRADS of the one-program-per-tile GRU loop: gru_gate_grads of dh_t (its backward_steps
+    adds the direct term dh_t * z after the contraction)."""
+    dy_ptr, saved_ptr, h_prev_ptr, dxw_ptr, dghn_ptr = cell
+    # Total gradient of h_t = output gradient + gradient carried from step t+1.
+    dh = tl.load(dy_ptr + tile_offsets(t * B + rows, offs_h, H), mask=m2, other=0.0).to(tl.float32) \
+        + tl.load(c_base + c_off, mask=m2, other=0.0)
     gru_gate_grads(dh, saved_ptr, h_prev_ptr, dxw_ptr, dghn_ptr, t, rows, offs_h, B, H, m2, keep)
 
 
@@ -175,10 +179,10 @@ def _gru_bwd_kernel(
     ar_h = tl.arange(0, BLOCK_H)
     ar_p = tl.arange(0, BLOCK_P)
     # W_g blocks (H_out, H_in), the transpose of the forward's view, for dgh_g W_g, held when RESIDENT.
-    w = resident_tiles(w_hh_ptr, 3, ar_h, ar_p, H, 1, H, H, RESIDENT)
+    w = resident_tiles(w_hh_ptr, 3, H, H, ar_h, ar_p, H, 1, H, H, RESIDENT)
     # dh_{t-1} = dh_t * z + (dr_pre, dz_pre, dn_pre * r) W_hh; z is slot 1 of the saved (.., 4H) rows.
-    backward_steps(gru_grads, (saved_ptr, h_prev_ptr, dxw_ptr, dghn_ptr), (dxw_ptr, dxw_ptr + H, dghn_ptr),
+    backward_steps(gru_grads, (dy_ptr, saved_ptr, h_prev_ptr, dxw_ptr, dghn_ptr), (dxw_ptr, dxw_ptr, dghn_ptr),
                    (3 * H, 3 * H, H), w, w_hh_ptr, dy_ptr, dh_state_ptr, mask_b, rows, lengths, rev, ar_h, ar_p,
-                   T, B, H, H, RESIDENT, DOT_FP32, INPUT_PRECISION, BLOCK_B, BLOCK_H, BLOCK_P,
-                   G=3, RELU=False, DIRECT=True, direct=(saved_ptr + H, 4 * H), HAS_PROJ=False, w_r=(),
+                   T, B, H, H, RESIDENT, DOT_FP32, INPUT_PRECISION, BLOCK_B, BLOCK_H, BLOCK_P, G=3, RELU=False,
+                   gate_offs=(0, H, 0), DIRECT=True, direct=(saved_ptr, 4 * H, H), HAS_PROJ=False, w_r=(),
                    w_hr_ptr=w_hh_ptr, dh_ptr=dy_ptr)  # no projection: unread

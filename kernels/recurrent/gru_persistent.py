@@ -21,7 +21,7 @@ import triton.language as tl
 from recgen.kernels.recurrent.gru import (biased_zeros, gate_bias, gru_bwd_blocks, gru_fwd_blocks, gru_gate_grads,
                                           gru_step)
 from recgen.kernels.recurrent.steps import (gate_tiles, own_columns, persistent_backward, persistent_forward,
-                                            persistent_group, resident_tiles, store_rows)
+                                            persistent_group, resident_tiles, tile_offsets)
 
 
 @triton.jit
@@ -33,12 +33,17 @@ def gru_held_inputs(cell, x_row, offs_h, mask_h, m2, H, G: tl.constexpr, HAS_BIA
 
 
 @triton.jit
-def gru_direct_grads(cell, dh, carry, s, t, rev, lengths, rows, offs_h, dst, B, H, m2, keep, RELU: tl.constexpr):
-    """GRADS of the persistent GRU backward: gru_gate_grads, and the direct path h_{t-1} -> h_t
-    through z * h_{t-1} into this program's columns of dh_{t-1} (phase 2 adds the rest)."""
-    saved_ptr, h_prev_ptr, dxw_ptr, dghn_ptr = cell
+def gru_direct_grads(cell, dm, c_base, c_off, dst, t, t_prev, has_prev, rows, offs_h, B, H, P, m2, keep,
+                     HAS_PROJ: tl.constexpr, RELU: tl.constexpr):
+    """GRADS of the persistent GRU backward: gru_gate_grads of dh_t, and the direct path h_{t-1}
+    -> h_t through z * h_{t-1} into this program's columns of dh_{t-1} (phase 2 adds the rest)."""
+    dy_ptr, saved_ptr, h_prev_ptr, dxw_ptr, dghn_ptr = cell
+    # Total gradient of h_t = output gradient + gradient carried from step t+1.
+    carry = tl.load(c_base + c_off, mask=keep, other=0.0)
+    dh = tl.load(dy_ptr + tile_offsets(t * B + rows, offs_h, H), mask=m2, other=0.0).to(tl.float32) \
+        + tl.where(m2, carry, 0.0)
     gz = gru_gate_grads(dh, saved_ptr, h_prev_ptr, dxw_ptr, dghn_ptr, t, rows, offs_h, B, H, m2, keep)
-    store_rows(dst, rows, offs_h, H, tl.where(m2, dh * gz, carry), keep)
+    tl.store(dst + c_off, tl.where(m2, dh * gz, carry), mask=keep)
 
 
 @triton.jit
@@ -72,7 +77,7 @@ def _gru_fwd_persistent_kernel(
 
     offs_h, mask_h, ar_p, mask_p = own_columns(col0, H, BLOCK_H, BLOCK_P)
     # This program's slice of W_g^T (H_in x BLOCK_H) per gate and of b_hh, held for the whole sequence.
-    w = gate_tiles(w_hh_ptr, 3, ar_p, offs_h, 1, H, H, H)
+    w = gate_tiles(w_hh_ptr, 3, H, H, ar_p, offs_h, 1, H, H, H)
     b = gate_bias(b_hh_ptr, 3, H, offs_h, mask_h, HAS_BIAS)
     persistent_forward(gru_held_inputs, gru_step, (b, saved_ptr), w, xw_ptr, y_ptr,
                        h_state_ptr, h_carry_ptr, counter_ptr, lengths_ptr, rev, group, n_cols, offs_h, mask_h, ar_p,
@@ -118,8 +123,9 @@ def _gru_bwd_persistent_kernel(
 
     offs_h, mask_h, ar_k, mask_k = own_columns(col0, H, BLOCK_H, BLOCK_P)
     # W_g[:, own units] (H x BLOCK_H) per gate: dh_{t-1}[:, own] += sum_g dgh_g W_g[:, own].
-    w = resident_tiles(w_hh_ptr, 3, ar_k, offs_h, H, 1, H, H, PHASES != 1)
-    persistent_backward(gru_direct_grads, (saved_ptr, h_prev_ptr, dxw_ptr, dghn_ptr), (dxw_ptr, dxw_ptr + H, dghn_ptr),
-                        (3 * H, 3 * H, H), w, dy_ptr, dh_state_ptr, counter_ptr, lengths_ptr, rev, group, n_cols,
-                        offs_h, mask_h, ar_k, mask_k, T, B, H, step_begin, step_end, spin_limit, HAS_LENGTHS, PHASES,
-                        GRID_SYNC, DOT_FP32, INPUT_PRECISION, BLOCK_B, BLOCK_H, G=3, RELU=False, DIRECT=True)
+    w = resident_tiles(w_hh_ptr, 3, H, H, ar_k, offs_h, H, 1, H, H, PHASES != 1)
+    persistent_backward(gru_direct_grads, (dy_ptr, saved_ptr, h_prev_ptr, dxw_ptr, dghn_ptr),
+                        (dxw_ptr, dxw_ptr, dghn_ptr), (3 * H, 3 * H, H), (0, H, 0), w, dh_state_ptr, counter_ptr,
+                        lengths_ptr, rev, group, n_cols, offs_h, mask_h, ar_k, mask_k, T, B, H, step_begin, step_end,
+                        spin_limit, HAS_LENGTHS, PHASES, GRID_SYNC, DOT_FP32, INPUT_PRECISION, BLOCK_B, BLOCK_H,
+                        G=3, RELU=False, DIRECT=True)

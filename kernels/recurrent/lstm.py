@@ -17,7 +17,8 @@ import triton.language as tl
 
 from recgen.kernels.math import sigmoid, sigmoid_grad, tanh, tanh_grad
 from recgen.kernels.recurrent.steps import (backward_steps, batch_tile, direction, forward_steps, input_gates,
-                                            load_gates, load_rows, resident_tiles, store_gates, store_rows)
+                                            load_gates, load_rows, resident_tiles, store_gates, store_rows,
+                                            tile_offsets)
 
 
 @triton.jit
@@ -55,8 +56,8 @@ def _lstm_fwd_kernel(
     ar_h = tl.arange(0, BLOCK_H)
     ar_p = tl.arange(0, BLOCK_P)
     # W_g^T blocks (P, H) and W_hr^T (H, P), held for the whole sequence when RESIDENT.
-    w = resident_tiles(w_hh_ptr, 4, ar_p, ar_h, 1, P, P, H, RESIDENT)
-    w_r = resident_tiles(w_hr_ptr, 1, ar_h, ar_p, 1, H, H, P, RESIDENT and HAS_PROJ)
+    w = resident_tiles(w_hh_ptr, 4, H, P, ar_p, ar_h, 1, P, P, H, RESIDENT)
+    w_r = resident_tiles(w_hr_ptr, 1, P, H, ar_h, ar_p, 1, H, H, P, RESIDENT and HAS_PROJ)
     forward_steps(input_gates, lstm_step, (c_state_ptr, gates_ptr, c_ptr), w, xw_ptr, w_hh_ptr, y_ptr, h_state_ptr,
                   mask_b, rows, lengths, rev, ar_h, ar_p, T, B, H, P, stride_xt, stride_xb, stride_yt, stride_yb,
                   RESIDENT, DOT_FP32, INPUT_PRECISION, BLOCK_B, BLOCK_H, BLOCK_P, G=4, HAS_BIAS=False, RELU=False,
@@ -72,9 +73,10 @@ def lstm_cell(acc, c_state_ptr, gates_ptr, c_ptr, t, rows, offs_h, B, H, m2, kee
     gf = sigmoid(acc[1])
     gg = tanh(acc[2])
     go = sigmoid(acc[3])
-    c_old = load_rows(c_state_ptr, rows, offs_h, H, keep)
+    own = tile_offsets(rows, offs_h, H)
+    c_old = tl.load(c_state_ptr + own, mask=keep, other=0.0)
     c_new = gf * c_old + gi * gg
-    store_rows(c_state_ptr, rows, offs_h, H, tl.where(m2, c_new, c_old), keep)
+    tl.store(c_state_ptr + own, tl.where(m2, c_new, c_old), mask=keep)
     if SAVE:
         store_gates(gates_ptr + (t * B + rows)[:, None] * (4 * H) + offs_h[None, :], (gi, gf, gg, go), 4, H, m2, keep)
         store_rows(c_ptr, t * B + rows, offs_h, H, tl.where(m2, c_new, 0.0), keep)
@@ -82,38 +84,41 @@ def lstm_cell(acc, c_state_ptr, gates_ptr, c_ptr, t, rows, offs_h, B, H, m2, kee
 
 
 @triton.jit
-def lstm_step(cell, acc, x_row, h_ptr, t, rows, offs_h, B, H, P, m2, keep, HAS_PROJ: tl.constexpr, RELU: tl.constexpr,
-              SAVE: tl.constexpr):
+def lstm_step(cell, acc, x_row, h_base, h_off, t, rows, offs_h, B, H, m2, keep, HAS_PROJ: tl.constexpr,
+              RELU: tl.constexpr, SAVE: tl.constexpr):
     """CELL of the LSTM loops (kernels/recurrent/steps.py): lstm_cell, and h_{t-1} of these
-    columns from h_ptr unless a projection follows (HAS_PROJ: the step returns m_t)."""
+    columns unless a projection follows (HAS_PROJ: the step returns m_t)."""
     c_state_ptr, gates_ptr, c_ptr = cell
     m_new = lstm_cell(acc, c_state_ptr, gates_ptr, c_ptr, t, rows, offs_h, B, H, m2, keep, SAVE)
     h_old = 0.0
     if not HAS_PROJ:
-        h_old = load_rows(h_ptr, rows, offs_h, P, keep)
+        h_old = tl.load(h_base + h_off, mask=keep, other=0.0)
     return m_new, h_old
 
 
 @triton.jit
-def lstm_gate_grads(cell, dm, carry, s, t, rev, lengths, rows, offs_h, dst, B, H, m2, keep, RELU: tl.constexpr):
+def lstm_gate_grads(cell, dm, c_base, c_off, dst, t, t_prev, has_prev, rows, offs_h, B, H, P, m2, keep,
+                    HAS_PROJ: tl.constexpr, RELU: tl.constexpr):
     """GRADS of the LSTM loops: step t's gate gradients of a (rows x units) block from dm, the
-    gradient of m_t = o * tanh(c_t): stores the four gate pre-activation gradients (dgates) and
-    updates the dc carry in dc_state."""
-    gates_ptr, c_ptr, c0_ptr, dgates_ptr, dc_state_ptr = cell
-    t_prev = tl.where(rev, t + 1, t - 1)
-    has_prev = (lengths * 0 + s) > 0  # per row, so it broadcasts into the load masks
+    gradient of m_t = o * tanh(c_t) (without a projection dh_t, read here): stores the four gate
+    pre-activation gradients (dgates) and updates the dc carry in dc_state."""
+    dy_ptr, gates_ptr, c_ptr, c0_ptr, dgates_ptr, dc_state_ptr = cell
+    if not HAS_PROJ:
+        dm = tl.load(dy_ptr + (t * B + rows)[:, None] * P + offs_h[None, :], mask=m2, other=0.0).to(tl.float32) \
+            + tl.load(c_base + c_off, mask=m2, other=0.0)
     g_row = (t * B + rows)[:, None] * (4 * H) + offs_h[None, :]
     gi, gf, gg, go = load_gates(gates_ptr + g_row, 4, H, m2)
     c = load_rows(c_ptr, t * B + rows, offs_h, H, m2)
     # c_{t-1}: the previous step's cell state, or c0 on a sequence's first step.
+    state = tile_offsets(rows, offs_h, H)
     c_prev = load_rows(c_ptr, t_prev * B + rows, offs_h, H, m2 & has_prev[:, None]) \
-        + load_rows(c0_ptr, rows, offs_h, H, m2 & ~has_prev[:, None])
-    dc_carry = load_rows(dc_state_ptr, rows, offs_h, H, keep)
+        + tl.load(c0_ptr + state, mask=m2 & ~has_prev[:, None], other=0.0)
+    dc_carry = tl.load(dc_state_ptr + state, mask=keep, other=0.0)
     tc = tanh(c)
     dc = dc_carry + tanh_grad(dm * go, tc)
     store_gates(dgates_ptr + g_row, (sigmoid_grad(dc * gg, gi), sigmoid_grad(dc * c_prev, gf), tanh_grad(dc * gi, gg),
                                      sigmoid_grad(dm * tc, go)), 4, H, m2, keep)
-    store_rows(dc_state_ptr, rows, offs_h, H, tl.where(m2, dc * gf, dc_carry), keep)
+    tl.store(dc_state_ptr + state, tl.where(m2, dc * gf, dc_carry), mask=keep)
 
 
 @triton.jit
@@ -151,11 +156,10 @@ def _lstm_bwd_kernel(
     ar_p = tl.arange(0, BLOCK_P)
     # W_g blocks (H, P), the transpose of the forward's view, for dh_{t-1} = sum_g dgate_g W_g,
     # and W_hr (P, H) for dm = dh W_hr, held when RESIDENT.
-    w = resident_tiles(w_hh_ptr, 4, ar_h, ar_p, P, 1, H, P, RESIDENT)
-    w_r = resident_tiles(w_hr_ptr, 1, ar_p, ar_h, H, 1, P, H, RESIDENT and HAS_PROJ)
-    grads = (dgates_ptr, dgates_ptr + H, dgates_ptr + 2 * H, dgates_ptr + 3 * H)
-    backward_steps(lstm_gate_grads, (gates_ptr, c_ptr, c0_ptr, dgates_ptr, dc_state_ptr), grads,
-                   (4 * H, 4 * H, 4 * H, 4 * H), w, w_hh_ptr, dy_ptr, dh_state_ptr, mask_b, rows, lengths, rev,
-                   ar_h, ar_p, T, B, H, P, RESIDENT, DOT_FP32, INPUT_PRECISION, BLOCK_B, BLOCK_H, BLOCK_P,
-                   G=4, RELU=False, DIRECT=False, direct=(), HAS_PROJ=HAS_PROJ, w_r=w_r, w_hr_ptr=w_hr_ptr,
-                   dh_ptr=dh_ptr)
+    w = resident_tiles(w_hh_ptr, 4, H, P, ar_h, ar_p, P, 1, H, P, RESIDENT)
+    w_r = resident_tiles(w_hr_ptr, 1, P, H, ar_p, ar_h, H, 1, P, H, RESIDENT and HAS_PROJ)
+    backward_steps(lstm_gate_grads, (dy_ptr, gates_ptr, c_ptr, c0_ptr, dgates_ptr, dc_state_ptr),
+                   (dgates_ptr, dgates_ptr, dgates_ptr, dgates_ptr), (4 * H, 4 * H, 4 * H, 4 * H), w, w_hh_ptr, dy_ptr,
+                   dh_state_ptr, mask_b, rows, lengths, rev, ar_h, ar_p, T, B, H, P, RESIDENT, DOT_FP32,
+                   INPUT_PRECISION, BLOCK_B, BLOCK_H, BLOCK_P, G=4, RELU=False, gate_offs=(0, H, 2 * H, 3 * H),
+                   DIRECT=False, direct=(), HAS_PROJ=HAS_PROJ, w_r=w_r, w_hr_ptr=w_hr_ptr, dh_ptr=dh_ptr)

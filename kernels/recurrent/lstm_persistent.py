@@ -71,7 +71,7 @@ def _lstm_fwd_persistent_kernel(
 
     offs_h, mask_h, ar_p, mask_p = own_columns(col0, H, BLOCK_H, BLOCK_P)
     # This program's slice of W_g^T (H_in x BLOCK_H) per gate, held for the whole sequence.
-    w = gate_tiles(w_hh_ptr, 4, ar_p, offs_h, 1, H, H, H)
+    w = gate_tiles(w_hh_ptr, 4, H, H, ar_p, offs_h, 1, H, H, H)
     persistent_forward(input_gates, lstm_step, (c_state_ptr, gates_ptr, c_ptr), w, xw_ptr, y_ptr,
                        h_state_ptr, h_carry_ptr, counter_ptr, lengths_ptr, rev, group, n_cols, offs_h, mask_h, ar_p,
                        mask_p, T, B, H, stride_xt, stride_xb, stride_yt, stride_yb, step_begin, step_end, spin_limit,
@@ -117,9 +117,9 @@ def _lstm_bwd_persistent_kernel(
 
     offs_h, mask_h, ar_k, mask_k = own_columns(col0, H, BLOCK_H, BLOCK_P)
     # W_g[:, own units] (H x BLOCK_H) per gate: dh_{t-1}[:, own] = sum_g dgates_g W_g[:, own].
-    w = resident_tiles(w_hh_ptr, 4, ar_k, offs_h, H, 1, H, H, PHASES != 1)
-    grads = (dgates_ptr, dgates_ptr + H, dgates_ptr + 2 * H, dgates_ptr + 3 * H)
-    persistent_backward(lstm_gate_grads, (gates_ptr, c_ptr, c0_ptr, dgates_ptr, dc_state_ptr), grads,
-                        (4 * H, 4 * H, 4 * H, 4 * H), w, dy_ptr, dh_state_ptr, counter_ptr, lengths_ptr, rev, group,
+    w = resident_tiles(w_hh_ptr, 4, H, H, ar_k, offs_h, H, 1, H, H, PHASES != 1)
+    persistent_backward(lstm_gate_grads, (dy_ptr, gates_ptr, c_ptr, c0_ptr, dgates_ptr, dc_state_ptr),
+                        (dgates_ptr, dgates_ptr, dgates_ptr, dgates_ptr), (4 * H, 4 * H, 4 * H, 4 * H),
+                        (0, H, 2 * H, 3 * H), w, dh_state_ptr, counter_ptr, lengths_ptr, rev, group,
                         n_cols, offs_h, mask_h, ar_k, mask_k, T, B, H, step_begin, step_end, spin_limit, HAS_LENGTHS,
                         PHASES, GRID_SYNC, DOT_FP32, INPUT_PRECISION, BLOCK_B, BLOCK_H, G=4, RELU=False, DIRECT=False)

@@ -19,7 +19,7 @@ import triton.language as tl
 
 from recgen.kernels.math import activation, activation_grad, tanh, tanh_grad
 from recgen.kernels.recurrent.steps import (backward_steps, batch_tile, direction, forward_steps, input_gates,
-                                            load_rows, resident_tiles, store_rows)
+                                            resident_tiles, tile_offsets)
 
 
 @triton.jit
@@ -57,23 +57,27 @@ def rnn_activation_grad(dh, h, RELU: tl.constexpr):
 
 
 @triton.jit
-def rnn_step(cell, acc, x_row, h_ptr, t, rows, offs_h, B, H, P, m2, keep, HAS_PROJ: tl.constexpr, RELU: tl.constexpr,
-             SAVE: tl.constexpr):
+def rnn_step(cell, acc, x_row, h_base, h_off, t, rows, offs_h, B, H, m2, keep, HAS_PROJ: tl.constexpr,
+             RELU: tl.constexpr, SAVE: tl.constexpr):
     """CELL of the RNN loops (kernels/recurrent/steps.py): h_t = act(pre), saved (SAVE) as the
-    float32 activations for the backward, and h_{t-1} of these columns from h_ptr."""
+    float32 activations for the backward, and h_{t-1} of these columns."""
     act_ptr = cell[0]
     h_new = rnn_activation(acc[0], RELU)
     if SAVE:
-        store_rows(act_ptr, t * B + rows, offs_h, H, tl.where(m2, h_new, 0.0), keep)
-    return h_new, load_rows(h_ptr, rows, offs_h, P, keep)
+        tl.store(act_ptr + tile_offsets(t * B + rows, offs_h, H), tl.where(m2, h_new, 0.0), mask=keep)
+    return h_new, tl.load(h_base + h_off, mask=keep, other=0.0)
 
 
 @triton.jit
-def rnn_grads(cell, dh, carry, s, t, rev, lengths, rows, offs_h, dst, B, H, m2, keep, RELU: tl.constexpr):
+def rnn_grads(cell, dm, c_base, c_off, dst, t, t_prev, has_prev, rows, offs_h, B, H, P, m2, keep,
+              HAS_PROJ: tl.constexpr, RELU: tl.constexpr):
     """GRADS of the RNN loops: dpre_t = dh_t * act'(pre_t) of these columns, zero at padding."""
-    act_ptr, dpre_ptr = cell
-    dpre = rnn_activation_grad(dh, load_rows(act_ptr, t * B + rows, offs_h, H, m2), RELU)
-    store_rows(dpre_ptr, t * B + rows, offs_h, H, tl.where(m2, dpre, 0.0), keep)
+    dy_ptr, act_ptr, dpre_ptr = cell
+    seq = tile_offsets(t * B + rows, offs_h, H)
+    # Total gradient of h_t = output gradient + gradient carried from the next step.
+    dh = tl.load(dy_ptr + seq, mask=m2, other=0.0).to(tl.float32) + tl.load(c_base + c_off, mask=m2, other=0.0)
+    dpre = rnn_activation_grad(dh, tl.load(act_ptr + seq, mask=m2, other=0.0), RELU)
+    tl.store(dpre_ptr + seq, tl.where(m2, dpre, 0.0), mask=keep)
 
 
 @triton.jit
@@ -100,7 +104,7 @@ def _rnn_fwd_kernel(
     ar_h = tl.arange(0, BLOCK_H)
     ar_p = tl.arange(0, BLOCK_P)
     # W_hh^T (P, H), held for the whole sequence when RESIDENT.
-    w = resident_tiles(w_hh_ptr, 1, ar_p, ar_h, 1, H, H, H, RESIDENT)
+    w = resident_tiles(w_hh_ptr, 1, H, H, ar_p, ar_h, 1, H, H, H, RESIDENT)
     forward_steps(input_gates, rnn_step, (act_ptr,), w, xw_ptr, w_hh_ptr, y_ptr, h_state_ptr, mask_b, rows, lengths,
                   rev, ar_h, ar_p, T, B, H, H, stride_xt, stride_xb, stride_yt, stride_yb, RESIDENT, DOT_FP32,
                   INPUT_PRECISION, BLOCK_B, BLOCK_H, BLOCK_P, G=1, HAS_BIAS=False, RELU=RELU, SAVE=SAVE,
@@ -128,8 +132,8 @@ def _rnn_bwd_kernel(
     ar_h = tl.arange(0, BLOCK_H)
     ar_p = tl.arange(0, BLOCK_P)
     # W_hh (H, P), the transpose of the forward's view, for dh_{t-1} = dpre_t W_hh, held when RESIDENT.
-    w = resident_tiles(w_hh_ptr, 1, ar_h, ar_p, H, 1, H, H, RESIDENT)
-    backward_steps(rnn_grads, (act_ptr, dpre_ptr), (dpre_ptr,), (H,), w, w_hh_ptr, dy_ptr, dh_state_ptr, mask_b, rows,
-                   lengths, rev, ar_h, ar_p, T, B, H, H, RESIDENT, DOT_FP32, INPUT_PRECISION, BLOCK_B, BLOCK_H,
-                   BLOCK_P, G=1, RELU=RELU, DIRECT=False, direct=(), HAS_PROJ=False, w_r=(), w_hr_ptr=w_hh_ptr,
-                   dh_ptr=dy_ptr)  # no projection: unread
+    w = resident_tiles(w_hh_ptr, 1, H, H, ar_h, ar_p, H, 1, H, H, RESIDENT)
+    backward_steps(rnn_grads, (dy_ptr, act_ptr, dpre_ptr), (dpre_ptr,), (H,), w, w_hh_ptr, dy_ptr, dh_state_ptr,
+                   mask_b, rows, lengths, rev, ar_h, ar_p, T, B, H, H, RESIDENT, DOT_FP32, INPUT_PRECISION, BLOCK_B,
+                   BLOCK_H, BLOCK_P, G=1, RELU=RELU, gate_offs=(0,), DIRECT=False, direct=(), HAS_PROJ=False,
+                   w_r=(), w_hr_ptr=w_hh_ptr, dh_ptr=dy_ptr)  # no projection: unread

@@ -52,7 +52,7 @@ def _rnn_fwd_persistent_kernel(
 
     offs_h, mask_h, ar_p, mask_p = own_columns(col0, H, BLOCK_H, BLOCK_P)
     # This program's slice of W_hh^T (H_in x BLOCK_H), held for the whole sequence.
-    w = gate_tiles(w_hh_ptr, 1, ar_p, offs_h, 1, H, H, H)
+    w = gate_tiles(w_hh_ptr, 1, H, H, ar_p, offs_h, 1, H, H, H)
     persistent_forward(input_gates, rnn_step, (act_ptr,), w, xw_ptr, y_ptr, h_state_ptr, h_carry_ptr,
                        counter_ptr, lengths_ptr, rev, group, n_cols, offs_h, mask_h, ar_p, mask_p, T, B, H,
                        stride_xt, stride_xb, stride_yt, stride_yb, step_begin, step_end, spin_limit, HAS_LENGTHS,
@@ -92,8 +92,8 @@ def _rnn_bwd_persistent_kernel(
 
     offs_h, mask_h, ar_k, mask_k = own_columns(col0, H, BLOCK_H, BLOCK_P)
     # W_hh[:, own units] (H x BLOCK_H): dh_{t-1}[:, own] = dpre_t W_hh[:, own].
-    w = resident_tiles(w_hh_ptr, 1, ar_k, offs_h, H, 1, H, H, PHASES != 1)
-    persistent_backward(rnn_grads, (act_ptr, dpre_ptr), (dpre_ptr,), (H,), w, dy_ptr, dh_state_ptr, counter_ptr,
+    w = resident_tiles(w_hh_ptr, 1, H, H, ar_k, offs_h, H, 1, H, H, PHASES != 1)
+    persistent_backward(rnn_grads, (dy_ptr, act_ptr, dpre_ptr), (dpre_ptr,), (H,), (0,), w, dh_state_ptr, counter_ptr,
                         lengths_ptr, rev, group, n_cols, offs_h, mask_h, ar_k, mask_k, T, B, H, step_begin, step_end,
                         spin_limit, HAS_LENGTHS, PHASES, GRID_SYNC, DOT_FP32, INPUT_PRECISION, BLOCK_B, BLOCK_H,
                         G=1, RELU=RELU, DIRECT=False)

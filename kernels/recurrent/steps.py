@@ -15,12 +15,17 @@ tuple arrives as a runtime value):
   INIT(cell, x_row, offs_h, mask_h, m2, H, G, HAS_BIAS, BLOCK_B, BLOCK_H)  the G accumulators a
       step starts from, before the h_{t-1} W_hh^T dots (input_gates: the step's xw columns,
       which hold every bias)
-  CELL(cell, acc, x_row, h_ptr, t, rows, offs_h, B, H, P, m2, keep, HAS_PROJ, RELU, SAVE)
+  CELL(cell, acc, x_row, h_base, h_off, t, rows, offs_h, B, H, m2, keep, HAS_PROJ, RELU, SAVE)
       -> (h_new, h_old): the step from the pre-activations, h_old the previous h of these
-      columns read from h_ptr, a (B, P) array (with a projection, h_new is m_t, h_old unread)
-  GRADS(cell, dh, carry, s, t, rev, lengths, rows, offs_h, dst, B, H, m2, keep, RELU): step t's
-      gate gradients of these columns from dh, the total gradient of the cell's output, into
-      the tensors that the contraction dh_{t-1} = sum_g dgate_g W_g reads (`grads`, `widths`)
+      columns read at h_base + h_off (with a projection, h_new is m_t and h_old is not read)
+  GRADS(cell, dm, c_base, c_off, dst, t, t_prev, has_prev, rows, offs_h, B, H, P, m2, keep,
+        HAS_PROJ, RELU): step t's gate gradients of these columns, from dh_t = dy_t + the carry
+      at c_base + c_off (with a projection, from dm, the gradient of m_t), into the tensors that
+      the contraction dh_{t-1} = sum_g dgate_g W_g reads (`grads`, `widths`, `gate_offs`);
+      t_prev is the previous step's time index in the direction of travel (has_prev: there is one)
+A (base, offset) pair keeps each address computed as the kernels always have (a row pointer plus
+the columns, or a pointer plus a precomputed (rows, columns) offset tile): the compiled code, its
+registers and spills, follow that form.
 """
 
 import triton
@@ -92,7 +97,14 @@ def column_block(n0, ar, N, mask_b, live):
     """Columns n0 + ar of N: (offsets, mask, keep, m2) of these rows x columns."""
     offs = n0 + ar
     mask = offs < N
-    return offs, mask, mask_b[:, None] & mask[None, :], live[:, None] & mask[None, :]
+    keep, m2 = tile_masks(mask, mask_b, live)
+    return offs, mask, keep, m2
+
+
+@triton.jit
+def tile_masks(mask, mask_b, live):
+    """(keep, m2) of these rows x the columns of `mask`."""
+    return mask_b[:, None] & mask[None, :], live[:, None] & mask[None, :]
 
 
 # ---- state and outputs ---------------------------------------------------------------------------
@@ -143,9 +155,9 @@ def input_gates(cell, x_row, offs_h, mask_h, m2, H, G: tl.constexpr, HAS_BIAS: t
 
 
 @triton.jit
-def total_grad(dy_ptr, src, t, rows, offs, B, P, m2):
-    """dh_t of these rows and columns: the output gradient dy_t plus the carry from step t+1."""
-    return load_rows(dy_ptr, t * B + rows, offs, P, m2).to(tl.float32) + load_rows(src, rows, offs, P, m2)
+def tile_offsets(rows, offs, width):
+    """The offsets of elements [rows, offs] of a row-major array of `width` columns."""
+    return rows[:, None] * width + offs[None, :]
 
 
 @triton.jit
@@ -174,20 +186,20 @@ def load_tile(ptr, offs_r, offs_c, stride_r, stride_c, n_r, n_c):
 
 
 @triton.jit
-def gate_tiles(w_ptr, G: tl.constexpr, offs_r, offs_c, stride_r, stride_c, n_r, n_c):
-    """load_tile of each of the G gate blocks (n_r * n_c elements each) of a stacked weight."""
+def gate_tiles(w_ptr, G: tl.constexpr, H, P, offs_r, offs_c, stride_r, stride_c, n_r, n_c):
+    """load_tile of each of the G gate blocks of a stacked (G*H, P) weight (block g at w + g*H*P)."""
     out = ()
     for g in tl.static_range(G):
-        out = out + (load_tile(w_ptr + g * n_r * n_c, offs_r, offs_c, stride_r, stride_c, n_r, n_c),)
+        out = out + (load_tile(w_ptr + g * H * P, offs_r, offs_c, stride_r, stride_c, n_r, n_c),)
     return out
 
 
 @triton.jit
-def resident_tiles(w_ptr, G: tl.constexpr, offs_r, offs_c, stride_r, stride_c, n_r, n_c, HELD: tl.constexpr):
+def resident_tiles(w_ptr, G: tl.constexpr, H, P, offs_r, offs_c, stride_r, stride_c, n_r, n_c, HELD: tl.constexpr):
     """gate_tiles held on chip for the whole sequence when HELD; () when the loop streams them."""
     out = ()
     if HELD:
-        out = gate_tiles(w_ptr, G, offs_r, offs_c, stride_r, stride_c, n_r, n_c)
+        out = gate_tiles(w_ptr, G, H, P, offs_r, offs_c, stride_r, stride_c, n_r, n_c)
     return out
 
 
@@ -201,12 +213,12 @@ def gate_dots(acc, a, w, G: tl.constexpr, DOT_FP32: tl.constexpr, INPUT_PRECISIO
 
 
 @triton.jit
-def sum_gate_dots(acc, grads, widths, rows, offs_k, mask, w, G: tl.constexpr, DOT_FP32: tl.constexpr,
+def sum_gate_dots(acc, grads, widths, gate_offs, rows, offs_k, mask, w, G: tl.constexpr, DOT_FP32: tl.constexpr,
                   INPUT_PRECISION: tl.constexpr, CACHE: tl.constexpr):
-    """acc + sum_g grads[g][rows, offs_k] @ w[g], grads[g] a row-major array of widths[g] columns
-    (a backward step: one operand and one weight block per gate, one sum)."""
+    """acc + sum_g a_g @ w[g], a_g = elements [rows, gate_offs[g] + offs_k] of grads[g], a row-major
+    array of widths[g] columns (a backward step: one operand and one weight block per gate, one sum)."""
     for g in tl.static_range(G):
-        a = tl.load(grads[g] + rows[:, None] * widths[g] + offs_k[None, :], mask=mask, other=0.0,
+        a = tl.load(grads[g] + rows[:, None] * widths[g] + offs_k[None, :] + gate_offs[g], mask=mask, other=0.0,
                     cache_modifier=CACHE)
         acc += mma(a, w[g], DOT_FP32, INPUT_PRECISION)
     return acc
@@ -225,7 +237,7 @@ def row_dots(acc, a_ptr, rows, mask_b, ar_k, K, w, w_ptr, offs_n, stride_k, stri
         if RESIDENT:
             w_k = w
         else:
-            w_k = gate_tiles(w_ptr, G, offs_k, offs_n, stride_k, stride_n, K, N)
+            w_k = gate_tiles(w_ptr, G, N, K, offs_k, offs_n, stride_k, stride_n, K, N)
         acc = gate_dots(acc, a, w_k, G, DOT_FP32, INPUT_PRECISION)
     return acc
 
@@ -253,17 +265,19 @@ def forward_steps(INIT: tl.constexpr, CELL: tl.constexpr, cell, w, xw_ptr, w_hh_
             acc = INIT(cell, x_row, offs_h, mask_h, m2, H, G, HAS_BIAS, BLOCK_B, BLOCK_H)
             acc = row_dots(acc, src, rows, mask_b, ar_p, P, w, w_hh_ptr, offs_h, 1, P, H, G, RESIDENT, DOT_FP32,
                            INPUT_PRECISION, BLOCK_P)
-            h_new, h_old = CELL(cell, acc, x_row, src, t, rows, offs_h, B, H, P, m2, keep, HAS_PROJ, RELU, SAVE)
+            h_new, h_old = CELL(cell, acc, x_row, src + rows[:, None] * P, offs_h[None, :], t, rows, offs_h, B, H, m2,
+                                keep, HAS_PROJ, RELU, SAVE)
             if HAS_PROJ:
-                store_rows(m_ptr, t * B + rows, offs_h, H, tl.where(m2, h_new, 0.0), keep)
+                tl.store(m_ptr + tile_offsets(t * B + rows, offs_h, H), tl.where(m2, h_new, 0.0), mask=keep)
             else:
                 emit_h(h_new, h_old, dst, y_ptr, t, rows, offs_h, P, stride_yt, stride_yb, m2, keep)
         if HAS_PROJ:
             tl.debug_barrier()  # every m_t column is written before the projection reads it
             for p0 in range(0, P, BLOCK_P):
-                offs_p, mask_p, keep, m2 = column_block(p0, ar_p, P, mask_b, live)
+                offs_p = p0 + ar_p
                 h = row_dots((tl.zeros([BLOCK_B, BLOCK_P], dtype=tl.float32),), m_ptr, t * B + rows, mask_b, ar_h,
                              H, w_r, w_hr_ptr, offs_p, 1, H, P, 1, RESIDENT, DOT_FP32, INPUT_PRECISION, BLOCK_H)[0]
+                keep, m2 = tile_masks(offs_p < P, mask_b, live)
                 emit_h(h, load_rows(src, rows, offs_p, P, keep), dst, y_ptr, t, rows, offs_p, P, stride_yt,
                        stride_yb, m2, keep)
         tl.debug_barrier()  # h_t is complete before step s + 1 reads it
@@ -274,35 +288,38 @@ def backward_steps(GRADS: tl.constexpr, cell, grads, widths, w, w_hh_ptr, dy_ptr
                    mask_b, rows, lengths, rev, ar_h, ar_p, T, B, H, P,
                    RESIDENT: tl.constexpr, DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
                    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
-                   G: tl.constexpr, RELU: tl.constexpr, DIRECT: tl.constexpr, direct,
+                   G: tl.constexpr, RELU: tl.constexpr, gate_offs, DIRECT: tl.constexpr, direct,
                    HAS_PROJ: tl.constexpr, w_r, w_hr_ptr, dh_ptr):
     """Back-propagation through time of one batch tile, steps in reverse order: per step, dh_t =
     dy_t + the carry from step t+1 (with HAS_PROJ stored whole in dh_ptr first, and the cell's
     output gradient is dh_t W_hr), GRADS one H block at a time; a barrier; dh_{t-1} = sum_g
     grads_g W_g one P block at a time into the dst slot (the carry where a row is inactive);
-    with DIRECT (GRU) plus dh_t * z, z read from direct = (pointer, row width). w / w_r: the
-    resident tiles of W_hh (H, P) per gate / W_hr (P, H), or () when streamed."""
+    with DIRECT (GRU) plus dh_t * z, z at direct = (pointer, row width, column offset). w / w_r:
+    the resident tiles of W_hh (H, P) per gate / W_hr (P, H), or () when streamed."""
     for i in range(T):
         s = T - 1 - i
         t, live, src, dst = step_rows(s, i, lengths, rev, mask_b, dh_state_ptr, B, P)
+        t_prev = tl.where(rev, t + 1, t - 1)
+        has_prev = (lengths * 0 + s) > 0  # per row, so it broadcasts into the load masks
         if HAS_PROJ:
             # Total gradient of h_t = output gradient + gradient carried from step t+1.
             for p0 in range(0, P, BLOCK_P):
                 offs_p, mask_p, keep, m2 = column_block(p0, ar_p, P, mask_b, live)
-                dh_tot = total_grad(dy_ptr, src, t, rows, offs_p, B, P, m2)
-                store_rows(dh_ptr, t * B + rows, offs_p, P, tl.where(m2, dh_tot, 0.0), keep)
+                seq = tile_offsets(t * B + rows, offs_p, P)
+                dh_tot = tl.load(dy_ptr + seq, mask=m2, other=0.0).to(tl.float32) + load_rows(src, rows, offs_p, P, m2)
+                tl.store(dh_ptr + seq, tl.where(m2, dh_tot, 0.0), mask=keep)
             tl.debug_barrier()
         for n0 in range(0, H, BLOCK_H):
             offs_h, mask_h, keep, m2 = column_block(n0, ar_h, H, mask_b, live)
+            dm = 0.0
             if HAS_PROJ:
-                dh = row_dots((tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32),), dh_ptr, t * B + rows, mask_b, ar_p,
+                dm = row_dots((tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32),), dh_ptr, t * B + rows, mask_b, ar_p,
                               P, w_r, w_hr_ptr, offs_h, H, 1, H, 1, RESIDENT, DOT_FP32, INPUT_PRECISION, BLOCK_P)[0]
-            else:
-                dh = total_grad(dy_ptr, src, t, rows, offs_h, B, P, m2)
-            GRADS(cell, dh, 0.0, s, t, rev, lengths, rows, offs_h, dst, B, H, m2, keep, RELU)
+            GRADS(cell, dm, src + rows[:, None] * P, offs_h[None, :], dst, t, t_prev, has_prev, rows, offs_h, B, H, P,
+                  m2, keep, HAS_PROJ, RELU)
         tl.debug_barrier()  # every gate gradient of step t is written before it is contracted
         for p0 in range(0, P, BLOCK_P):
-            offs_p, mask_p, keep, m2 = column_block(p0, ar_p, P, mask_b, live)
+            offs_p = p0 + ar_p
             acc = tl.zeros([BLOCK_B, BLOCK_P], dtype=tl.float32)
             for k0 in range(0, H, BLOCK_H):
                 offs_k = k0 + ar_h
@@ -310,15 +327,17 @@ def backward_steps(GRADS: tl.constexpr, cell, grads, widths, w, w_hh_ptr, dy_ptr
                 if RESIDENT:
                     w_k = w
                 else:
-                    w_k = gate_tiles(w_hh_ptr, G, offs_k, offs_p, P, 1, H, P)
-                acc = sum_gate_dots(acc, grads, widths, t * B + rows, offs_k, mask_b[:, None] & mask_k[None, :], w_k,
-                                    G, DOT_FP32, INPUT_PRECISION, "")
+                    w_k = gate_tiles(w_hh_ptr, G, H, P, offs_k, offs_p, P, 1, H, P)
+                acc = sum_gate_dots(acc, grads, widths, gate_offs, t * B + rows, offs_k,
+                                    mask_b[:, None] & mask_k[None, :], w_k, G, DOT_FP32, INPUT_PRECISION, "")
+            keep, m2 = tile_masks(offs_p < P, mask_b, live)
             carry = load_rows(src, rows, offs_p, P, keep)
             if DIRECT:
                 # The direct path h_{t-1} -> h_t through z * h_{t-1}.
-                z_ptr, z_width = direct
-                dh = load_rows(dy_ptr, t * B + rows, offs_p, P, m2).to(tl.float32) + carry
-                acc = acc + dh * load_rows(z_ptr, t * B + rows, offs_p, z_width, m2)
+                z_ptr, z_width, z_col = direct
+                dh = tl.load(dy_ptr + tile_offsets(t * B + rows, offs_p, P), mask=m2, other=0.0).to(tl.float32) + carry
+                z = tl.load(z_ptr + (t * B + rows)[:, None] * z_width + z_col + offs_p[None, :], mask=m2, other=0.0)
+                acc = acc + dh * z
             store_rows(dst, rows, offs_p, P, tl.where(m2, acc, carry), keep)
         tl.debug_barrier()  # dh_{t-1} is complete before the next step reads it
 
@@ -437,19 +456,19 @@ def persistent_forward(INIT: tl.constexpr, CELL: tl.constexpr, cell, w, xw_ptr, 
             h_prev = read_exchanged_h(src, rows, mask_b, ar_p, mask_p, H)
             acc = INIT(cell, x_row, offs_h, mask_h, m2, H, G, HAS_BIAS, BLOCK_B, BLOCK_H)
             acc = gate_dots(acc, h_prev, w, G, DOT_FP32, INPUT_PRECISION)
-            h_new, h_old = CELL(cell, acc, x_row, h_carry_ptr, t, rows, offs_h, B, H, H, m2, keep, False, RELU, SAVE)
+            h_new, h_old = CELL(cell, acc, x_row, h_carry_ptr, own, t, rows, offs_h, B, H, m2, keep, False, RELU, SAVE)
             publish_h(h_new, h_old, m2, keep, own, h_carry_ptr, dst, y_ptr, t, rows, offs_h, stride_yt, stride_yb)
         end_forward_step(counter_ptr, group, (s + 1) * n_cols, spin_limit, GRID_SYNC)
 
 
 @triton.jit
-def persistent_backward(GRADS: tl.constexpr, cell, grads, widths, w, dy_ptr, dh_state_ptr, counter_ptr, lengths_ptr,
+def persistent_backward(GRADS: tl.constexpr, cell, grads, widths, gate_offs, w, dh_state_ptr, counter_ptr, lengths_ptr,
                         rev, group, n_cols, offs_h, mask_h, ar_k, mask_k, T, B, H, step_begin, step_end, spin_limit,
                         HAS_LENGTHS: tl.constexpr, PHASES: tl.constexpr, GRID_SYNC: tl.constexpr,
                         DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
                         BLOCK_H: tl.constexpr, G: tl.constexpr, RELU: tl.constexpr, DIRECT: tl.constexpr):
     """Steps [step_begin, step_end) of a persistent backward (reverse order). Phase 1: per batch
-    tile, GRADS of this program's columns from dh_t = dy_t + its own carry; the group's barrier;
+    tile, GRADS of this program's columns (dh_t = dy_t + its own carry); the group's barrier;
     phase 2: the whole gradient rows of step t (`grads`, from L2) times its held slices w of
     W_g[:, its units] into its columns of dh_{t-1}: the carry where a row is inactive, or with
     DIRECT (GRU) added to the direct term dh_t * z that phase 1 stored there. PHASES: 1 or 2
@@ -461,14 +480,9 @@ def persistent_backward(GRADS: tl.constexpr, cell, grads, widths, w, dy_ptr, dh_
             for tile in range(tl.program_id(2), tl.cdiv(B, BLOCK_B), tl.num_programs(2)):
                 mask_b, rows, lengths, keep, m2, own, t = tile_at_step(
                     tile, s, rev, lengths_ptr, B, T, H, offs_h, mask_h, HAS_LENGTHS, BLOCK_B)
-                carry = 0.0
-                if DIRECT:
-                    # Total gradient of h_t = output gradient + gradient carried from step t+1.
-                    carry = tl.load(src + own, mask=keep, other=0.0)
-                    dh = load_rows(dy_ptr, t * B + rows, offs_h, H, m2).to(tl.float32) + tl.where(m2, carry, 0.0)
-                else:
-                    dh = total_grad(dy_ptr, src, t, rows, offs_h, B, H, m2)
-                GRADS(cell, dh, carry, s, t, rev, lengths, rows, offs_h, dst, B, H, m2, keep, RELU)
+                t_prev = tl.where(rev, t + 1, t - 1)
+                has_prev = (lengths * 0 + s) > 0  # per row, so it broadcasts into the load masks
+                GRADS(cell, 0.0, src, own, dst, t, t_prev, has_prev, rows, offs_h, B, H, H, m2, keep, False, RELU)
         if GRID_SYNC:
             _group_barrier(counter_ptr, group, (i + 1) * n_cols, spin_limit)
         if PHASES != 1:
@@ -476,8 +490,9 @@ def persistent_backward(GRADS: tl.constexpr, cell, grads, widths, w, dy_ptr, dh_
                 mask_b, rows, lengths, keep, m2, own, t = tile_at_step(
                     tile, s, rev, lengths_ptr, B, T, H, offs_h, mask_h, HAS_LENGTHS, BLOCK_B)
                 # .cg: the other programs' gradients of this step, from L2.
-                acc = sum_gate_dots(tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32), grads, widths, t * B + rows,
-                                    ar_k, mask_b[:, None] & mask_k[None, :], w, G, DOT_FP32, INPUT_PRECISION, ".cg")
+                acc = sum_gate_dots(tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32), grads, widths, gate_offs,
+                                    t * B + rows, ar_k, mask_b[:, None] & mask_k[None, :], w, G, DOT_FP32,
+                                    INPUT_PRECISION, ".cg")
                 if DIRECT:
                     old = tl.load(dst + own, mask=keep, other=0.0)
                     acc = old + acc
