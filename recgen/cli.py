@@ -91,7 +91,7 @@ def main(argv=None) -> int:
 
         argv = sys.argv[1:] if argv is None else list(argv)
         return subprocess.run([sys.executable, "-m", "recgen", *argv],
-                              env={**os.environ, "TRITON_INTERPRET": "1"}).returncode
+                              env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONSAFEPATH": "1"}).returncode
     if args.command == "bench":
         return _bench(args)
     if args.command == "check":

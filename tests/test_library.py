@@ -200,6 +200,7 @@ def test_check_without_cuda_runs_again_under_the_interpreter(monkeypatch):
     assert cli.main(["check", "--dtype", "fp32"]) == 3
     (cmd, env), = started
     assert cmd == [sys.executable, "-m", "recgen", "check", "--dtype", "fp32"] and env["TRITON_INTERPRET"] == "1"
+    assert env["PYTHONSAFEPATH"] == "1"
 
 
 # --------------------------------------------------------------------------- torch.compile
