@@ -1,10 +1,11 @@
 """The tiles every launcher chooses on the bench and check grids, and what they compile to on an
 H200 (sm_90), under the Triton installed here, without a GPU.
 
-Each grid point runs through recgen's own modules and launchers inside recgen.ops.common.tiling.capture:
+Each grid point runs through recgen's own modules and launchers inside recgen.tools.capture.capture:
 every tile choice is made from kernels compiled for sm_90 (registers, spills and shared memory
-read from the cubins, recgen/aot.py), and every launch is recorded instead of run. So the table
-says what the launchers would launch on the GPU machine with this Triton, by the same rule.
+read from the cubins, recgen/tools/aot_compile.py), and every launch is recorded instead of run.
+So the table says what the launchers would launch on the GPU machine with this Triton, by the
+same rule.
 
     python bench/config_resources.py --out DIR [--grid bench|check|quick ...] [--workers N]
     python bench/config_resources.py --fold-into TABLE.json --grid check --match "check dense"
@@ -132,7 +133,7 @@ def capture_points(chunk: list) -> dict:
     """Run `chunk`'s points in one capture (never under the interpreter): their launches and
     decisions, and the resources of every kernel compiled."""
     os.environ.pop("TRITON_INTERPRET", None)
-    from recgen.ops.common.tiling import capture
+    from recgen.tools.capture import capture
 
     results = []
     with capture() as state:
@@ -254,7 +255,7 @@ def replay(report: dict, grids, match: str | None = None) -> list:
     """Differences between the launches the rule makes now on `grids` (the table answering for
     the compiler) and the table's launches for the same points: [] when they agree."""
     os.environ.pop("TRITON_INTERPRET", None)
-    from recgen.ops.common.tiling import capture
+    from recgen.tools.capture import capture
 
     table = {_frozen(e["identity"]): e["resources"] for e in report["compiled"]}
     with capture(table=table) as state:
@@ -270,7 +271,7 @@ def replay(report: dict, grids, match: str | None = None) -> list:
 
 def _recompile_one(identity) -> dict:
     os.environ.pop("TRITON_INTERPRET", None)
-    from recgen.aot import identity_resources, kernel_named
+    from recgen.tools.aot_compile import identity_resources, kernel_named
 
     return identity_resources(kernel_named(identity[0]), identity)
 
@@ -335,7 +336,7 @@ def estimate(report: dict, workers: int) -> str:
 
 def prewarm(report: dict, workers: int) -> int:
     """Compile every kernel the table compiled (launched or tried), in `workers` processes, for
-    sm_90 through Triton's own binder (recgen.aot.launch_resources: the runtime's source and
+    sm_90 through Triton's own binder (recgen.tools.aot_compile.launch_resources: the runtime's source and
     options, so its cache entries), so that a run of the same points finds them in Triton's
     cache instead of compiling one after another. Returns the number compiled."""
     identities = [_frozen(e["identity"]) for e in report["compiled"]]

@@ -1,6 +1,6 @@
 """Registers, spills, shared memory and occupancy of the persistent recurrence kernels on Hopper,
 measured without a GPU: each kernel is compiled for sm_90 by Triton's own compiler (ptxas
-included) and its cubin's resource usage is read with cuobjdump (recgen/aot.py).
+included) and its cubin's resource usage is read with cuobjdump (recgen/tools/aot_compile.py).
 
 The persistent mode needs every program of a barrier group resident at once, so these numbers
 decide which tiles (BLOCK_B batch rows, warps) can run at all, and whether the W_hh slice a
@@ -50,9 +50,9 @@ def _measure(job: tuple) -> dict:
     kernel, dtype, hidden, block_b, warps, columns = job
     import importlib
 
-    from recgen.aot import compile_kernel, resource_usage
-    from recgen.ops.recurrent.persistent import STATE_POINTERS
     from recgen.ops.common.tiling import PIPELINE_STAGES
+    from recgen.ops.recurrent.persistent import STATE_POINTERS
+    from recgen.tools.aot_compile import compile_kernel, resource_usage
 
     module, name = KERNELS[kernel]
     fn = getattr(importlib.import_module(f"recgen.kernels.{module}"), name)
@@ -72,7 +72,7 @@ def _tiles_key(row: dict) -> tuple:
 
 
 def _with_occupancy(row: dict) -> dict:
-    from recgen.aot import SM90_LIMITS
+    from recgen.ops.common.tiling import SM90_LIMITS
     from recgen.ops.recurrent.persistent import occupancy
 
     return dict(row, programs_per_sm=occupancy(row["registers"], row["num_warps"], row["shared_bytes"], SM90_LIMITS))
@@ -80,7 +80,7 @@ def _with_occupancy(row: dict) -> dict:
 
 def _fit(row: dict, plan, batch: int):
     """What the launcher's fit gives on an H200 from a probe row: (spilled bytes, plan with groups)."""
-    from recgen.aot import SM90_LIMITS
+    from recgen.ops.common.tiling import SM90_LIMITS
     from recgen.ops.recurrent.persistent import fitted
 
     plan = fitted(plan, batch, row["H"], 1, row["programs_per_sm"], SM90_LIMITS["sms_h200"])

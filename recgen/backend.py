@@ -70,7 +70,7 @@ def interpreting() -> bool:
 @contextmanager
 def kernels_on_cpu():
     """For a with block: CPU tensors go to the kernels' launchers without the interpreter
-    (recgen.ops.common.tiling.capture, which compiles the kernels and records their launches)."""
+    (recgen.tools.capture.capture, which compiles the kernels and records their launches)."""
     saved = _state["cpu_kernels"]
     _state["cpu_kernels"] = True
     try:

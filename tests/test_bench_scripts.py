@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from recgen.aot import SM90_LIMITS
+from recgen.ops.common.tiling import SM90_LIMITS
 
 ROOT = Path(__file__).resolve().parents[1]
 

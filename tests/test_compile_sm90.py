@@ -18,14 +18,14 @@ pytest.importorskip("triton")
 COMPILE = r'''
 import importlib, sys
 import triton
-from recgen.aot import compile_kernel
+from recgen.tools.aot_compile import compile_kernel
 from recgen.ops.recurrent.persistent import STATE_POINTERS
 from recgen.ops.common.tiling import PIPELINE_STAGES
 
 module, name = sys.argv[1], sys.argv[2]
 fn = getattr(importlib.import_module(f"recgen.kernels.{module}"), name)
 assert isinstance(fn, triton.runtime.JITFunction), type(fn)
-io_pointers = None  # recgen.aot.IO_POINTERS: the I/O dtype; the rest float32 state or int32
+io_pointers = None  # recgen.tools.aot_compile.IO_POINTERS: the I/O dtype; the rest float32 state or int32
 state_pointers = ()
 stages = None  # Triton's default software pipelining
 flags = dict(HAS_LENGTHS=True, HAS_PROJ=True, HAS_BIAS=True, RELU=False, SAVE=True, BLOCK_B=16)

@@ -10,9 +10,8 @@ import pytest
 import torch
 from triton.runtime.errors import OutOfResources
 
-from recgen.aot import SM90_LIMITS
 from recgen.ops.recurrent import persistent
-from recgen.ops.common.tiling import PersistentPlan, persistent_plans
+from recgen.ops.common.tiling import SM90_LIMITS, PersistentPlan, persistent_plans
 from recgen.ops.recurrent.persistent import choose_plan, fitted, occupancy, pick_plan
 
 # What torch reports for an H100/H200 (cudaDeviceProp), as the launcher reads it.

@@ -8,8 +8,8 @@ from collections import Counter
 
 import torch
 
-from recgen.aot import identity as aot_identity
 from recgen.backend import interpreting
+from recgen.ops.common.kernel_identity import identity
 from recgen.ops.common.library import kernel_for_launch
 
 LAUNCH_COUNTS: Counter = Counter()
@@ -59,7 +59,7 @@ def launch(name: str, kernel, grid, **kwargs) -> None:
     recording = capturing()
     if recording is not None:  # a tile capture: what would run, not run (no GPU to run it on)
         recording.launches.append({"label": recording.label, "name": name, "kernel": kernel.__name__,
-                                   "grid": tuple(grid), "identity": aot_identity(kernel, kwargs)})
+                                   "grid": tuple(grid), "identity": identity(kernel, kwargs)})
         return
     kernel_for_launch(kernel)[grid](**kwargs)
     LAUNCH_COUNTS[name] += 1  # after the call: a launch the driver refused did not run

@@ -11,11 +11,15 @@ the compiler: the facts are read from the compiled kernel, in one of three ways:
 
 - on the GPU: the kernel is compiled for the device (`kernel.warmup`, nothing launched) and its
   spills, registers and shared memory are read from the loaded binary;
-- in an ahead-of-time capture (`capture()`, bench/config_resources.py): compiled for sm_90 on a
-  machine without a GPU (recgen.aot), and every launch is recorded instead of run, so the
-  launchers' own code says which kernels a grid point launches and with which tiles;
-- from a resource table (`capture(table=...)`, tests/test_config_table.py): the committed
+- in an ahead-of-time capture (recgen/tools/capture.py, bench/config_resources.py): compiled for
+  sm_90 on a machine without a GPU (recgen/tools/aot_compile.py), and every launch is recorded
+  instead of run, so the launchers' own code says which kernels a grid point launches and with
+  which tiles;
+- from a resource table (the capture with `table=`, tests/test_config_table.py): the committed
   table answers, and a candidate it lacks is an error (the table is out of date).
+
+The library holds only the capture's hook (recording(), capturing()): it calls the recorder the
+tooling installed and never imports the tooling.
 
 Without a compiler for the tensors' device (the interpreter, or a torch.compile trace with CPU
 fake tensors, which never launches) the first candidate is taken. A choice is made once per
@@ -26,12 +30,12 @@ candidates): rejected candidates cost a compilation once, never a launch.
 from __future__ import annotations
 
 import contextlib
-import time
 from dataclasses import dataclass
 
 import torch
 
 from recgen.backend import interpreting
+from recgen.ops.common.kernel_identity import identity
 
 MIN_DOT = 16  # tl.dot needs at least 16 rows and columns
 
@@ -89,67 +93,30 @@ def unique(candidates) -> tuple:
 
 
 # What answers for the compiler: None (the device's compiler, or the interpreter's first
-# candidate), or a capture (see capture()).
+# candidate), or the recorder of a tile capture (see recording()).
 _CAPTURE: dict = {"active": None}
 # compiled-kernel identity -> the chosen Tiles
 _CHOSEN: dict = {}
 
-
-class Capture:
-    """What a capture() block saw: `decisions` (one per choose(): the kernel, its identity, every
-    candidate's resources, the choice) and `launches` (one per launch: name, kernel, grid,
-    identity), each tagged with the `label` set at the time; `compiled` (identity -> resources)
-    `seconds` (identity -> CPU seconds its compilation took here) and `first_label` (the label
-    under which it was first compiled) of every kernel compiled."""
-
-    def __init__(self, table: dict | None, target: int):
-        self.table, self.target, self.label = table, target, None
-        self.decisions, self.launches, self.compiled, self.seconds, self.first_label = [], [], {}, {}, {}
-
-    def resources(self, kernel, args: dict):
-        from recgen import aot
-
-        key = aot.identity(kernel, args)
-        if key not in self.compiled:
-            if self.table is not None:
-                if key not in self.table:
-                    raise LookupError(f"the resource table has no entry for {kernel.__name__} with {dict(key[1])}; "
-                                      "recompute it with bench/config_resources.py")
-                self.compiled[key] = self.table[key]
-            else:
-                start = _cpu_seconds()
-                self.compiled[key] = aot.launch_resources(kernel, args, self.target)
-                self.seconds[key] = _cpu_seconds() - start
-                self.first_label[key] = self.label
-        return self.compiled[key]
-
-
-def _cpu_seconds() -> float:
-    """CPU time of this process and its finished children (ptxas): a compile's cost, whatever
-    else shares the machine's cores."""
-    import resource
-
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + children.ru_utime + children.ru_stime
+# Per-SM limits of compute capability 9.0 (H100/H200): NVIDIA, Hopper tuning guide, section 1.4.1
+# (the same values the launcher reads from torch.cuda.get_device_properties on the GPU). Inside a
+# tile capture the persistent launchers fit their grids to these (an H200's SM count).
+SM90_LIMITS = {"registers": 65536, "threads": 2048, "shared_bytes": 233472, "shared_per_block": 232448,
+               "max_registers_per_thread": 255, "sms_h200": 132}
 
 
 @contextlib.contextmanager
-def capture(table: dict | None = None, target: int = 90):
-    """For a with block, on a machine without a GPU (kernels compiled, not interpreted): CPU
-    tensors go to the kernels' launchers, each tile choice is made from kernels compiled for
-    sm_`target` (or looked up in `table`: recgen.aot.identity -> resources), and launches are
-    recorded, not run (outputs hold garbage). Yields the Capture."""
-    if interpreting():
-        raise RuntimeError("tiles.capture compiles the kernels: run it without TRITON_INTERPRET=1")
-    from recgen import backend
-
-    state = Capture(table, target)
+def recording(recorder):
+    """For a with block, `recorder` answers for the compiler and is told what the launchers do:
+    the hook a tile capture (recgen/tools/capture.py, which the library never imports) installs.
+    The recorder has `resources(kernel, args)` (what compiled_resources() answers), `label` (a
+    tag for what follows), and lists `decisions` (one per tile choice) and `launches` (one per
+    launch, recorded instead of run); the choices made before the block are set aside for it."""
     saved = dict(_CHOSEN)
     _CHOSEN.clear()
-    _CAPTURE["active"] = state
+    _CAPTURE["active"] = recorder
     try:
-        with backend.kernels_on_cpu():
-            yield state
+        yield recorder
     finally:
         _CAPTURE["active"] = None
         _CHOSEN.clear()
@@ -157,7 +124,7 @@ def capture(table: dict | None = None, target: int = 90):
 
 
 def capturing():
-    """The active Capture, or None."""
+    """The recorder of the active tile capture (recording()), or None."""
     return _CAPTURE["active"]
 
 
@@ -223,9 +190,7 @@ def choose_spilling(name: str, kernel, candidates: tuple, args: dict) -> tuple:
         # No compiler for this device: the interpreter, or a trace with CPU (fake) tensors that
         # never launches.
         return candidates[0], None
-    from recgen import aot
-
-    key = (name, aot.identity(kernel, args), device, candidates)
+    key = (name, identity(kernel, args), device, candidates)
     if key not in _CHOSEN:
         chosen, tried = pick(candidates, lambda c: compiled_resources(kernel, {**args, **c.args()}))
         _CHOSEN[key] = (chosen, dict(tried)[chosen]["spilled_bytes"])

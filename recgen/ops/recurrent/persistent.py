@@ -126,7 +126,7 @@ def device_limits(device: torch.device):
     from recgen.ops.common.tiling import capturing
 
     if capturing() is not None:
-        from recgen.aot import SM90_LIMITS
+        from recgen.ops.common.tiling import SM90_LIMITS
         return SM90_LIMITS, SM90_LIMITS["sms_h200"]
     props = torch.cuda.get_device_properties(device)
     needed = ("max_threads_per_multi_processor", "regs_per_multiprocessor", "shared_memory_per_multiprocessor")

@@ -10,8 +10,9 @@ Must run without TRITON_INTERPRET=1: under the interpreter the kernels are not J
 Two ways in: compile_kernel() from constexprs and an I/O dtype name (the sm_90 compile test and
 bench/kernel_resources.py), and launch_resources() from a launcher's own keyword arguments
 (tensors, scalars, tile constexprs, num_warps/num_stages), specialised as Triton's runtime
-specialises them, which recgen.ops.common.tiling.capture uses to make the launchers' tile choices
-without a GPU.
+specialises them, which a tile capture (recgen/tools/capture.py) uses to make the launchers' tile
+choices without a GPU; identity_resources() from a launch's identity
+(recgen/ops/common/kernel_identity.py), to recompile a committed table's launches.
 """
 
 from __future__ import annotations
@@ -21,16 +22,14 @@ import re
 import subprocess
 import tempfile
 
+from recgen.ops.common.kernel_identity import TORCH_TYPES
+from recgen.ops.common.tiling import SM90_LIMITS
+
 # Pointers that carry the I/O dtype (the rest are float32 state or saved tensors, or int32).
 IO_POINTERS = {"xw_ptr", "y_ptr", "dy_ptr", "w_hh_ptr", "w_hr_ptr", "h_prev_ptr", "b_hh_ptr"}
 INT_POINTERS = {"lengths_ptr", "counter_ptr"}
 INT8_POINTERS = {"sign_ptr"}  # the dense kernels' sign bits of z
 FLOAT_SCALARS = {"in_slope", "out_slope", "slope"}
-
-# Per-SM limits of compute capability 9.0 (H100/H200): NVIDIA, Hopper tuning guide, section 1.4.1
-# (the same values the launcher reads from torch.cuda.get_device_properties on the GPU).
-SM90_LIMITS = {"registers": 65536, "threads": 2048, "shared_bytes": 233472, "shared_per_block": 232448,
-               "max_registers_per_thread": 255, "sms_h200": 132}
 
 
 def signature(fn, values: dict, io: str, io_pointers=IO_POINTERS, state_pointers=()) -> tuple:
@@ -66,60 +65,6 @@ def compile_kernel(fn, values: dict, io: str, num_warps: int = 4, arch: int = 90
     sig, constexprs = signature(fn, values, io, **signature_kwargs)
     return triton.compile(ASTSource(fn, sig, constexprs=constexprs), target=GPUTarget("cuda", arch, 32),
                           options={"num_warps": num_warps, **({"num_stages": num_stages} if num_stages else {})})
-
-
-TORCH_TYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64", "int32": "i32",
-               "int64": "i64", "int8": "i8", "uint8": "u8", "bool": "i1"}
-OPTION_NAMES = ("num_warps", "num_stages", "launch_cooperative_grid")
-
-
-_PARAMS: dict = {}   # fn -> ((name, is_constexpr), ...): read once per kernel
-_TYPE_OF_DTYPE: dict = {}  # torch dtype -> Triton type name
-
-
-def _params(fn) -> tuple:
-    if fn not in _PARAMS:
-        _PARAMS[fn] = tuple((p.name, p.is_constexpr) for p in fn.params)
-    return _PARAMS[fn]
-
-
-def _type_name(dtype) -> str:
-    if dtype not in _TYPE_OF_DTYPE:
-        _TYPE_OF_DTYPE[dtype] = TORCH_TYPES[str(dtype).removeprefix("torch.")]
-    return _TYPE_OF_DTYPE[dtype]
-
-
-def identity(fn, args: dict) -> tuple:
-    """What Triton compiles `fn` for when launched with keyword `args`: (name, ((parameter,
-    spec), ...), options), where a constexpr's spec is its value and a runtime argument's is its
-    type with the runtime's specialisations: a tensor (real or fake) by dtype and whether its
-    first element is 16-byte aligned (allocations are; a view's offset may not be), an int by
-    width and whether it is 1 (then a constant) or a multiple of 16. Parameters missing from
-    `args` are left out (a launcher's arguments before its tiles are chosen). Computed on every
-    launch that chooses tiles: kept to a few operations per argument."""
-    specs = []
-    for name, is_constexpr in _params(fn):
-        if name not in args:
-            continue
-        value = args[name]
-        if is_constexpr:
-            specs.append((name, value))
-        elif hasattr(value, "element_size"):
-            aligned = value.storage_offset() * value.element_size() % 16 == 0
-            specs.append((name, "*" + _type_name(value.dtype) + ("D" if aligned else "")))
-        elif value is True or value is False:
-            specs.append((name, "i1"))
-        elif isinstance(value, int):
-            kind = "i64" if not -2 ** 31 <= value < 2 ** 31 else "i32"
-            specs.append((name, 1 if value == 1 else kind + ("D" if value % 16 == 0 else "")))
-        elif isinstance(value, float):
-            specs.append((name, "fp32"))
-        elif value is None:
-            specs.append((name, None))
-        else:
-            raise TypeError(f"{fn.__name__}: no Triton type for argument {name}={value!r}")
-    options = tuple((k, args[k]) for k in OPTION_NAMES if k in args)
-    return fn.__name__, tuple(specs), options
 
 
 def launch_resources(fn, args: dict, arch: int = 90):
@@ -159,8 +104,9 @@ class _StandIn:
 
 
 def identity_resources(fn, kernel_identity: tuple, arch: int = 90):
-    """launch_resources() of `fn` for a launch that identity() described: arguments rebuilt with
-    the same dtypes and specialisations (recompiling a committed table's launches)."""
+    """launch_resources() of `fn` for a launch that recgen.ops.common.kernel_identity.identity()
+    described: arguments rebuilt with the same dtypes and specialisations (recompiling a
+    committed table's launches)."""
     import torch
 
     _, specs, options = kernel_identity
