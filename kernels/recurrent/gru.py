@@ -97,63 +97,64 @@ def biased_zeros(b, G: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_B: tl.constex
 
 
 @triton.jit
-def gru_inputs(cell, x_row, offs_h, mask_h, m2, H, G: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_B: tl.constexpr,
-               BLOCK_H: tl.constexpr):
+def gru_inputs(cell, x_row, offs_h, mask_h, live_mask, H, G: tl.constexpr, HAS_BIAS: tl.constexpr,
+               BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
     """INIT of the GRU loop: b_hh's columns, read for this block (the xw side joins in gru_cell)."""
     b_hh_ptr, saved_ptr = cell
     return biased_zeros(gate_bias(b_hh_ptr, G, H, offs_h, mask_h, HAS_BIAS), G, HAS_BIAS, BLOCK_B, BLOCK_H)
 
 
 @triton.jit
-def gru_cell(x_row, acc, h_old, saved_ptr, t, rows, offs_h, B, H, m2, keep, SAVE: tl.constexpr):
+def gru_cell(x_row, acc, h_old, saved_ptr, t, rows, offs_h, B, H, live_mask, in_bounds, SAVE: tl.constexpr):
     """One GRU step on a tile, from the hidden-side pre-activations `acc` (gh_r, gh_z, gh_n):
     reads the input side (x_row: this step's xw rows), returns h_t = (1 - z) n + z h_{t-1} and,
     with SAVE, writes r, z, n and gh_n for the backward (zero at padding)."""
-    x_r, x_z, x_n = gate_inputs(x_row, 3, H, offs_h, m2)
+    x_r, x_z, x_n = gate_inputs(x_row, 3, H, offs_h, live_mask)
     gr = sigmoid(x_r + acc[0])
     gz = sigmoid(x_z + acc[1])
     gn = tanh(x_n + gr * acc[2])
     if SAVE:
-        store_gates(saved_ptr + (t * B + rows)[:, None] * (4 * H) + offs_h[None, :], (gr, gz, gn, acc[2]), 4, H, m2,
-                    keep)
+        store_gates(saved_ptr + (t * B + rows)[:, None] * (4 * H) + offs_h[None, :], (gr, gz, gn, acc[2]), 4, H,
+                    live_mask, in_bounds)
     return (1.0 - gz) * gn + gz * h_old
 
 
 @triton.jit
-def gru_step(cell, acc, x_row, h_base, h_off, t, rows, offs_h, B, H, m2, keep, HAS_PROJ: tl.constexpr,
+def gru_step(cell, acc, x_row, h_base, h_off, t, rows, offs_h, B, H, live_mask, in_bounds, HAS_PROJ: tl.constexpr,
              RELU: tl.constexpr, SAVE: tl.constexpr):
     """CELL of the GRU loops (kernels/recurrent/steps.py): h_{t-1} of these columns, gru_cell."""
     b, saved_ptr = cell
-    h_old = tl.load(h_base + h_off, mask=keep, other=0.0)
-    return gru_cell(x_row, acc, h_old, saved_ptr, t, rows, offs_h, B, H, m2, keep, SAVE), h_old
+    h_old = tl.load(h_base + h_off, mask=in_bounds, other=0.0)
+    return gru_cell(x_row, acc, h_old, saved_ptr, t, rows, offs_h, B, H, live_mask, in_bounds, SAVE), h_old
 
 
 @triton.jit
-def gru_gate_grads(dh, saved_ptr, h_prev_ptr, dxw_ptr, dghn_ptr, t, rows, offs_h, B, H, m2, keep):
+def gru_gate_grads(dh, saved_ptr, h_prev_ptr, dxw_ptr, dghn_ptr, t, rows, offs_h, B, H, live_mask, in_bounds):
     """Step t's gate gradients of a (rows x units) block, from dh, the total gradient of h_t:
     stores the r, z, n pre-activation gradients (dxw) and dghn (that of gh_n = h W_hn^T + b_hn);
     returns z, for the direct term dh_t * z of dh_{t-1}."""
     seq = tile_offsets(t * B + rows, offs_h, H)
-    gr, gz, gn, ghn = load_gates(saved_ptr + tile_offsets(t * B + rows, offs_h, 4 * H), 4, H, m2)
-    h_prev = tl.load(h_prev_ptr + seq, mask=m2, other=0.0).to(tl.float32)
+    gr, gz, gn, ghn = load_gates(saved_ptr + tile_offsets(t * B + rows, offs_h, 4 * H), 4, H, live_mask)
+    h_prev = tl.load(h_prev_ptr + seq, mask=live_mask, other=0.0).to(tl.float32)
     dn_pre = tanh_grad(dh * (1.0 - gz), gn)
     dz_pre = sigmoid_grad(dh * (h_prev - gn), gz)
     dr_pre = sigmoid_grad(dn_pre * ghn, gr)
-    store_gates(dxw_ptr + tile_offsets(t * B + rows, offs_h, 3 * H), (dr_pre, dz_pre, dn_pre), 3, H, m2, keep)
-    tl.store(dghn_ptr + seq, tl.where(m2, dn_pre * gr, 0.0), mask=keep)
+    store_gates(dxw_ptr + tile_offsets(t * B + rows, offs_h, 3 * H), (dr_pre, dz_pre, dn_pre), 3, H, live_mask,
+                in_bounds)
+    tl.store(dghn_ptr + seq, tl.where(live_mask, dn_pre * gr, 0.0), mask=in_bounds)
     return gz
 
 
 @triton.jit
-def gru_grads(cell, dm, c_base, c_off, dst, t, t_prev, has_prev, rows, offs_h, B, H, P, m2, keep,
+def gru_grads(cell, dm, carry_base, carry_off, dst, t, t_prev, has_prev, rows, offs_h, B, H, P, live_mask, in_bounds,
               HAS_PROJ: tl.constexpr, RELU: tl.constexpr):
     """GRADS of the one-program-per-tile GRU loop: gru_gate_grads of dh_t (its backward_steps
     adds the direct term dh_t * z after the contraction)."""
     dy_ptr, saved_ptr, h_prev_ptr, dxw_ptr, dghn_ptr = cell
     # Total gradient of h_t = output gradient + gradient carried from step t+1.
-    dh = tl.load(dy_ptr + tile_offsets(t * B + rows, offs_h, H), mask=m2, other=0.0).to(tl.float32) \
-        + tl.load(c_base + c_off, mask=m2, other=0.0)
-    gru_gate_grads(dh, saved_ptr, h_prev_ptr, dxw_ptr, dghn_ptr, t, rows, offs_h, B, H, m2, keep)
+    dh = tl.load(dy_ptr + tile_offsets(t * B + rows, offs_h, H), mask=live_mask, other=0.0).to(tl.float32) \
+        + tl.load(carry_base + carry_off, mask=live_mask, other=0.0)
+    gru_gate_grads(dh, saved_ptr, h_prev_ptr, dxw_ptr, dghn_ptr, t, rows, offs_h, B, H, live_mask, in_bounds)
 
 
 @triton.jit

@@ -25,7 +25,7 @@ from recgen.kernels.recurrent.steps import (gate_tiles, own_columns, persistent_
 
 
 @triton.jit
-def gru_held_inputs(cell, x_row, offs_h, mask_h, m2, H, G: tl.constexpr, HAS_BIAS: tl.constexpr,
+def gru_held_inputs(cell, x_row, offs_h, mask_h, live_mask, H, G: tl.constexpr, HAS_BIAS: tl.constexpr,
                     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
     """INIT of the persistent GRU forward: the b_hh columns it loaded once (gate_bias)."""
     b, saved_ptr = cell
@@ -33,17 +33,17 @@ def gru_held_inputs(cell, x_row, offs_h, mask_h, m2, H, G: tl.constexpr, HAS_BIA
 
 
 @triton.jit
-def gru_direct_grads(cell, dm, c_base, c_off, dst, t, t_prev, has_prev, rows, offs_h, B, H, P, m2, keep,
-                     HAS_PROJ: tl.constexpr, RELU: tl.constexpr):
+def gru_direct_grads(cell, dm, carry_base, carry_off, dst, t, t_prev, has_prev, rows, offs_h, B, H, P, live_mask,
+                     in_bounds, HAS_PROJ: tl.constexpr, RELU: tl.constexpr):
     """GRADS of the persistent GRU backward: gru_gate_grads of dh_t, and the direct path h_{t-1}
     -> h_t through z * h_{t-1} into this program's columns of dh_{t-1} (phase 2 adds the rest)."""
     dy_ptr, saved_ptr, h_prev_ptr, dxw_ptr, dghn_ptr = cell
     # Total gradient of h_t = output gradient + gradient carried from step t+1.
-    carry = tl.load(c_base + c_off, mask=keep, other=0.0)
-    dh = tl.load(dy_ptr + tile_offsets(t * B + rows, offs_h, H), mask=m2, other=0.0).to(tl.float32) \
-        + tl.where(m2, carry, 0.0)
-    gz = gru_gate_grads(dh, saved_ptr, h_prev_ptr, dxw_ptr, dghn_ptr, t, rows, offs_h, B, H, m2, keep)
-    tl.store(dst + c_off, tl.where(m2, dh * gz, carry), mask=keep)
+    carry = tl.load(carry_base + carry_off, mask=in_bounds, other=0.0)
+    dh = tl.load(dy_ptr + tile_offsets(t * B + rows, offs_h, H), mask=live_mask, other=0.0).to(tl.float32) \
+        + tl.where(live_mask, carry, 0.0)
+    gz = gru_gate_grads(dh, saved_ptr, h_prev_ptr, dxw_ptr, dghn_ptr, t, rows, offs_h, B, H, live_mask, in_bounds)
+    tl.store(dst + carry_off, tl.where(live_mask, dh * gz, carry), mask=in_bounds)
 
 
 @triton.jit

@@ -65,60 +65,62 @@ def _lstm_fwd_kernel(
 
 
 @triton.jit
-def lstm_cell(acc, c_state_ptr, gates_ptr, c_ptr, t, rows, offs_h, B, H, m2, keep, SAVE: tl.constexpr):
+def lstm_cell(acc, c_state_ptr, gates_ptr, c_ptr, t, rows, offs_h, B, H, live_mask, in_bounds, SAVE: tl.constexpr):
     """One LSTM step on a tile, from the gate pre-activations `acc` (i, f, g, o): the gates, the
-    new cell state (written to c_state where the row is active, `m2`) and, with SAVE, the gates
-    and c_t saved for the backward (zero at padding). Returns h_t (before a projection)."""
+    new cell state (written to c_state where the row is active, `live_mask`; the rest of the
+    `in_bounds` elements retain their carry) and, with SAVE, the gates and c_t saved for the
+    backward (zero at padding). Returns h_t (before a projection)."""
     gi = sigmoid(acc[0])
     gf = sigmoid(acc[1])
     gg = tanh(acc[2])
     go = sigmoid(acc[3])
     own = tile_offsets(rows, offs_h, H)
-    c_old = tl.load(c_state_ptr + own, mask=keep, other=0.0)
+    c_old = tl.load(c_state_ptr + own, mask=in_bounds, other=0.0)
     c_new = gf * c_old + gi * gg
-    tl.store(c_state_ptr + own, tl.where(m2, c_new, c_old), mask=keep)
+    tl.store(c_state_ptr + own, tl.where(live_mask, c_new, c_old), mask=in_bounds)
     if SAVE:
-        store_gates(gates_ptr + (t * B + rows)[:, None] * (4 * H) + offs_h[None, :], (gi, gf, gg, go), 4, H, m2, keep)
-        store_rows(c_ptr, t * B + rows, offs_h, H, tl.where(m2, c_new, 0.0), keep)
+        store_gates(gates_ptr + (t * B + rows)[:, None] * (4 * H) + offs_h[None, :], (gi, gf, gg, go), 4, H, live_mask,
+                    in_bounds)
+        store_rows(c_ptr, t * B + rows, offs_h, H, tl.where(live_mask, c_new, 0.0), in_bounds)
     return go * tanh(c_new)
 
 
 @triton.jit
-def lstm_step(cell, acc, x_row, h_base, h_off, t, rows, offs_h, B, H, m2, keep, HAS_PROJ: tl.constexpr,
+def lstm_step(cell, acc, x_row, h_base, h_off, t, rows, offs_h, B, H, live_mask, in_bounds, HAS_PROJ: tl.constexpr,
               RELU: tl.constexpr, SAVE: tl.constexpr):
     """CELL of the LSTM loops (kernels/recurrent/steps.py): lstm_cell, and h_{t-1} of these
     columns unless a projection follows (HAS_PROJ: the step returns m_t)."""
     c_state_ptr, gates_ptr, c_ptr = cell
-    m_new = lstm_cell(acc, c_state_ptr, gates_ptr, c_ptr, t, rows, offs_h, B, H, m2, keep, SAVE)
+    m_new = lstm_cell(acc, c_state_ptr, gates_ptr, c_ptr, t, rows, offs_h, B, H, live_mask, in_bounds, SAVE)
     h_old = 0.0
     if not HAS_PROJ:
-        h_old = tl.load(h_base + h_off, mask=keep, other=0.0)
+        h_old = tl.load(h_base + h_off, mask=in_bounds, other=0.0)
     return m_new, h_old
 
 
 @triton.jit
-def lstm_gate_grads(cell, dm, c_base, c_off, dst, t, t_prev, has_prev, rows, offs_h, B, H, P, m2, keep,
-                    HAS_PROJ: tl.constexpr, RELU: tl.constexpr):
+def lstm_gate_grads(cell, dm, carry_base, carry_off, dst, t, t_prev, has_prev, rows, offs_h, B, H, P, live_mask,
+                    in_bounds, HAS_PROJ: tl.constexpr, RELU: tl.constexpr):
     """GRADS of the LSTM loops: step t's gate gradients of a (rows x units) block from dm, the
     gradient of m_t = o * tanh(c_t) (without a projection dh_t, read here): stores the four gate
     pre-activation gradients (dgates) and updates the dc carry in dc_state."""
     dy_ptr, gates_ptr, c_ptr, c0_ptr, dgates_ptr, dc_state_ptr = cell
     if not HAS_PROJ:
-        dm = tl.load(dy_ptr + (t * B + rows)[:, None] * P + offs_h[None, :], mask=m2, other=0.0).to(tl.float32) \
-            + tl.load(c_base + c_off, mask=m2, other=0.0)
+        dm = tl.load(dy_ptr + (t * B + rows)[:, None] * P + offs_h[None, :], mask=live_mask, other=0.0).to(tl.float32) \
+            + tl.load(carry_base + carry_off, mask=live_mask, other=0.0)
     g_row = (t * B + rows)[:, None] * (4 * H) + offs_h[None, :]
-    gi, gf, gg, go = load_gates(gates_ptr + g_row, 4, H, m2)
-    c = load_rows(c_ptr, t * B + rows, offs_h, H, m2)
+    gi, gf, gg, go = load_gates(gates_ptr + g_row, 4, H, live_mask)
+    c = load_rows(c_ptr, t * B + rows, offs_h, H, live_mask)
     # c_{t-1}: the previous step's cell state, or c0 on a sequence's first step.
     state = tile_offsets(rows, offs_h, H)
-    c_prev = load_rows(c_ptr, t_prev * B + rows, offs_h, H, m2 & has_prev[:, None]) \
-        + tl.load(c0_ptr + state, mask=m2 & ~has_prev[:, None], other=0.0)
-    dc_carry = tl.load(dc_state_ptr + state, mask=keep, other=0.0)
+    c_prev = load_rows(c_ptr, t_prev * B + rows, offs_h, H, live_mask & has_prev[:, None]) \
+        + tl.load(c0_ptr + state, mask=live_mask & ~has_prev[:, None], other=0.0)
+    dc_carry = tl.load(dc_state_ptr + state, mask=in_bounds, other=0.0)
     tc = tanh(c)
     dc = dc_carry + tanh_grad(dm * go, tc)
     store_gates(dgates_ptr + g_row, (sigmoid_grad(dc * gg, gi), sigmoid_grad(dc * c_prev, gf), tanh_grad(dc * gi, gg),
-                                     sigmoid_grad(dm * tc, go)), 4, H, m2, keep)
-    tl.store(dc_state_ptr + state, tl.where(m2, dc * gf, dc_carry), mask=keep)
+                                     sigmoid_grad(dm * tc, go)), 4, H, live_mask, in_bounds)
+    tl.store(dc_state_ptr + state, tl.where(live_mask, dc * gf, dc_carry), mask=in_bounds)
 
 
 @triton.jit

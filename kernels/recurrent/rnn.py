@@ -57,27 +57,28 @@ def rnn_activation_grad(dh, h, RELU: tl.constexpr):
 
 
 @triton.jit
-def rnn_step(cell, acc, x_row, h_base, h_off, t, rows, offs_h, B, H, m2, keep, HAS_PROJ: tl.constexpr,
+def rnn_step(cell, acc, x_row, h_base, h_off, t, rows, offs_h, B, H, live_mask, in_bounds, HAS_PROJ: tl.constexpr,
              RELU: tl.constexpr, SAVE: tl.constexpr):
     """CELL of the RNN loops (kernels/recurrent/steps.py): h_t = act(pre), saved (SAVE) as the
     float32 activations for the backward, and h_{t-1} of these columns."""
     act_ptr = cell[0]
     h_new = rnn_activation(acc[0], RELU)
     if SAVE:
-        tl.store(act_ptr + tile_offsets(t * B + rows, offs_h, H), tl.where(m2, h_new, 0.0), mask=keep)
-    return h_new, tl.load(h_base + h_off, mask=keep, other=0.0)
+        tl.store(act_ptr + tile_offsets(t * B + rows, offs_h, H), tl.where(live_mask, h_new, 0.0), mask=in_bounds)
+    return h_new, tl.load(h_base + h_off, mask=in_bounds, other=0.0)
 
 
 @triton.jit
-def rnn_grads(cell, dm, c_base, c_off, dst, t, t_prev, has_prev, rows, offs_h, B, H, P, m2, keep,
+def rnn_grads(cell, dm, carry_base, carry_off, dst, t, t_prev, has_prev, rows, offs_h, B, H, P, live_mask, in_bounds,
               HAS_PROJ: tl.constexpr, RELU: tl.constexpr):
     """GRADS of the RNN loops: dpre_t = dh_t * act'(pre_t) of these columns, zero at padding."""
     dy_ptr, act_ptr, dpre_ptr = cell
     seq = tile_offsets(t * B + rows, offs_h, H)
     # Total gradient of h_t = output gradient + gradient carried from the next step.
-    dh = tl.load(dy_ptr + seq, mask=m2, other=0.0).to(tl.float32) + tl.load(c_base + c_off, mask=m2, other=0.0)
-    dpre = rnn_activation_grad(dh, tl.load(act_ptr + seq, mask=m2, other=0.0), RELU)
-    tl.store(dpre_ptr + seq, tl.where(m2, dpre, 0.0), mask=keep)
+    dh = tl.load(dy_ptr + seq, mask=live_mask, other=0.0).to(tl.float32) \
+        + tl.load(carry_base + carry_off, mask=live_mask, other=0.0)
+    dpre = rnn_activation_grad(dh, tl.load(act_ptr + seq, mask=live_mask, other=0.0), RELU)
+    tl.store(dpre_ptr + seq, tl.where(live_mask, dpre, 0.0), mask=in_bounds)
 
 
 @triton.jit

@@ -4,25 +4,33 @@ written once, and the row, state, weight and barrier helpers they are made of.
 Glossary: T steps, B batch, D directions, H hidden, P recurrent width (the columns of h_{t-1} a
 step contracts over: proj_size, or H), G gates of a cell (LSTM 4, GRU 3, RNN 1). Loop step s
 visits time index t of each batch row (reversed rows run t = length-1-s). "rows" are int64 batch
-indices; of a (rows x columns) tile, `keep` masks the in-bounds elements and `m2` those whose row
-is still active at this step. Per-gate values travel as tuples of G tiles, in the cell's gate order.
+indices; `live` marks the rows still active at this step (row < B and s < its length). Of a
+(rows x columns) tile, `in_bounds` masks the elements that exist (row < B, column < N): every
+store uses it, and so does every read of a state that a row past its length passes on unchanged,
+so that such a row keeps its state and gets zeros at its padding; `live_mask` masks the elements
+of live rows (in_bounds and the row live at this step): it guards the reads of step t's inputs
+(xw, dy, saved gates, the dh carry added to dy_t) and picks, in tl.where, the step's new value
+over the passed-on state or the padding zero.
+Per-gate values travel as tuples of G tiles, in the cell's gate order.
 
 The loops (forward_steps, backward_steps: one program per batch tile; persistent_forward,
 persistent_backward: programs own column blocks and meet at a grid barrier) take the cell's math
 as @triton.jit functions passed as constexprs, with the cell's tensors in one tuple `cell` that
 only the cell's functions unpack (its flags travel as constexpr arguments: a constexpr put in a
 tuple arrives as a runtime value):
-  INIT(cell, x_row, offs_h, mask_h, m2, H, G, HAS_BIAS, BLOCK_B, BLOCK_H)  the G accumulators a
-      step starts from, before the h_{t-1} W_hh^T dots (input_gates: the step's xw columns,
-      which hold every bias)
-  CELL(cell, acc, x_row, h_base, h_off, t, rows, offs_h, B, H, m2, keep, HAS_PROJ, RELU, SAVE)
-      -> (h_new, h_old): the step from the pre-activations, h_old the previous h of these
+  INIT(cell, x_row, offs_h, mask_h, live_mask, H, G, HAS_BIAS, BLOCK_B, BLOCK_H)  the G
+      accumulators a step starts from, before the h_{t-1} W_hh^T dots (input_gates: the step's
+      xw columns, which hold every bias)
+  CELL(cell, acc, x_row, h_base, h_off, t, rows, offs_h, B, H, live_mask, in_bounds, HAS_PROJ, RELU,
+       SAVE) -> (h_new, h_old): the step from the pre-activations, h_old the previous h of these
       columns read at h_base + h_off (with a projection, h_new is m_t and h_old is not read)
-  GRADS(cell, dm, c_base, c_off, dst, t, t_prev, has_prev, rows, offs_h, B, H, P, m2, keep,
-        HAS_PROJ, RELU): step t's gate gradients of these columns, from dh_t = dy_t + the carry
-      at c_base + c_off (with a projection, from dm, the gradient of m_t), into the tensors that
-      the contraction dh_{t-1} = sum_g dgate_g W_g reads (`grads`, `widths`, `gate_offs`);
-      t_prev is the previous step's time index in the direction of travel (has_prev: there is one)
+  GRADS(cell, dm, carry_base, carry_off, dst, t, t_prev, has_prev, rows, offs_h, B, H, P, live_mask,
+        in_bounds, HAS_PROJ, RELU): step t's gate gradients of these columns, from dh_t = dy_t +
+      the gradient carried from step t+1, read at carry_base + carry_off (the read slot of the dh
+      state; with a projection, from dm, the gradient of m_t), into the tensors that the
+      contraction dh_{t-1} = sum_g dgate_g W_g reads (`grads`, `widths`, `gate_offs`); dst is the
+      dh state's written slot (dh_{t-1}); t_prev is the previous step's time index in the
+      direction of travel (has_prev: there is one)
 A (base, offset) pair keeps each address computed as the kernels always have (a row pointer plus
 the columns, or a pointer plus a precomputed (rows, columns) offset tile): the compiled code, its
 registers and spills, follow that form.
@@ -94,16 +102,18 @@ def step_rows(s, slot, lengths, rev, mask_b, state_ptr, B, P):
 
 @triton.jit
 def column_block(n0, ar, N, mask_b, live):
-    """Columns n0 + ar of N: (offsets, mask, keep, m2) of these rows x columns."""
+    """Columns n0 + ar of N: (offsets, mask, in_bounds, live_mask) of these rows x columns (see
+    tile_masks)."""
     offs = n0 + ar
     mask = offs < N
-    keep, m2 = tile_masks(mask, mask_b, live)
-    return offs, mask, keep, m2
+    in_bounds, live_mask = tile_masks(mask, mask_b, live)
+    return offs, mask, in_bounds, live_mask
 
 
 @triton.jit
 def tile_masks(mask, mask_b, live):
-    """(keep, m2) of these rows x the columns of `mask`."""
+    """(in_bounds, live_mask) of these rows x the columns of `mask`: in_bounds, row < B (mask_b)
+    and column in range; live_mask, the row also `live` (active at this step)."""
     return mask_b[:, None] & mask[None, :], live[:, None] & mask[None, :]
 
 
@@ -132,26 +142,26 @@ def load_gates(row_ptr, G: tl.constexpr, H, mask):
 
 
 @triton.jit
-def store_gates(row_ptr, values, G: tl.constexpr, H, m2, keep):
+def store_gates(row_ptr, values, G: tl.constexpr, H, live_mask, in_bounds):
     """Stores the G tiles `values` into the gate slots of a (.., G*H) array, zero at padding."""
     for g in tl.static_range(G):
-        tl.store(row_ptr + g * H, tl.where(m2, values[g], 0.0), mask=keep)
+        tl.store(row_ptr + g * H, tl.where(live_mask, values[g], 0.0), mask=in_bounds)
 
 
 @triton.jit
-def gate_inputs(x_row, G: tl.constexpr, H, offs_h, m2):
+def gate_inputs(x_row, G: tl.constexpr, H, offs_h, live_mask):
     """This step's xw columns of the G gates (x_row: each row's xw row), in float32."""
     out = ()
     for g in tl.static_range(G):
-        out = out + (tl.load(x_row[:, None] + (g * H + offs_h)[None, :], mask=m2, other=0.0).to(tl.float32),)
+        out = out + (tl.load(x_row[:, None] + (g * H + offs_h)[None, :], mask=live_mask, other=0.0).to(tl.float32),)
     return out
 
 
 @triton.jit
-def input_gates(cell, x_row, offs_h, mask_h, m2, H, G: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_B: tl.constexpr,
-                BLOCK_H: tl.constexpr):
+def input_gates(cell, x_row, offs_h, mask_h, live_mask, H, G: tl.constexpr, HAS_BIAS: tl.constexpr,
+                BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
     """INIT of the cells whose xw holds every bias (LSTM, RNN): the gates' xw columns."""
-    return gate_inputs(x_row, G, H, offs_h, m2)
+    return gate_inputs(x_row, G, H, offs_h, live_mask)
 
 
 @triton.jit
@@ -161,17 +171,17 @@ def tile_offsets(rows, offs, width):
 
 
 @triton.jit
-def store_y(y_ptr, t, rows, offs, stride_yt, stride_yb, h, m2, keep):
+def store_y(y_ptr, t, rows, offs, stride_yt, stride_yb, h, live_mask, in_bounds):
     """h_t into the output y at (t, rows, offs): zero at padding, in y's dtype."""
     tl.store(y_ptr + t[:, None] * stride_yt + rows[:, None] * stride_yb + offs[None, :],
-             tl.where(m2, h, 0.0).to(y_ptr.dtype.element_ty), mask=keep)
+             tl.where(live_mask, h, 0.0).to(y_ptr.dtype.element_ty), mask=in_bounds)
 
 
 @triton.jit
-def emit_h(h_new, h_old, dst, y_ptr, t, rows, offs, P, stride_yt, stride_yb, m2, keep):
+def emit_h(h_new, h_old, dst, y_ptr, t, rows, offs, P, stride_yt, stride_yb, live_mask, in_bounds):
     """A one-program-per-tile step's h_t: the dst slot (h_old where a row is past its length), y."""
-    store_rows(dst, rows, offs, P, tl.where(m2, h_new, h_old), keep)
-    store_y(y_ptr, t, rows, offs, stride_yt, stride_yb, h_new, m2, keep)
+    store_rows(dst, rows, offs, P, tl.where(live_mask, h_new, h_old), in_bounds)
+    store_y(y_ptr, t, rows, offs, stride_yt, stride_yb, h_new, live_mask, in_bounds)
 
 
 # ---- weights and dots ----------------------------------------------------------------------------
@@ -261,25 +271,25 @@ def forward_steps(INIT: tl.constexpr, CELL: tl.constexpr, cell, w, xw_ptr, w_hh_
         x_row = xw_ptr + t * stride_xt + rows * stride_xb
         # Gate columns, one H block at a time (a single block when RESIDENT).
         for n0 in range(0, H, BLOCK_H):
-            offs_h, mask_h, keep, m2 = column_block(n0, ar_h, H, mask_b, live)
-            acc = INIT(cell, x_row, offs_h, mask_h, m2, H, G, HAS_BIAS, BLOCK_B, BLOCK_H)
+            offs_h, mask_h, in_bounds, live_mask = column_block(n0, ar_h, H, mask_b, live)
+            acc = INIT(cell, x_row, offs_h, mask_h, live_mask, H, G, HAS_BIAS, BLOCK_B, BLOCK_H)
             acc = row_dots(acc, src, rows, mask_b, ar_p, P, w, w_hh_ptr, offs_h, 1, P, H, G, RESIDENT, DOT_FP32,
                            INPUT_PRECISION, BLOCK_P)
-            h_new, h_old = CELL(cell, acc, x_row, src + rows[:, None] * P, offs_h[None, :], t, rows, offs_h, B, H, m2,
-                                keep, HAS_PROJ, RELU, SAVE)
+            h_new, h_old = CELL(cell, acc, x_row, src + rows[:, None] * P, offs_h[None, :], t, rows, offs_h, B, H,
+                                live_mask, in_bounds, HAS_PROJ, RELU, SAVE)
             if HAS_PROJ:
-                tl.store(m_ptr + tile_offsets(t * B + rows, offs_h, H), tl.where(m2, h_new, 0.0), mask=keep)
+                tl.store(m_ptr + tile_offsets(t * B + rows, offs_h, H), tl.where(live_mask, h_new, 0.0), mask=in_bounds)
             else:
-                emit_h(h_new, h_old, dst, y_ptr, t, rows, offs_h, P, stride_yt, stride_yb, m2, keep)
+                emit_h(h_new, h_old, dst, y_ptr, t, rows, offs_h, P, stride_yt, stride_yb, live_mask, in_bounds)
         if HAS_PROJ:
             tl.debug_barrier()  # every m_t column is written before the projection reads it
             for p0 in range(0, P, BLOCK_P):
                 offs_p = p0 + ar_p
                 h = row_dots((tl.zeros([BLOCK_B, BLOCK_P], dtype=tl.float32),), m_ptr, t * B + rows, mask_b, ar_h,
                              H, w_r, w_hr_ptr, offs_p, 1, H, P, 1, RESIDENT, DOT_FP32, INPUT_PRECISION, BLOCK_H)[0]
-                keep, m2 = tile_masks(offs_p < P, mask_b, live)
-                emit_h(h, load_rows(src, rows, offs_p, P, keep), dst, y_ptr, t, rows, offs_p, P, stride_yt,
-                       stride_yb, m2, keep)
+                in_bounds, live_mask = tile_masks(offs_p < P, mask_b, live)
+                emit_h(h, load_rows(src, rows, offs_p, P, in_bounds), dst, y_ptr, t, rows, offs_p, P, stride_yt,
+                       stride_yb, live_mask, in_bounds)
         tl.debug_barrier()  # h_t is complete before step s + 1 reads it
 
 
@@ -304,19 +314,20 @@ def backward_steps(GRADS: tl.constexpr, cell, grads, widths, w, w_hh_ptr, dy_ptr
         if HAS_PROJ:
             # Total gradient of h_t = output gradient + gradient carried from step t+1.
             for p0 in range(0, P, BLOCK_P):
-                offs_p, mask_p, keep, m2 = column_block(p0, ar_p, P, mask_b, live)
+                offs_p, mask_p, in_bounds, live_mask = column_block(p0, ar_p, P, mask_b, live)
                 seq = tile_offsets(t * B + rows, offs_p, P)
-                dh_tot = tl.load(dy_ptr + seq, mask=m2, other=0.0).to(tl.float32) + load_rows(src, rows, offs_p, P, m2)
-                tl.store(dh_ptr + seq, tl.where(m2, dh_tot, 0.0), mask=keep)
+                dh_tot = tl.load(dy_ptr + seq, mask=live_mask, other=0.0).to(tl.float32) \
+                    + load_rows(src, rows, offs_p, P, live_mask)
+                tl.store(dh_ptr + seq, tl.where(live_mask, dh_tot, 0.0), mask=in_bounds)
             tl.debug_barrier()
         for n0 in range(0, H, BLOCK_H):
-            offs_h, mask_h, keep, m2 = column_block(n0, ar_h, H, mask_b, live)
+            offs_h, mask_h, in_bounds, live_mask = column_block(n0, ar_h, H, mask_b, live)
             dm = 0.0
             if HAS_PROJ:
                 dm = row_dots((tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32),), dh_ptr, t * B + rows, mask_b, ar_p,
                               P, w_r, w_hr_ptr, offs_h, H, 1, H, 1, RESIDENT, DOT_FP32, INPUT_PRECISION, BLOCK_P)[0]
             GRADS(cell, dm, src + rows[:, None] * P, offs_h[None, :], dst, t, t_prev, has_prev, rows, offs_h, B, H, P,
-                  m2, keep, HAS_PROJ, RELU)
+                  live_mask, in_bounds, HAS_PROJ, RELU)
         tl.debug_barrier()  # every gate gradient of step t is written before it is contracted
         for p0 in range(0, P, BLOCK_P):
             offs_p = p0 + ar_p
@@ -330,15 +341,17 @@ def backward_steps(GRADS: tl.constexpr, cell, grads, widths, w, w_hh_ptr, dy_ptr
                     w_k = gate_tiles(w_hh_ptr, G, H, P, offs_k, offs_p, P, 1, H, P)
                 acc = sum_gate_dots(acc, grads, widths, gate_offs, t * B + rows, offs_k,
                                     mask_b[:, None] & mask_k[None, :], w_k, G, DOT_FP32, INPUT_PRECISION, "")
-            keep, m2 = tile_masks(offs_p < P, mask_b, live)
-            carry = load_rows(src, rows, offs_p, P, keep)
+            in_bounds, live_mask = tile_masks(offs_p < P, mask_b, live)
+            carry = load_rows(src, rows, offs_p, P, in_bounds)
             if DIRECT:
                 # The direct path h_{t-1} -> h_t through z * h_{t-1}.
                 z_ptr, z_width, z_col = direct
-                dh = tl.load(dy_ptr + tile_offsets(t * B + rows, offs_p, P), mask=m2, other=0.0).to(tl.float32) + carry
-                z = tl.load(z_ptr + (t * B + rows)[:, None] * z_width + z_col + offs_p[None, :], mask=m2, other=0.0)
+                dh = tl.load(dy_ptr + tile_offsets(t * B + rows, offs_p, P), mask=live_mask,
+                             other=0.0).to(tl.float32) + carry
+                z = tl.load(z_ptr + (t * B + rows)[:, None] * z_width + z_col + offs_p[None, :], mask=live_mask,
+                            other=0.0)
                 acc = acc + dh * z
-            store_rows(dst, rows, offs_p, P, tl.where(m2, acc, carry), keep)
+            store_rows(dst, rows, offs_p, P, tl.where(live_mask, acc, carry), in_bounds)
         tl.debug_barrier()  # dh_{t-1} is complete before the next step reads it
 
 
@@ -391,13 +404,14 @@ def persistent_group(first_reverse, BLOCK_H: tl.constexpr):
 def tile_at_step(tile, s, rev, lengths_ptr, B, T, H, offs_h, mask_h, HAS_LENGTHS: tl.constexpr,
                  BLOCK_B: tl.constexpr):
     """Batch tile `tile` at loop step `s` of a persistent program: its row mask, int64 rows and
-    valid steps, the masks of its rows x this program's columns (`keep`: in bounds, `m2`: also
-    active at this step), their offsets in a (B, H) array, and each row's time index t."""
+    valid steps, the masks of its rows x this program's columns (`in_bounds`: row < B and column
+    < H; `live_mask`: also the row active at this step), their offsets in a (B, H) array, and each
+    row's time index t."""
     mask_b, rows, lengths = tile_rows(tile, lengths_ptr, B, T, HAS_LENGTHS, BLOCK_B)
-    keep = mask_b[:, None] & mask_h[None, :]
+    in_bounds = mask_b[:, None] & mask_h[None, :]
     t, active = step_time_index(s, lengths, rev)
-    m2 = (mask_b & active)[:, None] & mask_h[None, :]
-    return mask_b, rows, lengths, keep, m2, rows[:, None] * H + offs_h[None, :], t
+    live_mask = (mask_b & active)[:, None] & mask_h[None, :]
+    return mask_b, rows, lengths, in_bounds, live_mask, rows[:, None] * H + offs_h[None, :], t
 
 
 @triton.jit
@@ -418,13 +432,13 @@ def read_exchanged_h(src, rows, mask_b, ar_p, mask_p, H):
 
 
 @triton.jit
-def publish_h(h_new, h_old, m2, keep, own, h_carry_ptr, dst, y_ptr, t, rows, offs_h, stride_yt, stride_yb):
+def publish_h(h_new, h_old, live_mask, in_bounds, own, h_carry_ptr, dst, y_ptr, t, rows, offs_h, stride_yt, stride_yb):
     """A forward step's h of this program's columns: the float32 carry (h_old where a row is past
     its length), its copy in the exchange dtype for the next step's dots, and y (zero there)."""
-    h_carry = tl.where(m2, h_new, h_old)
-    tl.store(h_carry_ptr + own, h_carry, mask=keep)
-    tl.store(dst + own, h_carry.to(dst.dtype.element_ty), mask=keep)
-    store_y(y_ptr, t, rows, offs_h, stride_yt, stride_yb, h_new, m2, keep)
+    h_carry = tl.where(live_mask, h_new, h_old)
+    tl.store(h_carry_ptr + own, h_carry, mask=in_bounds)
+    tl.store(dst + own, h_carry.to(dst.dtype.element_ty), mask=in_bounds)
+    store_y(y_ptr, t, rows, offs_h, stride_yt, stride_yb, h_new, live_mask, in_bounds)
 
 
 @triton.jit
@@ -450,14 +464,16 @@ def persistent_forward(INIT: tl.constexpr, CELL: tl.constexpr, cell, w, xw_ptr, 
     for s in range(step_begin, step_end):
         src, dst = slots(s, h_state_ptr, B, H)
         for tile in range(tl.program_id(2), tl.cdiv(B, BLOCK_B), tl.num_programs(2)):
-            mask_b, rows, lengths, keep, m2, own, t = tile_at_step(
+            mask_b, rows, lengths, in_bounds, live_mask, own, t = tile_at_step(
                 tile, s, rev, lengths_ptr, B, T, H, offs_h, mask_h, HAS_LENGTHS, BLOCK_B)
             x_row = xw_ptr + t * stride_xt + rows * stride_xb
             h_prev = read_exchanged_h(src, rows, mask_b, ar_p, mask_p, H)
-            acc = INIT(cell, x_row, offs_h, mask_h, m2, H, G, HAS_BIAS, BLOCK_B, BLOCK_H)
+            acc = INIT(cell, x_row, offs_h, mask_h, live_mask, H, G, HAS_BIAS, BLOCK_B, BLOCK_H)
             acc = gate_dots(acc, h_prev, w, G, DOT_FP32, INPUT_PRECISION)
-            h_new, h_old = CELL(cell, acc, x_row, h_carry_ptr, own, t, rows, offs_h, B, H, m2, keep, False, RELU, SAVE)
-            publish_h(h_new, h_old, m2, keep, own, h_carry_ptr, dst, y_ptr, t, rows, offs_h, stride_yt, stride_yb)
+            h_new, h_old = CELL(cell, acc, x_row, h_carry_ptr, own, t, rows, offs_h, B, H, live_mask, in_bounds, False,
+                                RELU, SAVE)
+            publish_h(h_new, h_old, live_mask, in_bounds, own, h_carry_ptr, dst, y_ptr, t, rows, offs_h, stride_yt,
+                      stride_yb)
         end_forward_step(counter_ptr, group, (s + 1) * n_cols, spin_limit, GRID_SYNC)
 
 
@@ -478,27 +494,28 @@ def persistent_backward(GRADS: tl.constexpr, cell, grads, widths, gate_offs, w, 
         src, dst = slots(i, dh_state_ptr, B, H)
         if PHASES != 2:
             for tile in range(tl.program_id(2), tl.cdiv(B, BLOCK_B), tl.num_programs(2)):
-                mask_b, rows, lengths, keep, m2, own, t = tile_at_step(
+                mask_b, rows, lengths, in_bounds, live_mask, own, t = tile_at_step(
                     tile, s, rev, lengths_ptr, B, T, H, offs_h, mask_h, HAS_LENGTHS, BLOCK_B)
                 t_prev = tl.where(rev, t + 1, t - 1)
                 has_prev = (lengths * 0 + s) > 0  # per row, so it broadcasts into the load masks
-                GRADS(cell, 0.0, src, own, dst, t, t_prev, has_prev, rows, offs_h, B, H, H, m2, keep, False, RELU)
+                GRADS(cell, 0.0, src, own, dst, t, t_prev, has_prev, rows, offs_h, B, H, H, live_mask, in_bounds, False,
+                      RELU)
         if GRID_SYNC:
             _group_barrier(counter_ptr, group, (i + 1) * n_cols, spin_limit)
         if PHASES != 1:
             for tile in range(tl.program_id(2), tl.cdiv(B, BLOCK_B), tl.num_programs(2)):
-                mask_b, rows, lengths, keep, m2, own, t = tile_at_step(
+                mask_b, rows, lengths, in_bounds, live_mask, own, t = tile_at_step(
                     tile, s, rev, lengths_ptr, B, T, H, offs_h, mask_h, HAS_LENGTHS, BLOCK_B)
                 # .cg: the other programs' gradients of this step, from L2.
                 acc = sum_gate_dots(tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32), grads, widths, gate_offs,
                                     t * B + rows, ar_k, mask_b[:, None] & mask_k[None, :], w, G, DOT_FP32,
                                     INPUT_PRECISION, ".cg")
                 if DIRECT:
-                    old = tl.load(dst + own, mask=keep, other=0.0)
+                    old = tl.load(dst + own, mask=in_bounds, other=0.0)
                     acc = old + acc
                 else:
-                    old = tl.load(src + own, mask=keep, other=0.0)
-                tl.store(dst + own, tl.where(m2, acc, old), mask=keep)
+                    old = tl.load(src + own, mask=in_bounds, other=0.0)
+                tl.store(dst + own, tl.where(live_mask, acc, old), mask=in_bounds)
             # The next step's phase 1 reads these columns back, possibly in other threads of
             # this program (the dot's layout is not the loads'): order the stores before it.
             tl.debug_barrier()
