@@ -53,14 +53,16 @@ if module == "conv.fwd":
     ]
 if module == "conv.affine":
     io_pointers = {"y_ptr", "res_ptr", "out_ptr", "dout_ptr", "dy_ptr", "dres_ptr"}
-    flags = dict(HAS_SCALE=True, HAS_SHIFT=True, HAS_RESIDUAL=True, HAS_DY=True, HAS_DRES=True, HAS_DSCALE=True,
-                 HAS_DSHIFT=True, ACT=2, MASK_FROM_Z=False, BLOCK_P=32, BLOCK_C=128)
+    flags = dict(HAS_CENTRE=True, HAS_SCALE=True, HAS_SHIFT=True, HAS_RESIDUAL=True, HAS_DY=True, HAS_DRES=True,
+                 HAS_DSCALE=True, HAS_DSHIFT=True, HAS_DCENTRE=True, ACT=2, MASK_FROM_Z=False, BLOCK_P=32,
+                 BLOCK_C=128)
     variants = [
         ("all-leaky-fp32", "fp32", {}),
         ("all-leaky-zmask-bf16", "bf16", dict(MASK_FROM_Z=True, BLOCK_P=16, BLOCK_C=64)),
         # No optional terms and no gradient but dy, relu, the smallest tiles the tests force.
-        ("plain-relu-fp16", "fp16", dict(HAS_SCALE=False, HAS_SHIFT=False, HAS_RESIDUAL=False, HAS_DRES=False,
-                                         HAS_DSCALE=False, HAS_DSHIFT=False, ACT=1, BLOCK_P=16, BLOCK_C=4)),
+        ("plain-relu-fp16", "fp16", dict(HAS_CENTRE=False, HAS_SCALE=False, HAS_SHIFT=False, HAS_RESIDUAL=False,
+                                         HAS_DRES=False, HAS_DSCALE=False, HAS_DSHIFT=False, HAS_DCENTRE=False,
+                                         ACT=1, BLOCK_P=16, BLOCK_C=4)),
     ]
 if module in ("recurrent.lstm_persistent", "recurrent.gru_persistent", "recurrent.rnn_persistent"):
     # The single launch with the barrier at the bench grid's sizes is compiled, with the launchers'

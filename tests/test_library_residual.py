@@ -119,6 +119,29 @@ def test_opcheck_affine_act_bwd(grads):
              (dout, out, y, scale, shift, res, "leaky_relu", -0.2, *grads))
 
 
+@pytest.mark.parametrize("terms,act,slope", [
+    pytest.param((1, 1, 1), "leaky_relu", -0.5, id="all-centre-z-mask"),
+    pytest.param((0, 0, 0), "relu", 0.01, id="centre-only-relu"),
+])
+def test_opcheck_affine_act_centre(terms, act, slope):
+    """The centre, appended to the schema with a default."""
+    shape = (N, CO, H, W)
+    y, scale, shift, res, centre = _tensors(shape, (N, CO), (N, CO), shape, (N, CO), grad=True, seed=5)
+    optional = [t if p else None for t, p in zip((scale, shift, res), terms)]
+    _opcheck(torch.ops.recgen.affine_act.default, (y, *optional, act, slope, centre))
+
+
+@pytest.mark.parametrize("grads,dcentre", [
+    pytest.param((torch.float32, torch.float32, torch.float32, torch.float32), torch.float32, id="all-dcentre"),
+    pytest.param((None, torch.float32, None, None), torch.bfloat16, id="dscale-dcentre-bf16-no-dshift"),
+])
+def test_opcheck_affine_act_bwd_centre(grads, dcentre):
+    shape = (N, CO, H, W)
+    dout, out, y, scale, shift, res, centre = _tensors(shape, shape, shape, (N, CO), (N, CO), shape, (N, CO), seed=6)
+    _opcheck(torch.ops.recgen.affine_act_bwd.default,
+             (dout, out, y, scale, shift, res, "leaky_relu", -0.2, *grads, centre, dcentre))
+
+
 TRACE_TRITON_OPS = r"""
 import torch
 from torch._functorch.aot_autograd import aot_function
@@ -144,6 +167,9 @@ CASES = [
     ("affine_act", (r(N, CO, H, W), r(N, CO), None, r(N, CO, H, W), "leaky_relu", 0.2)),
     ("affine_act_bwd", (r(N, CO, H, W), r(N, CO, H, W), r(N, CO, H, W), r(N, CO), r(N, CO), r(N, CO, H, W),
                         "leaky_relu", -0.2, f32, f32, None, torch.bfloat16)),
+    ("affine_act", (r(N, CO, H, W), r(N, CO), r(N, CO), None, "relu", 0.01, r(N, CO))),
+    ("affine_act_bwd", (r(N, CO, H, W), r(N, CO, H, W), r(N, CO, H, W), r(N, CO), None, None, "relu", 0.01,
+                        f32, f32, None, None, r(N, CO), f32)),
 ]
 
 
@@ -182,7 +208,7 @@ def test_triton_op_registration_traces_every_kernel():
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [line.split() for line in done.stdout.splitlines()]
     assert [name for name, _ in lines] == ["fused_conv2d", "fused_conv2d", "conv2d_bwd_data", "conv2d_bwd_weight",
-                                           "affine_act", "affine_act_bwd"]
+                                           "affine_act", "affine_act_bwd", "affine_act", "affine_act_bwd"]
     assert all(int(n) == 1 for _, n in lines), lines
 
 
@@ -243,6 +269,15 @@ def test_compile_affine_act():
         return functional.affine_act(y, scale, shift, residual, act="leaky_relu", slope=0.2) * 3
 
     args = _tensors((N, CO, H, W), (N, CO), (CO,), (N, CO, H, W), seed=7)
+    args[0] = args[0].contiguous(memory_format=torch.channels_last)
+    _compare_compiled(fn, args, launches=("affine_act_fwd",), bwd_launches=("affine_act_bwd",))
+
+
+def test_compile_affine_act_centre():
+    def fn(y, scale, shift, centre):
+        return functional.affine_act(y, scale, shift, act="leaky_relu", slope=-0.3, centre=centre) * 3
+
+    args = _tensors((N, CO, H, W), (N, CO), (CO,), (1, CO), seed=8)
     args[0] = args[0].contiguous(memory_format=torch.channels_last)
     _compare_compiled(fn, args, launches=("affine_act_fwd",), bwd_launches=("affine_act_bwd",))
 

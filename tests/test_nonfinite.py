@@ -164,6 +164,25 @@ def test_affine_act_nonfinite_matches_torch(act, site, value, device):
     actual = affine_results(recgen_affine, tensors, act, slope, device)
     assert launched_since(before) > 0, "the Triton path did not run"
     assert_all_match(actual, expected)
+
+
+AFFINE_CENTRE_CASES = [(act, site, v, None) for act in AFFINE_ACTS for site in ("y", "centre", "scale") for v in VALUES]
+
+
+@pytest.mark.parametrize("act,site,value", cases(AFFINE_CENTRE_CASES))
+def test_affine_act_centre_nonfinite_matches_torch(act, site, value, device):
+    """With a centre: out = act((y - centre) * scale + shift), a NaN or infinity in y, the centre or
+    the scale reaches the output and the gradients (dy, dcentre, dscale, dshift) as in torch."""
+    act, slope = AFFINE_ACTS[act]
+    gen = torch.Generator().manual_seed(4)
+    tensors = {"y": torch.randn(2, 3, 4, 5, generator=gen), "scale": torch.rand(2, 3, generator=gen) + 0.5,
+               "shift": torch.randn(2, 3, generator=gen), "centre": torch.randn(2, 3, generator=gen)}
+    set_element(tensors[site], 4, value)
+    expected = affine_results(reference_affine, tensors, act, slope, "cpu")
+    before = dict(LAUNCH_COUNTS)
+    actual = affine_results(recgen_affine, tensors, act, slope, device)
+    assert launched_since(before) > 0, "the Triton path did not run"
+    assert_all_match(actual, expected)
 # (block, train, poisoned tensor, value id, known cause or None); "weight" is conv1's weight.
 BLOCK_CASES = [
     ("rb-bn-relu", True, "x", "nan", None), ("rb-bn-relu", True, "weight", "neg-inf", None),

@@ -86,23 +86,25 @@ def _kernel_fused_conv2d(x, weight, *, stride=1, padding_mode="zeros", upsample=
     return (out, z_sum, z_m2) if stats else out
 
 
-def affine_act(y, scale=None, shift=None, residual=None, act="none", slope=0.01):
-    """out = act(y * scale[n, c] + shift[n, c] + residual) (recgen.reference.conv.affine_act), on
-    the Triton path (recgen.ops.conv.affine.checked_affine_act, then torch.ops.recgen.affine_act)
-    or the reference as the backend decides."""
+def affine_act(y, scale=None, shift=None, residual=None, act="none", slope=0.01, centre=None):
+    """out = act((y - centre[n, c]) * scale[n, c] + shift[n, c] + residual)
+    (recgen.reference.conv.affine_act), on the Triton path (recgen.ops.conv.affine.checked_affine_act,
+    then torch.ops.recgen.affine_act) or the reference as the backend decides. Pass the mean as
+    `centre` rather than folding it into `shift` (beta - mean * scale): centred, nothing cancels
+    where |mean| >> std."""
     impl = implementation(y)
     if impl in ("kernels", "interpreter"):
         record(impl)
-        return _kernel_affine_act(y, scale, shift, residual, act, slope)
+        return _kernel_affine_act(y, scale, shift, residual, act, slope, centre)
     record("reference" if impl == "reference" else "torch")
-    return reference_conv.affine_act(y, scale, shift, residual, act, slope)
+    return reference_conv.affine_act(y, scale, shift, residual, act, slope, centre=centre)
 
 
-def _kernel_affine_act(y, scale=None, shift=None, residual=None, act="none", slope=0.01):
+def _kernel_affine_act(y, scale=None, shift=None, residual=None, act="none", slope=0.01, centre=None):
     """affine_act on the Triton path, the implementation already chosen."""
     from recgen.ops.conv.affine import checked_affine_act
 
-    return checked_affine_act(y, scale, shift, residual, act, slope)
+    return checked_affine_act(y, scale, shift, residual, act, slope, centre)
 
 
 @dataclass(frozen=True)

@@ -75,11 +75,15 @@ def fused_conv2d(x, weight, *, stride=1, padding_mode="zeros", upsample=False,
     return out, z_sum, (zs - mean[:, :, None, None]).square().sum(dim=(2, 3))
 
 
-def affine_act(y, scale=None, shift=None, residual=None, act="none", slope=0.01):
-    """out = act(y * scale[n, c] + shift[n, c] + residual): the elementwise pass that applies a
-    batch/instance normalisation once its statistics are known. y: (N, C, H, W); scale, shift: (N, C).
-    The output keeps y's dtype: scale/shift are statistics (often float32) and do not promote it."""
+def affine_act(y, scale=None, shift=None, residual=None, act="none", slope=0.01, centre=None):
+    """out = act((y - centre[n, c]) * scale[n, c] + shift[n, c] + residual): the elementwise pass
+    that applies a batch/instance normalisation once its statistics are known (the centre, e.g.
+    the mean, subtracted first, so that no large y * scale and shift have to cancel).
+    y: (N, C, H, W); centre, scale, shift: (N, C). The output keeps y's dtype: centre/scale/shift
+    are statistics (often float32) and do not promote it."""
     z = y
+    if centre is not None:
+        z = z - centre[:, :, None, None]
     if scale is not None:
         z = z * scale[:, :, None, None]
     if shift is not None:
