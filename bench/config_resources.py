@@ -9,11 +9,13 @@ same rule.
 
     python bench/config_resources.py --out DIR [--grid bench|check|quick ...] [--workers N]
     python bench/config_resources.py --fold-into TABLE.json --grid check --match "check dense"
+    python bench/config_resources.py --fold-into TABLE.json --grid check --grid bench --match "check res" --match basicblock
     python bench/config_resources.py --merge DIR/configs-triton3.9.json DIR/configs-triton3.6.json --out DIR
 
 The first form writes configs-triton<version>.json (every grid point's launches and decisions,
 and every compiled kernel's resources: the table tests/test_config_table.py checks the rule
-against) and .md. --fold-into captures only the points of --grid / --match (a partial capture:
+against) and .md. --fold-into captures only the points of --grid / --match (--match may be given several times: a
+point matching any of them; a partial capture:
 a new op's check line, say) and puts them into an existing table of the same Triton version in
 place of its entries for those points, keeping every other point, in the grid's order; it
 rewrites the table's .json and .md and names each folded launch that spills. The third writes
@@ -251,7 +253,14 @@ def _load(path: str) -> dict:
         return json.load(f)
 
 
-def replay(report: dict, grids, match: str | None = None) -> list:
+def matching(label: str, matches) -> bool:
+    """Whether a grid point's label contains any of `matches` (a string or a list; none: every label)."""
+    if not matches:
+        return True
+    return any(m in label for m in ([matches] if isinstance(matches, str) else matches))
+
+
+def replay(report: dict, grids, match=None) -> list:
     """Differences between the launches the rule makes now on `grids` (the table answering for
     the compiler) and the table's launches for the same points: [] when they agree."""
     os.environ.pop("TRITON_INTERPRET", None)
@@ -260,7 +269,7 @@ def replay(report: dict, grids, match: str | None = None) -> list:
     table = {_frozen(e["identity"]): e["resources"] for e in report["compiled"]}
     with capture(table=table) as state:
         for label, grid, spec in points(grids):
-            if not match or match in label:
+            if matching(label, match):
                 _run_point(state, label, grid, spec)
     made = [(l["label"], l["name"], _frozen(l["identity"])) for l in state.launches]
     labels = {m[0] for m in made}
@@ -402,6 +411,14 @@ def _table_grids(table: dict) -> tuple:
     return tuple(grid for grid in ("check", "bench", "session") if grid in firsts)
 
 
+def _current_signature(identity) -> bool:
+    """Whether a compiled-kernel identity (name, [(param, value), ...], options) names the
+    parameters the kernel of that name has now."""
+    from recgen.tools.aot_compile import kernel_named
+
+    return tuple(name for name, _ in identity[1]) == tuple(kernel_named(identity[0]).arg_names)
+
+
 def fold(table: dict, part: dict) -> dict:
     """`table` with the points `part` captured replaced by part's entries (launches, decisions,
     points) and part's compiled kernels added, everything in the order of the table's grids
@@ -415,7 +432,9 @@ def fold(table: dict, part: dict) -> dict:
         kept = [e for e in table[key] if _point_label(e["label"]) not in folded]
         merged[key] = sorted(kept + part[key], key=lambda e: order.get(_point_label(e["label"]), len(order)))
     compiled = {json.dumps(e["identity"]): e for e in part["compiled"]}
-    compiled.update({json.dumps(e["identity"]): e for e in table["compiled"]})  # the table's own stay as recorded
+    # The table's own stay as recorded, but for an older signature of a kernel (an argument added
+    # or renamed since): those entries can match no launch any more.
+    compiled.update({json.dumps(e["identity"]): e for e in table["compiled"] if _current_signature(e["identity"])})
     merged["compiled"] = sorted(compiled.values(), key=lambda e: json.dumps(e["identity"]))
     merged["seconds"] = round(table.get("seconds", 0.0) + part["seconds"], 1)
     merged["folded"] = table.get("folded", []) + [{"date": part["date"], "points": sorted(folded),
@@ -433,7 +452,8 @@ def spilling_launches(report: dict, labels) -> list:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", action="append", choices=GRIDS)
-    parser.add_argument("--match", help="only grid points whose label contains this text")
+    parser.add_argument("--match", action="append",
+                        help="only grid points whose label contains this text (repeatable: any of them)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--merge", nargs="+", help="configs-triton*.json files to put side by side")
     parser.add_argument("--replay", help="a configs-triton*.json table: check the rule's choices against it")
@@ -462,7 +482,7 @@ def main(argv=None) -> int:
         print(f"prewarmed {count} kernels with {args.workers} workers in {time.perf_counter() - start:.1f} s")
         return 0
     if args.fold_into:
-        todo = [p for p in points(args.grid or ("check",)) if not args.match or args.match in p[0]]
+        todo = [p for p in points(args.grid or ("check",)) if matching(p[0], args.match)]
         if not todo:
             parser.error("no grid point matches --grid / --match")
         part = capture_report(todo, args.workers)
@@ -492,7 +512,7 @@ def main(argv=None) -> int:
                 f.write(text)
             print(f"wrote {path}")
         return 0
-    todo = [p for p in points(args.grid or ("check", "bench")) if not args.match or args.match in p[0]]
+    todo = [p for p in points(args.grid or ("check", "bench")) if matching(p[0], args.match)]
     report = capture_report(todo, args.workers)
     name = f"configs-triton{report['triton']}"
     for suffix, text in ((".json", json.dumps(report, indent=0)), (".md", to_markdown(report))):

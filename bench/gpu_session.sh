@@ -10,7 +10,8 @@
 #   2. check    `recgen check --mode all` in bf16 and fp32: every recurrence in the rule's mode and
 #               forced resident, streamed and persistent (single launch), conv fwd/bwd, blocks
 #   3. bench    `recgen bench --quick` against cuDNN: recurrent with the persistent mode off, then
-#               on, residual; then against torch.compile (whose warm-up compiles every case)
+#               on, residual; the dense layer against cuBLAS (torch.nn eager) and
+#               torch._addmm_activation; then against torch.compile (whose warm-up compiles every case)
 #   4. extra    with what is left: the integration tests (Inductor, CUDA graphs, GradScaler,
 #               determinism, the 2**31 offsets with gradients)
 # stages.txt lists each stage's exit status and seconds. The estimate behind the budget (kernels
@@ -69,6 +70,8 @@ stage bench-recurrent-persistent 90 env RECGEN_PERSISTENT=1 "${recgen[@]}" bench
   --provider recgen,cudnn --out "$out/bench-recurrent-persistent"
 stage bench-residual 60 "${recgen[@]}" bench --quick --family residual --provider recgen,cudnn \
   --out "$out/bench-residual"
+stage bench-dense 45 "${recgen[@]}" bench --quick --family dense --provider recgen,cudnn,addmm_activation \
+  --out "$out/bench-dense"
 # torch.compile last among the benches: Inductor compiles every case (and its backward) in the warm-up.
 stage bench-compile 200 "${recgen[@]}" bench --quick --provider recgen,compile --out "$out/bench-compile"
 stage extra 600 python3 -m pytest -q -p no:cacheprovider "$repo/tests/test_gpu_runtime.py" \

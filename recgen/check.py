@@ -19,12 +19,12 @@ import torch
 OPS = [("lstm", "lstm", 0), ("lstm_proj", "lstm", 3), ("gru", "gru", 0),
        ("rnn_tanh", "rnn_tanh", 0), ("rnn_relu", "rnn_relu", 0)]
 SHAPES = [(5, 3, 4, 13, None, False), (1, 1, 3, 5, None, True), (4, 17, 5, 8, [4, 1, 3] + [2] * 14, True)]
-# Fused convolution: (x shape, CO, K, kwargs, optional tensors): epilogue, prologue with
-# reflection + stride 2 + upsampling, statistics.
+# Fused convolution: (x shape, CO, K, kwargs, optional tensors): epilogue, a normalisation's
+# centred prologue with reflection + stride 2 + upsampling, statistics.
 CONV_CASES = [
     ((2, 3, 7, 10), 5, 3, dict(out_act="leaky_relu", out_slope=0.2), {"out_scale", "out_shift", "residual"}),
     ((1, 5, 6, 7), 4, 3, dict(in_act="relu", padding_mode="reflect", stride=2, upsample=True),
-     {"in_scale", "in_shift", "out_shift"}),
+     {"in_centre", "in_scale", "in_shift", "out_shift"}),
     ((2, 3, 5, 6), 4, 5, dict(stats=True), {"out_shift"}),
 ]
 # Residual blocks: (ResidualBlock kwargs, in_channels, train).

@@ -113,7 +113,7 @@ def _errors_of(pairs: dict, tri_leaves: dict, ref_leaves: dict) -> dict:
 def compare_fused_conv(x_shape, co, k, kwargs, present, dtype=torch.float32, device="cpu", seed=0):
     """recgen's fused_conv2d (Triton, with autograd) vs the float64 reference: errors of the
     outputs and of the gradients of x, weight and the optional tensors named in `present`
-    (in_scale, in_shift, out_scale, out_shift, residual)."""
+    (in_centre, in_scale, in_shift, out_scale, out_shift, residual)."""
     from recgen.functional import fused_conv2d
     from recgen.reference.conv import fused_conv2d as reference_fused_conv2d
 
@@ -126,7 +126,7 @@ def compare_fused_conv(x_shape, co, k, kwargs, present, dtype=torch.float32, dev
         return (torch.rand(*shape, generator=gen, dtype=torch.float64) * (high - low) + low).to(dtype)
 
     made = {"x": rnd(N, CI, H, W), "weight": rnd(co, CI, k, k) / k,
-            "in_scale": rnd(N, CI, low=0.5, high=1.5), "in_shift": rnd(N, CI),
+            "in_centre": rnd(N, CI), "in_scale": rnd(N, CI, low=0.5, high=1.5), "in_shift": rnd(N, CI),
             "out_scale": rnd(co, low=0.5, high=1.5), "out_shift": rnd(co), "residual": rnd(N, co, OH, OW)}
     inputs = {n: v for n, v in made.items() if n in ("x", "weight") or n in present}
     tri = {n: v.detach().clone().to(device) for n, v in inputs.items()}

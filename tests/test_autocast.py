@@ -15,7 +15,12 @@ def test_autocast_bf16_matches_torch(name, device):
     rec.load_state_dict(ref.state_dict())
     x = torch.randn(4, 3, 6, device=device)
     with torch.autocast(device_type=device, dtype=torch.bfloat16):
-        y_ref, _ = ref(x)
+        try:
+            y_ref, _ = ref(x)
+        except RuntimeError as error:  # torch's own op, not recgen's: nothing to compare against
+            if "primitive descriptor" not in str(error):
+                raise
+            pytest.skip(f"torch's bf16 {name} does not run on this CPU (oneDNN: {str(error)[:80]})")
         y_rec, _ = rec(x)
     assert y_rec.dtype == y_ref.dtype  # bf16, except GRU on the CPU where torch stays fp32
     # torch computes in bf16 internally even where it returns fp32: compare at bf16 precision.

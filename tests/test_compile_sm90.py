@@ -39,15 +39,15 @@ variants = [
 ]
 if module == "conv.fwd":
     io_pointers = {"x_ptr", "w_ptr", "res_ptr", "out_ptr"}
-    flags = dict(K=3, STRIDE=1, UPSAMPLE=True, REFLECT=True, HAS_IN_SCALE=True, HAS_IN_SHIFT=True, IN_ACT=2,
-                 HAS_OUT_SCALE=True, HAS_OUT_SHIFT=True, HAS_RESIDUAL=True, OUT_ACT=1, STATS=True,
+    flags = dict(K=3, STRIDE=1, UPSAMPLE=True, REFLECT=True, HAS_IN_CENTRE=True, HAS_IN_SCALE=True,
+                 HAS_IN_SHIFT=True, IN_ACT=2, HAS_OUT_SCALE=True, HAS_OUT_SHIFT=True, HAS_RESIDUAL=True, OUT_ACT=1, STATS=True,
                  BLOCK_M=128, BLOCK_CI=32, BLOCK_CO=64)
     variants = [
         ("all-fp32-tf32", "fp32", dict(DOT_FP32=True, INPUT_PRECISION="tf32")),
         ("all-bf16-k7-s2", "bf16", dict(K=7, STRIDE=2, DOT_FP32=False, INPUT_PRECISION="ieee")),
         # No prologue/epilogue terms, no stats, smallest tiles (tl.dot's 16), leaky act_out.
-        ("plain-fp16-k1", "fp16", dict(K=1, UPSAMPLE=False, REFLECT=False, HAS_IN_SCALE=False, HAS_IN_SHIFT=False,
-                                       IN_ACT=0, HAS_OUT_SCALE=False, HAS_OUT_SHIFT=False, HAS_RESIDUAL=False,
+        ("plain-fp16-k1", "fp16", dict(K=1, UPSAMPLE=False, REFLECT=False, HAS_IN_CENTRE=False, HAS_IN_SCALE=False,
+                                       HAS_IN_SHIFT=False, IN_ACT=0, HAS_OUT_SCALE=False, HAS_OUT_SHIFT=False, HAS_RESIDUAL=False,
                                        OUT_ACT=2, STATS=False, DOT_FP32=False, INPUT_PRECISION="ieee",
                                        BLOCK_M=16, BLOCK_CI=16, BLOCK_CO=16)),
     ]
@@ -80,14 +80,15 @@ if module in ("recurrent.lstm_persistent", "recurrent.gru_persistent", "recurren
     stages = PIPELINE_STAGES  # as the launcher runs them
 if module == "conv.bwd":
     io_pointers = {"dacc_ptr", "w_ptr", "x_ptr", "dx_ptr"}
-    flags = dict(K=3, STRIDE=2, UPSAMPLE=True, REFLECT=True, HAS_IN_SCALE=True, HAS_IN_SHIFT=True, IN_ACT=2,
-                 BLOCK_P=64, BLOCK_CI=64, BLOCK_CO=64, BLOCK_R=64)
+    flags = dict(K=3, STRIDE=2, UPSAMPLE=True, REFLECT=True, HAS_IN_CENTRE=True, HAS_IN_SCALE=True,
+                 HAS_IN_SHIFT=True, IN_ACT=2, BLOCK_P=64, BLOCK_CI=64, BLOCK_CO=64, BLOCK_R=64)
     variants = [
         ("all-fp32-tf32", "fp32", dict(DOT_FP32=True, INPUT_PRECISION="tf32")),
-        ("relu-fp16-k7", "fp16", dict(K=7, STRIDE=1, REFLECT=False, HAS_IN_SCALE=False, IN_ACT=1,
+        ("relu-fp16-k7", "fp16", dict(K=7, STRIDE=1, REFLECT=False, HAS_IN_CENTRE=False, HAS_IN_SCALE=False, IN_ACT=1,
                                       DOT_FP32=False, INPUT_PRECISION="ieee")),
         # No prologue, zero padding, K=1, smallest tiles (tl.dot's 16).
-        ("plain-bf16-k1", "bf16", dict(K=1, STRIDE=1, UPSAMPLE=False, REFLECT=False, HAS_IN_SCALE=False,
+        ("plain-bf16-k1", "bf16", dict(K=1, STRIDE=1, UPSAMPLE=False, REFLECT=False, HAS_IN_CENTRE=False,
+                                       HAS_IN_SCALE=False,
                                        HAS_IN_SHIFT=False, IN_ACT=0, DOT_FP32=False, INPUT_PRECISION="ieee",
                                        BLOCK_P=16, BLOCK_CI=16, BLOCK_CO=16, BLOCK_R=16)),
     ]

@@ -6,7 +6,8 @@ fails the comparison.
 
 Ids read N-CI-CO-HxW-K-stride-padding[-up]-prologue-epilogue[-stats]-dtype. Prologues: off;
 relu / leaky (in_scale, in_shift, then the activation); scale / shift (one term alone, no
-activation). Epilogues: none; relu / leaky (out_scale, out_shift, residual, then the
+activation); centred (a normalisation's (x - in_centre) * in_scale + in_shift, then relu);
+centre (in_centre alone). Epilogues: none; relu / leaky (out_scale, out_shift, residual, then the
 activation); shift (out_shift alone, a bias); residual (alone).
 """
 
@@ -52,7 +53,7 @@ GEOMETRY = [
 # Each prologue with each epilogue (zero padding: a shifted prologue must still pad with 0).
 FEATURES = [
     case(2, 5, 3, (7, 10), 3, 1, "zeros", False, pro, epi, (i + j) % 2 == 0)
-    for i, pro in enumerate(("off", "relu", "leaky", "scale", "shift"))
+    for i, pro in enumerate(("off", "relu", "leaky", "scale", "shift", "centred", "centre"))
     for j, epi in enumerate(("none", "relu", "leaky", "shift", "residual"))
 ] + [
     case(1, 3, 5, (7, 10), 3, 2, "reflect", True, pro, epi, True)
@@ -72,12 +73,16 @@ MULTI_BLOCK = [
     case(2, 40, 40, (7, 10), 3, 1, "zeros", False, "leaky", "relu", True, blocks=(16, 16, 16)),
     case(1, 40, 36, (7, 10), 3, 2, "reflect", True, "relu", "leaky", True, blocks=(16, 16, 16)),
     case(2, 33, 17, (5, 6), 5, 1, "reflect", False, "shift", "shift", True, blocks=(32, 32, 16)),
+    case(2, 40, 36, (7, 10), 3, 1, "reflect", False, "centred", "relu", True, blocks=(16, 16, 16)),
 ]
 HALF = [
     case(2, 5, 12, (7, 10), 3, 1, "zeros", False, "leaky", "relu", True, dtype=dtype)
     for dtype in (FP16, BF16)
 ] + [
     case(1, 12, 5, (7, 10), 5, 2, "reflect", True, "relu", "leaky", True, dtype=dtype)
+    for dtype in (FP16, BF16)
+] + [
+    case(2, 5, 12, (7, 10), 3, 1, "zeros", False, "centred", "none", True, dtype=dtype)
     for dtype in (FP16, BF16)
 ]
 
@@ -103,12 +108,14 @@ def make_inputs(spec, device, x_layout="channels_last", res_layout="contiguous")
     args = dict(x=x, weight=rnd(CO, CI, K, K, lo=-(CI * K * K) ** -0.5, hi=(CI * K * K) ** -0.5),
                 stride=spec["stride"], padding_mode=spec["padding"], upsample=spec["up"], stats=spec["stats"])
     pro, epi = spec["pro"], spec["epi"]
-    if pro in ("relu", "leaky", "scale"):
+    if pro in ("centred", "centre"):
+        args["in_centre"] = rnd(N, CI, lo=-1.0, hi=1.0, dtype=FP32)
+    if pro in ("relu", "leaky", "scale", "centred"):
         args["in_scale"] = rnd(N, CI, lo=0.5, hi=1.5, dtype=FP32)
-    if pro in ("relu", "leaky", "shift"):
+    if pro in ("relu", "leaky", "shift", "centred"):
         args["in_shift"] = rnd(N, CI, lo=-0.5, hi=1.0, dtype=FP32)
-    if pro in ("relu", "leaky"):
-        args.update(in_act={"relu": "relu", "leaky": "leaky_relu"}[pro], in_slope=0.2)
+    if pro in ("relu", "leaky", "centred"):
+        args.update(in_act={"relu": "relu", "leaky": "leaky_relu", "centred": "relu"}[pro], in_slope=0.2)
     if epi in ("relu", "leaky"):
         args.update(out_scale=rnd(CO, lo=0.5, hi=1.5, dtype=FP32), out_act={"relu": "relu", "leaky": "leaky_relu"}[epi],
                     out_slope=0.1)

@@ -17,6 +17,11 @@ CASES = {  # id -> (N, CI, CO, H, W, K, kwargs, tensors present)
     "stats-prologue-upsample": (2, 3, 4, 5, 6, 5, dict(in_act="leaky_relu", in_slope=0.1, upsample=True,
                                                        stats=True), {"in_scale", "in_shift", "out_shift"}),
     "stats-scale-k1": (1, 12, 5, 4, 7, 1, dict(stats=True), {"out_scale", "out_shift"}),
+    # A normalisation's centred prologue, (x - centre) * scale + shift, with and without a scale.
+    "stats-centred-prologue": (2, 5, 4, 6, 7, 3, dict(in_act="relu", stats=True),
+                               {"in_centre", "in_scale", "in_shift", "out_shift"}),
+    "centre-shift-leaky": (1, 3, 5, 5, 4, 3, dict(in_act="leaky_relu", in_slope=-0.2, padding_mode="reflect"),
+                           {"in_centre", "in_shift"}),
     "plain-k7": (1, 3, 3, 8, 8, 7, dict(), set()),
 }
 

@@ -78,9 +78,19 @@ def test_opcheck_fused_conv2d(key):
     assert LAUNCH_COUNTS["conv2d_fwd"] > before
 
 
+@pytest.mark.parametrize("stats", [False, True], ids=["centred-prologue", "centred-prologue-stats"])
+def test_opcheck_fused_conv2d_centred_prologue(stats):
+    """The trailing in_centre argument (a normalisation's (x - mean) * scale + beta prologue)."""
+    x, w, scale, shift, centre = _tensors((N, CI, H, W), (CO, CI, K, K), (N, CI), (N, CI), (N, CI), grad=True,
+                                          seed=3)
+    options = (1, "zeros", False, "relu", 0.01, "none", 0.01, stats)
+    _opcheck(torch.ops.recgen.fused_conv2d.default, (x, w, scale, shift, None, None, None, *options, centre))
+
+
 @pytest.mark.parametrize("prologue,geometry", [
     pytest.param(True, (1, "zeros", False), id="prologue-zeros"),
     pytest.param(False, (2, "zeros", True), id="plain-upsample-stride2"),
+    pytest.param("centred", (1, "reflect", False), id="centred-prologue-reflect"),
 ])
 @pytest.mark.parametrize("which", ["data", "weight"])
 def test_opcheck_conv2d_bwd(which, prologue, geometry):
@@ -88,6 +98,8 @@ def test_opcheck_conv2d_bwd(which, prologue, geometry):
     dacc, x, w, scale, shift = _tensors((N, CO, OH, OW), (N, CI, H, W), (CO, CI, K, K), (N, CI), (N, CI), seed=2)
     dacc = dacc.contiguous(memory_format=torch.channels_last)
     rest = ((scale, shift) if prologue else (None, None)) + geometry + ("leaky_relu", 0.1)
+    if prologue == "centred":
+        rest += (_tensors((N, CI), seed=4)[0],)
     if which == "data":
         _opcheck(torch.ops.recgen.conv2d_bwd_data.default, (dacc, x, w, *rest))
     else:

@@ -7,7 +7,7 @@ P = H * W input pixels of one image, NPT = cdiv(P, BLOCK_P) pixel tiles, SPLIT r
 
 Both kernels start from dacc, the gradient of the conv accumulator
     acc[n, co, o] = sum_{kh, kw, ci} a[n, ci, src(o, kh, kw)] * w[co, ci, kh, kw],
-    a = act_in(pre),  pre = x * in_scale[n, ci] + in_shift[n, ci]      (the prologue)
+    a = act_in(pre),  pre = (x - in_centre[n, ci]) * in_scale[n, ci] + in_shift[n, ci]   (the prologue)
 where src is recgen.kernels.conv.index.source_index (padding, reflection and upsampling folded in).
 
 _conv2d_bwd_data_kernel: da = the transposed conv, in GATHER form (deterministic, no atomics).
@@ -16,7 +16,9 @@ dacc[n, :, o] @ w[:, :, tap] over every (tap, o) that read that pixel in the for
 enumerated by target_index, the inverse of source_index. All candidates of one tap share the
 same weight tile, so their dacc rows are summed first and multiplied once per (tap, CO chunk).
 The prologue's backward follows in the same program: d_pre = da * act_in'(pre), dx = d_pre *
-in_scale, and per-program partial sums of d_pre * x (-> d in_scale) and d_pre (-> d in_shift).
+in_scale, and per-program partial sums of d_pre * (x - in_centre) (-> d in_scale; centred, so it
+does not cancel against mean * sum d_pre), d_pre (-> d in_shift) and d_pre * in_scale (-> minus
+d in_centre; summed per element as torch's autograd does, so an infinite scale gives torch's NaN).
 
 _conv2d_bwd_weight_kernel: dw[co, ci, tap] = sum_r dacc[r, co] * a[src(r, tap), ci], a GEMM per
 tap whose B operand is recomputed from x with the prologue on the fly (zero at padding). One
@@ -38,18 +40,20 @@ def _conv2d_bwd_data_kernel(
     dacc_ptr,     # (N, CO, OH, OW) gradient of the conv accumulator, any strides
     w_ptr,        # (K, K, CO, CI) weight, contiguous (the launcher permutes (CO, CI, K, K))
     x_ptr,        # (N, CI, H, W) forward input, any strides (read when the prologue is on)
+    in_centre_ptr, # (N, CI) float32 prologue centre, contiguous (HAS_IN_CENTRE)
     in_scale_ptr, # (N, CI) float32 prologue scale, contiguous (HAS_IN_SCALE)
     in_shift_ptr, # (N, CI) float32 prologue shift, contiguous (HAS_IN_SHIFT)
     dx_ptr,       # (N, CI, H, W) out: input gradient in x's dtype, any strides
-    dscale_ptr,   # (N, NPT, CI) float32 out: per-program sums of d_pre * x (HAS_IN_SCALE)
+    dscale_ptr,   # (N, NPT, CI) float32 out: per-program sums of d_pre * (x - centre) (HAS_IN_SCALE)
     dshift_ptr,   # (N, NPT, CI) float32 out: per-program sums of d_pre (HAS_IN_SHIFT)
+    dcentre_ptr,  # (N, NPT, CI) float32 out: per-program sums of d_pre * in_scale, i.e. of dx (HAS_IN_CENTRE)
     CI, CO, H, W, OH, OW, NPT,
     stride_dn, stride_dc, stride_dh, stride_dw,
     stride_xn, stride_xc, stride_xh, stride_xw,
     stride_gn, stride_gc, stride_gh, stride_gw,
     in_slope,     # negative slope of act_in when IN_ACT == 2
     K: tl.constexpr, STRIDE: tl.constexpr, UPSAMPLE: tl.constexpr, REFLECT: tl.constexpr,
-    HAS_IN_SCALE: tl.constexpr, HAS_IN_SHIFT: tl.constexpr, IN_ACT: tl.constexpr,
+    HAS_IN_CENTRE: tl.constexpr, HAS_IN_SCALE: tl.constexpr, HAS_IN_SHIFT: tl.constexpr, IN_ACT: tl.constexpr,
     DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr,
 ):
@@ -104,7 +108,10 @@ def _conv2d_bwd_data_kernel(
     if HAS_IN_SCALE or IN_ACT != 0:
         x = tl.load(x_ptr + n * stride_xn + ci64[None, :] * stride_xc
                     + (ih64 * stride_xh + iw64 * stride_xw)[:, None], mask=mask, other=0.0).to(tl.float32)
-        pre = x
+        if HAS_IN_CENTRE:
+            # Zero outside the tile: an infinite centre must not reach the sums as 0 * inf there.
+            x = tl.where(mask, x - tl.load(in_centre_ptr + n * CI + offs_ci, mask=mask_ci, other=0.0)[None, :], 0.0)
+        pre = x  # from here x is centred: the dscale sum below is of d_pre * (x - centre)
         if HAS_IN_SCALE:
             scale = tl.load(in_scale_ptr + n * CI + offs_ci, mask=mask_ci, other=0.0)
             pre = pre * scale[None, :]
@@ -120,6 +127,8 @@ def _conv2d_bwd_data_kernel(
         dx = d_pre
     if HAS_IN_SHIFT:
         tl.store(dshift_ptr + part, tl.sum(d_pre, axis=0), mask=mask_ci)
+    if HAS_IN_CENTRE:
+        tl.store(dcentre_ptr + part, tl.sum(tl.where(mask, dx, 0.0), axis=0), mask=mask_ci)
     tl.store(dx_ptr + n * stride_gn + ci64[None, :] * stride_gc + (ih64 * stride_gh + iw64 * stride_gw)[:, None],
              dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
@@ -128,6 +137,7 @@ def _conv2d_bwd_data_kernel(
 def _conv2d_bwd_weight_kernel(
     dacc_ptr,     # (N, CO, OH, OW) gradient of the conv accumulator, any strides
     x_ptr,        # (N, CI, H, W) forward input, any strides
+    in_centre_ptr, # (N, CI) float32 prologue centre, contiguous (HAS_IN_CENTRE)
     in_scale_ptr, # (N, CI) float32 prologue scale, contiguous (HAS_IN_SCALE)
     in_shift_ptr, # (N, CI) float32 prologue shift, contiguous (HAS_IN_SHIFT)
     dw_ptr,       # (SPLIT, CO, CI, K, K) float32 out: partial weight gradient of each split
@@ -138,7 +148,7 @@ def _conv2d_bwd_weight_kernel(
     stride_xn, stride_xc, stride_xh, stride_xw,
     in_slope,     # negative slope of act_in when IN_ACT == 2
     K: tl.constexpr, STRIDE: tl.constexpr, UPSAMPLE: tl.constexpr, REFLECT: tl.constexpr,
-    HAS_IN_SCALE: tl.constexpr, HAS_IN_SHIFT: tl.constexpr, IN_ACT: tl.constexpr,
+    HAS_IN_CENTRE: tl.constexpr, HAS_IN_SCALE: tl.constexpr, HAS_IN_SHIFT: tl.constexpr, IN_ACT: tl.constexpr,
     DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
@@ -152,7 +162,7 @@ def _conv2d_bwd_weight_kernel(
     ci64 = offs_ci.to(tl.int64)
     kh = tap // K
     kw = tap % K
-    prologue = HAS_IN_SCALE or HAS_IN_SHIFT or IN_ACT != 0
+    prologue = HAS_IN_CENTRE or HAS_IN_SCALE or HAS_IN_SHIFT or IN_ACT != 0
     ar_r = tl.arange(0, BLOCK_R)
     OHW = OH * OW
 
@@ -177,6 +187,8 @@ def _conv2d_bwd_weight_kernel(
         if prologue:
             a = a.to(tl.float32)
             nc = img64[:, None] * CI + offs_ci[None, :]  # (n, ci) varies along the rows here
+            if HAS_IN_CENTRE:
+                a = a - tl.load(in_centre_ptr + nc, mask=mask_a, other=0.0)
             if HAS_IN_SCALE:
                 a = a * tl.load(in_scale_ptr + nc, mask=mask_a, other=0.0)
             if HAS_IN_SHIFT:

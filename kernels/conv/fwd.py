@@ -12,7 +12,10 @@ materialised. One program owns BLOCK_M output pixels of ONE image and BLOCK_CO o
 so its per-channel partial statistics belong to a single (image, channel) pair.
 
 Fused around the GEMM (see recgen.reference.conv.fused_conv2d for the semantics):
-  prologue  a   = act_in(x * in_scale[n, ci] + in_shift[n, ci]), zero where the tap reads padding
+  prologue  a   = act_in((x - in_centre[n, ci]) * in_scale[n, ci] + in_shift[n, ci]), zero where
+                  the tap reads padding. A normalisation passes its mean as the centre and beta as
+                  the shift: x - mean is exact-ish where the folded x * scale + (beta - mean * scale)
+                  would cancel two terms |mean| / std times larger than the result.
   epilogue  z   = acc * out_scale[co] + out_shift[co] + residual[n, co, oh, ow]
             out = act_out(z);  STATS: per program and output channel, of z as stored: a pivot p
             (z of the tile's first pixel), the sum of z - p and M2 = sum (z - tile mean)^2, so
@@ -32,6 +35,7 @@ from recgen.kernels.math import activation, mma
 def _conv2d_fwd_kernel(
     x_ptr,          # (N, CI, H, W) input, any strides (channels-last is fast: stride_xc == 1)
     w_ptr,          # (K, K, CI, CO) weight, contiguous (the launcher permutes (CO, CI, K, K))
+    in_centre_ptr,  # (N, CI) float32 prologue centre, subtracted first, contiguous (HAS_IN_CENTRE)
     in_scale_ptr,   # (N, CI) float32 prologue scale, contiguous (HAS_IN_SCALE)
     in_shift_ptr,   # (N, CI) float32 prologue shift, contiguous (HAS_IN_SHIFT)
     out_scale_ptr,  # (CO,) float32 epilogue scale (HAS_OUT_SCALE)
@@ -48,7 +52,7 @@ def _conv2d_fwd_kernel(
     in_slope,       # negative slope of act_in when IN_ACT == 2
     out_slope,      # negative slope of act_out when OUT_ACT == 2
     K: tl.constexpr, STRIDE: tl.constexpr, UPSAMPLE: tl.constexpr, REFLECT: tl.constexpr,
-    HAS_IN_SCALE: tl.constexpr, HAS_IN_SHIFT: tl.constexpr, IN_ACT: tl.constexpr,
+    HAS_IN_CENTRE: tl.constexpr, HAS_IN_SCALE: tl.constexpr, HAS_IN_SHIFT: tl.constexpr, IN_ACT: tl.constexpr,
     HAS_OUT_SCALE: tl.constexpr, HAS_OUT_SHIFT: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     OUT_ACT: tl.constexpr, STATS: tl.constexpr,
     DOT_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr,
@@ -61,7 +65,7 @@ def _conv2d_fwd_kernel(
     offs_m, mask_m, oh, ow = pixel_tile(tile, OH, OW, BLOCK_M)
     offs_co, mask_co = channel_block(pid_co, CO, BLOCK_CO)
     ar_ci = tl.arange(0, BLOCK_CI)
-    PROLOGUE: tl.constexpr = HAS_IN_SCALE or HAS_IN_SHIFT or IN_ACT != 0
+    PROLOGUE: tl.constexpr = HAS_IN_CENTRE or HAS_IN_SCALE or HAS_IN_SHIFT or IN_ACT != 0
 
     x_img = x_ptr + n * stride_xn
     acc = tl.zeros([BLOCK_M, BLOCK_CO], dtype=tl.float32)
@@ -79,6 +83,8 @@ def _conv2d_fwd_kernel(
                 a = tl.load(pix[:, None] + offs_ci[None, :].to(tl.int64) * stride_xc, mask=mask_a, other=0.0)
                 if PROLOGUE:
                     a = a.to(tl.float32)
+                    if HAS_IN_CENTRE:
+                        a = a - tl.load(in_centre_ptr + n * CI + offs_ci, mask=mask_ci, other=0.0)[None, :]
                     if HAS_IN_SCALE:
                         a = a * tl.load(in_scale_ptr + n * CI + offs_ci, mask=mask_ci, other=0.0)[None, :]
                     if HAS_IN_SHIFT:

@@ -49,7 +49,7 @@ from recgen.reference import conv as reference_conv
 
 def fused_conv2d(x, weight, *, stride=1, padding_mode="zeros", upsample=False, in_scale=None,
                  in_shift=None, in_act="none", in_slope=0.01, out_scale=None, out_shift=None,
-                 residual=None, out_act="none", out_slope=0.01, stats=False):
+                 residual=None, out_act="none", out_slope=0.01, stats=False, in_centre=None):
     """Convolution with fused prologue/epilogue (semantics: recgen.reference.conv.fused_conv2d),
     on the Triton path (torch.ops.recgen.fused_conv2d, differentiable in every tensor) or the
     reference as the backend decides (the reference is made of torch's own conv2d and
@@ -58,7 +58,7 @@ def fused_conv2d(x, weight, *, stride=1, padding_mode="zeros", upsample=False, i
     stats=True."""
     kwargs = dict(stride=stride, padding_mode=padding_mode, upsample=upsample, in_scale=in_scale,
                   in_shift=in_shift, in_act=in_act, in_slope=in_slope, out_scale=out_scale, out_shift=out_shift,
-                  residual=residual, out_act=out_act, out_slope=out_slope, stats=stats)
+                  residual=residual, out_act=out_act, out_slope=out_slope, stats=stats, in_centre=in_centre)
     degenerate = (isinstance(x, torch.Tensor) and x.dim() == 4 and isinstance(weight, torch.Tensor)
                   and weight.dim() == 4 and 0 in (x.shape[2], x.shape[3], weight.shape[0], weight.shape[1]))
     impl = implementation(x)
@@ -71,7 +71,7 @@ def fused_conv2d(x, weight, *, stride=1, padding_mode="zeros", upsample=False, i
 
 def _kernel_fused_conv2d(x, weight, *, stride=1, padding_mode="zeros", upsample=False, in_scale=None,
                          in_shift=None, in_act="none", in_slope=0.01, out_scale=None, out_shift=None,
-                         residual=None, out_act="none", out_slope=0.01, stats=False):
+                         residual=None, out_act="none", out_slope=0.01, stats=False, in_centre=None):
     """fused_conv2d on the Triton path, the implementation already chosen (residual_block's
     convolutions: the module chose it once for the whole block)."""
     from recgen.ops.conv.conv2d import check_schema_arguments  # registers torch.ops.recgen.fused_conv2d
@@ -79,10 +79,10 @@ def _kernel_fused_conv2d(x, weight, *, stride=1, padding_mode="zeros", upsample=
     check_schema_arguments(stride=stride, padding_mode=padding_mode, upsample=upsample, in_scale=in_scale,
                            in_shift=in_shift, in_act=in_act, in_slope=in_slope, out_scale=out_scale,
                            out_shift=out_shift, residual=residual, out_act=out_act, out_slope=out_slope,
-                           stats=stats)
+                           stats=stats, in_centre=in_centre)
     out, z_sum, z_m2 = torch.ops.recgen.fused_conv2d(
         x, weight, in_scale, in_shift, out_scale, out_shift, residual, stride, padding_mode, bool(upsample),
-        in_act, float(in_slope), out_act, float(out_slope), bool(stats))
+        in_act, float(in_slope), out_act, float(out_slope), bool(stats), in_centre)
     return (out, z_sum, z_m2) if stats else out
 
 
@@ -157,12 +157,15 @@ def folded_affine(norm, bias):
 
 
 def affine_from_stats(norm, z_sum, z_m2, pixels: int, dtype=torch.float32):
-    """(scale, shift) of shape (N, C) that normalise a conv output whose per-(image, channel) sum
-    and M2 (sum of squared deviations from the image's mean) over `pixels` pixels per image are
-    z_sum, z_m2. Updates BatchNorm running stats. The batch's M2 merges the images' with Chan's
-    formula (every term non-negative): no E[z^2] - E[z]^2 cancellation for channels whose mean is
-    large against their spread. Computed in float64 (the statistics are), scale and shift
-    returned in `dtype`, float32 for every kernel dtype."""
+    """(centre, scale, shift) of shape (N, C) that normalise a conv output z whose
+    per-(image, channel) sum and M2 (sum of squared deviations from the image's mean) over
+    `pixels` pixels per image are z_sum, z_m2: norm(z) = (z - centre) * scale + shift, with the
+    mean as the centre and beta as the shift, torch's own form. The folded z * scale +
+    (beta - mean * scale) would cancel two terms |mean| / std times larger than the result, and
+    its backward's d scale = sum dz * z would cancel against mean * sum dz. Updates BatchNorm
+    running stats. The batch's M2 merges the images' with Chan's formula (every term
+    non-negative): no E[z^2] - E[z]^2 cancellation either. Computed in float64 (the statistics
+    are), returned in `dtype`, float32 for every kernel dtype."""
     N = z_sum.shape[0]
     if isinstance(norm, torch.nn.InstanceNorm2d):
         mean = z_sum / pixels
@@ -180,26 +183,28 @@ def affine_from_stats(norm, z_sum, z_m2, pixels: int, dtype=torch.float32):
     scale = torch.rsqrt(var + norm.eps)
     if norm.weight is not None:
         scale = scale * norm.weight.to(scale.dtype)
-    shift = -mean * scale
-    if norm.bias is not None:
-        shift = shift + norm.bias.to(shift.dtype)
-    return scale.to(dtype), shift.to(dtype)
+    shift = None if norm.bias is None else norm.bias.to(dtype).expand(N, -1)
+    return mean.to(dtype), scale.to(dtype), shift
 
 
 def _norm_conv(ops, x, conv: ConvParams, norm, *, stride=1, padding_mode="zeros",
                upsample=False, prologue=None, act="none", slope=0.01, out_scale_mul=1.0,
                residual=None):
     """conv followed by `norm`: returns (y, pending) where pending is None when the norm, the
-    residual and the activation were all fused into the epilogue, else (scale, shift) per
-    (image, channel) still to apply to y (batch or instance statistics)."""
+    residual and the activation were all fused into the epilogue, else the
+    dict(centre=, scale=, shift=) per (image, channel) still to apply to y (batch or instance
+    statistics), the keyword arguments of the elementwise pass (ops.affine)."""
     pro = prologue or {}
     if uses_batch_statistics(norm):
         y, z_sum, z_m2 = ops.conv(
             x, conv.weight, stride=stride, padding_mode=padding_mode, upsample=upsample, **pro,
             out_shift=conv.bias, stats=True)
-        scale, shift = affine_from_stats(norm, z_sum, z_m2, y.shape[2] * y.shape[3],
-                                         torch.promote_types(y.dtype, torch.float32))
-        return y, (scale * out_scale_mul, shift * out_scale_mul)
+        centre, scale, shift = affine_from_stats(norm, z_sum, z_m2, y.shape[2] * y.shape[3],
+                                                 torch.promote_types(y.dtype, torch.float32))
+        if out_scale_mul != 1.0:
+            scale = scale * out_scale_mul
+            shift = None if shift is None else shift * out_scale_mul
+        return y, dict(centre=centre, scale=scale, shift=shift)
     scale, shift = folded_affine(norm, conv.bias)
     if out_scale_mul != 1.0:
         scale = torch.full_like(shift if shift is not None else conv.weight[:, 0, 0, 0], out_scale_mul) \
@@ -269,16 +274,16 @@ def residual_block(x, conv1: ConvParams, norm1, conv2: ConvParams, norm2, skip_c
     else:
         skip, pending = _norm_conv(ops, x, skip_conv, skip_norm, stride=stride, upsample=upsample)
         if pending is not None:
-            skip = ops.affine(skip, pending[0], pending[1])
+            skip = ops.affine(skip, **pending)
     y1, pending1 = _norm_conv(ops, x, conv1, norm1, stride=stride, padding_mode=padding_mode,
                               upsample=upsample, **({} if uses_batch_statistics(norm1) else act_kw))
     prologue = None
     if pending1 is not None:
         if dropout > 0 and training:
-            y1 = _dropout_as_torch(ops.affine(y1, *pending1, **act_kw), dropout, dropout_format)
+            y1 = _dropout_as_torch(ops.affine(y1, **pending1, **act_kw), dropout, dropout_format)
         else:
-            prologue = dict(in_scale=pending1[0], in_shift=pending1[1], in_act=activation,
-                            in_slope=negative_slope)
+            prologue = dict(in_centre=pending1["centre"], in_scale=pending1["scale"], in_shift=pending1["shift"],
+                            in_act=activation, in_slope=negative_slope)
     elif dropout > 0 and training:
         y1 = _dropout_as_torch(y1, dropout, dropout_format)
     out_dtype = torch.promote_types(x.dtype, skip.dtype)
@@ -288,12 +293,11 @@ def residual_block(x, conv1: ConvParams, norm1, conv2: ConvParams, norm2, skip_c
         y2, pending2 = _norm_conv(ops, y1, conv2, norm2, padding_mode=padding_mode, prologue=prologue,
                                   out_scale_mul=residual_scale)
         if pending2 is not None:
-            y2 = ops.affine(y2, pending2[0], pending2[1])
+            y2 = ops.affine(y2, **pending2)
         return ops.affine(skip.to(out_dtype), residual=y2, act=out_act, slope=negative_slope)
     y2, pending2 = _norm_conv(ops, y1, conv2, norm2, padding_mode=padding_mode,
                               prologue=prologue, act=out_act, slope=negative_slope,
                               out_scale_mul=residual_scale, residual=skip)
     if pending2 is None:
         return y2
-    return ops.affine(y2, pending2[0], pending2[1], residual=skip, act=out_act,
-                                 slope=negative_slope)
+    return ops.affine(y2, **pending2, residual=skip, act=out_act, slope=negative_slope)

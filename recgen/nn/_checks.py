@@ -60,3 +60,19 @@ def autocast_dtype(device_type: str, module_name: str):
 def autocast_off(device_type: str):
     """recgen casts explicitly (autocast_dtype), so its internal matmuls must not be re-cast."""
     return torch.autocast(device_type=device_type, enabled=False)
+
+
+# The dtypes autocast casts (to its lower-precision dtype) when an op on its list takes them.
+AUTOCAST_ELIGIBLE = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def input_autocast_dtype(x: torch.Tensor):
+    """The dtype torch's conv2d or linear runs in for input `x` under the active autocast, or
+    None: both are on autocast's lower-precision list on every device type recgen runs on (CPU
+    and CUDA), and autocast casts only the eligible dtypes (not float64)."""
+    device_type = x.device.type
+    if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
+        return None
+    if x.dtype not in AUTOCAST_ELIGIBLE:
+        return None
+    return torch.get_autocast_dtype(device_type)

@@ -19,27 +19,14 @@ import torch
 from recgen import functional
 from recgen.backend import check_kernel_dtype, implementation, record
 from recgen.functional.dense import _degenerate, torch_linear_act
-from recgen.nn._checks import autocast_off
+from recgen.nn._checks import AUTOCAST_ELIGIBLE, autocast_off, input_autocast_dtype
 from recgen.reference import dense as reference_dense
 
 ACTIVATIONS = (None, "relu", "leaky_relu", "tanh", "sigmoid")
-# Dtypes autocast casts (torch's "eligible" tensors: floating point, not float64).
-AUTOCAST_ELIGIBLE = (torch.float32, torch.float16, torch.bfloat16)
 # torch's names of dtypes in its two dtype-mismatch messages (addmm's with a bias, mm's without).
 _SCALAR_NAMES = {torch.float64: ("Double", "double"), torch.float32: ("Float", "float"),
                  torch.float16: ("Half", "c10::Half"), torch.bfloat16: ("BFloat16", "c10::BFloat16"),
                  torch.int64: ("Long", "long int"), torch.int32: ("Int", "int")}
-
-
-def linear_autocast_dtype(x: torch.Tensor):
-    """The dtype torch's linear runs in for input `x` under the active autocast, or None: linear
-    is on autocast's lower-precision list on CUDA and on the CPU."""
-    device_type = x.device.type
-    if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
-        return None
-    if x.dtype not in AUTOCAST_ELIGIBLE:
-        return None
-    return torch.get_autocast_dtype(device_type)
 
 
 def _dtype_words(input_dtype, weight_dtype, has_bias: bool) -> str:
@@ -112,7 +99,7 @@ class Linear(torch.nn.Linear):
         if impl == "torch":
             record(impl, self)
             return torch_linear_act(input, self.weight, self.bias, self._act(), self.negative_slope)
-        cast = linear_autocast_dtype(input)
+        cast = input_autocast_dtype(input)
         if cast is not None and self.weight.dtype not in AUTOCAST_ELIGIBLE:
             cast = None
         self._check_input(input, cast)

@@ -19,7 +19,7 @@ from torch import nn
 
 from recgen.functional.residual import residual_block, torch_memory_format
 from recgen.backend import implementation, record
-from recgen.nn._checks import autocast_off
+from recgen.nn._checks import AUTOCAST_ELIGIBLE, autocast_off, input_autocast_dtype
 from recgen.reference import residual as reference
 
 NORMS = ("batch", "instance", None)
@@ -38,21 +38,6 @@ def _make_norm(kind, channels, eps, momentum, affine, factory):
     if kind == "instance":
         return nn.InstanceNorm2d(channels, eps=eps, momentum=momentum, affine=affine, **factory)
     return None
-
-
-# Dtypes autocast casts (torch's "eligible" tensors: floating point, not float64).
-AUTOCAST_ELIGIBLE = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def conv_autocast_dtype(x: torch.Tensor):
-    """The dtype torch's conv2d runs in for input `x` under the active autocast, or None: conv2d
-    is on autocast's lower-precision list on every device type recgen runs on (CPU and CUDA)."""
-    device_type = x.device.type
-    if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
-        return None
-    if x.dtype not in AUTOCAST_ELIGIBLE:
-        return None
-    return torch.get_autocast_dtype(device_type)
 
 
 def check_block_input(x, in_channels, weight, pad, padding_mode, upsample, name, autocast=None):
@@ -107,7 +92,7 @@ class _FusedForward:
         parts = self._block_parts()
         conv1 = parts["conv1"]
         pad = conv1.weight.shape[-1] // 2
-        cast = conv_autocast_dtype(x)
+        cast = input_autocast_dtype(x)
         check_block_input(x, conv1.weight.shape[1], conv1.weight, pad, parts["padding_mode"],
                           parts["upsample"], type(self).__name__, autocast=cast)
         impl = implementation(x)

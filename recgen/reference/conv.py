@@ -4,7 +4,7 @@ Tensors are logical NCHW (their memory may be channels_last). Padding is always 
 odd kernel size K: PAD = K // 2, applied after the optional 2x nearest upsampling.
 
 fused_conv2d computes
-    a   = act_in(x * in_scale[n, ci] + in_shift[n, ci])            (prologue; identity if None)
+    a   = act_in((x - in_centre[n, ci]) * in_scale[n, ci] + in_shift[n, ci])   (prologue; missing terms skipped)
     acc = conv2d(pad(upsample(a)), weight, stride)                   (no bias: use out_shift)
     z   = acc * out_scale[co] + out_shift[co] + residual             (epilogue; missing terms skipped)
     out = act_out(z)
@@ -36,14 +36,16 @@ def activation(x: torch.Tensor, act: str, slope: float = 0.01) -> torch.Tensor:
 def fused_conv2d(x, weight, *, stride=1, padding_mode="zeros", upsample=False,
                  in_scale=None, in_shift=None, in_act="none", in_slope=0.01,
                  out_scale=None, out_shift=None, residual=None, out_act="none", out_slope=0.01,
-                 stats=False):
-    """x: (N, CI, H, W); weight: (CO, CI, K, K), K odd; in_scale/in_shift: (N, CI) or None;
+                 stats=False, in_centre=None):
+    """x: (N, CI, H, W); weight: (CO, CI, K, K), K odd; in_centre/in_scale/in_shift: (N, CI) or None;
     out_scale/out_shift: (CO,) or None; residual: (N, CO, OH, OW) or None.
     Returns out (N, CO, OH, OW) and, if stats, (sum, m2) each (N, CO) float64."""
     if padding_mode not in PADDING_MODES:
         raise ValueError(f"unknown padding_mode {padding_mode!r}; expected one of {PADDING_MODES}")
     K = weight.shape[-1]
     a = x
+    if in_centre is not None:
+        a = a - in_centre[:, :, None, None]
     if in_scale is not None:
         a = a * in_scale[:, :, None, None]
     if in_shift is not None:

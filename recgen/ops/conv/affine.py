@@ -141,9 +141,11 @@ def affine_act_bwd(dout, out, y, scale, shift, residual, act, slope, grad_dtypes
         HAS_DCENTRE=dcentre_part is not None, ACT=ACT_CODES[act], MASK_FROM_Z=_mask_from_z(act, slope),
     )
     # Deterministic reduction over the pixel tiles (zero tiles, an empty image, gives zeros).
-    dscale = dscale_part.sum(dim=1).to(dscale_dtype) if dscale_part is not None else None
-    dshift = dshift_part.sum(dim=1).to(dshift_dtype) if dshift_part is not None else None
-    dcentre = dcentre_part.sum(dim=1).neg().to(dcentre_dtype) if dcentre_part is not None else None
+    # (in float64: a norm's backward subtracts these sums from per-pixel terms of their size)
+    tile_sum = (lambda part, dtype: None if part is None else part.sum(dim=1, dtype=torch.float64).to(dtype))
+    dscale = tile_sum(dscale_part, dscale_dtype)
+    dshift = tile_sum(dshift_part, dshift_dtype)
+    dcentre = None if dcentre_part is None else tile_sum(dcentre_part, dcentre_dtype).neg()
     return (dy, dscale, dshift, dres, dcentre)[:len(grad_dtypes)]
 
 

@@ -29,6 +29,7 @@ import torch
 import triton
 from torch import Tensor
 
+from recgen.ops.common.checks import check_residual
 from recgen.ops.common.launch import ACT_CODES, dot_flags, new_output
 from recgen.ops.common.library import missing_output, register_op, register_function
 from recgen.ops.common.tiling import conv_blocks, conv_tiles, launch_chosen
@@ -55,7 +56,7 @@ def _float32(t):
 
 
 def check_conv2d_fwd(x, weight, stride, padding_mode, upsample, in_scale, in_shift, in_act,
-                     out_scale, out_shift, residual, out_act):
+                     out_scale, out_shift, residual, out_act, in_centre=None):
     """Check conv2d_fwd's arguments (metadata only, so it runs on fake tensors too); returns
     (N, CI, H, W, CO, K, OH, OW)."""
     check_options(stride, padding_mode, in_act, out_act)
@@ -82,29 +83,25 @@ def check_conv2d_fwd(x, weight, stride, padding_mode, upsample, in_scale, in_shi
                 raise RuntimeError(f"conv2d_fwd: reflect padding {K // 2} (K={K}) must be smaller than "
                                    f"the {'upsampled ' if upsample else ''}input size {dim}={L}")
     OH, OW = conv_out_size(H, K, stride, upsample), conv_out_size(W, K, stride, upsample)
+    _check_vector("in_centre", in_centre, (N, CI), x)
     _check_vector("in_scale", in_scale, (N, CI), x)
     _check_vector("in_shift", in_shift, (N, CI), x)
     _check_vector("out_scale", out_scale, (CO,), x)
     _check_vector("out_shift", out_shift, (CO,), x)
     if residual is not None:
-        if tuple(residual.shape) != (N, CO, OH, OW):
-            raise RuntimeError(f"conv2d_fwd: residual must have shape {(N, CO, OH, OW)}, "
-                               f"got {tuple(residual.shape)}")
-        if residual.device != x.device:
-            raise RuntimeError(f"conv2d_fwd: residual must be on {x.device} like x, got {residual.device}")
-        if residual.dtype not in DTYPES:
-            raise RuntimeError(f"conv2d_fwd: residual must be one of {DTYPES}, got {residual.dtype}")
+        check_residual("conv2d_fwd", residual, (N, CO, OH, OW), x, DTYPES)
     return N, CI, H, W, CO, K, OH, OW
 
 
 def conv2d_fwd(x, weight, *, stride=1, padding_mode="zeros", upsample=False,
                in_scale=None, in_shift=None, in_act="none", in_slope=0.01,
                out_scale=None, out_shift=None, residual=None, out_act="none", out_slope=0.01,
-               stats=False):
+               stats=False, in_centre=None):
     """Fused conv2d forward in one launch; same contract as recgen.reference.conv.fused_conv2d.
 
     x: (N, CI, H, W) float32/float16/bfloat16, any memory layout; weight: (CO, CI, K, K), K odd,
-    same dtype and device; in_scale/in_shift: (N, CI) or None; out_scale/out_shift: (CO,) or None;
+    same dtype and device; in_centre/in_scale/in_shift: (N, CI) or None (the prologue
+    act_in((x - in_centre) * in_scale + in_shift)); out_scale/out_shift: (CO,) or None;
     residual: (N, CO, OH, OW) or None, any layout; stride 1 or 2.
     Returns out (N, CO, OH, OW) in x's dtype, channels_last, and with stats=True also
     (sum, m2) of z over each image's output pixels, each (N, CO) float32: its sum and its sum of
@@ -118,8 +115,10 @@ def conv2d_fwd(x, weight, *, stride=1, padding_mode="zeros", upsample=False,
     from recgen.kernels.conv.fwd import _conv2d_fwd_kernel
 
     N, CI, H, W, CO, K, OH, OW = check_conv2d_fwd(x, weight, stride, padding_mode, upsample, in_scale,
-                                                  in_shift, in_act, out_scale, out_shift, residual, out_act)
-    in_scale, in_shift, out_scale, out_shift = map(_float32, (in_scale, in_shift, out_scale, out_shift))
+                                                  in_shift, in_act, out_scale, out_shift, residual, out_act,
+                                                  in_centre)
+    in_centre, in_scale, in_shift, out_scale, out_shift = map(
+        _float32, (in_centre, in_scale, in_shift, out_scale, out_shift))
     block_m, _, block_co, _ = conv_blocks(OH * OW, CI, CO)
     tiles = triton.cdiv(OH * OW, block_m)
     x_cl = x.contiguous(memory_format=torch.channels_last)
@@ -133,6 +132,7 @@ def conv2d_fwd(x, weight, *, stride=1, padding_mode="zeros", upsample=False,
     launch_chosen(
         "conv2d_fwd", _conv2d_fwd_kernel, conv_tiles(OH * OW, CI, CO), (N * tiles, triton.cdiv(CO, block_co)),
         x_ptr=x_cl, w_ptr=w_kkio,
+        in_centre_ptr=in_centre if in_centre is not None else dummy,
         in_scale_ptr=in_scale if in_scale is not None else dummy,
         in_shift_ptr=in_shift if in_shift is not None else dummy,
         out_scale_ptr=out_scale if out_scale is not None else dummy,
@@ -146,8 +146,8 @@ def conv2d_fwd(x, weight, *, stride=1, padding_mode="zeros", upsample=False,
         stride_on=out.stride(0), stride_oc=out.stride(1), stride_oh=out.stride(2), stride_ow=out.stride(3),
         in_slope=float(in_slope), out_slope=float(out_slope),
         K=K, STRIDE=stride, UPSAMPLE=bool(upsample), REFLECT=padding_mode == "reflect",
-        HAS_IN_SCALE=in_scale is not None, HAS_IN_SHIFT=in_shift is not None, IN_ACT=ACT_CODES[in_act],
-        HAS_OUT_SCALE=out_scale is not None, HAS_OUT_SHIFT=out_shift is not None,
+        HAS_IN_CENTRE=in_centre is not None, HAS_IN_SCALE=in_scale is not None,
+        HAS_IN_SHIFT=in_shift is not None, IN_ACT=ACT_CODES[in_act], HAS_OUT_SCALE=out_scale is not None, HAS_OUT_SHIFT=out_shift is not None,
         HAS_RESIDUAL=residual is not None, OUT_ACT=ACT_CODES[out_act], STATS=bool(stats),
         **dot_flags(x.dtype, "conv"),
     )
@@ -201,10 +201,10 @@ def _check_stats(out_act, stats):
 
 
 def _fused_conv2d_fake(x, weight, in_scale, in_shift, out_scale, out_shift, residual, stride, padding_mode,
-                       upsample, in_act, in_slope, out_act, out_slope, stats):
+                       upsample, in_act, in_slope, out_act, out_slope, stats, in_centre=None):
     _check_stats(out_act, stats)
     N, _, _, _, CO, _, OH, OW = check_conv2d_fwd(x, weight, stride, padding_mode, upsample, in_scale, in_shift,
-                                                 in_act, out_scale, out_shift, residual, out_act)
+                                                 in_act, out_scale, out_shift, residual, out_act, in_centre)
     out = x.new_empty((N, OH, OW, CO)).permute(0, 3, 1, 2)  # channels_last, as conv2d_fwd's
     if not stats:
         return out, missing_output(x), missing_output(x)
@@ -214,57 +214,65 @@ def _fused_conv2d_fake(x, weight, in_scale, in_shift, out_scale, out_shift, resi
 # stride is a SymInt: triton_op infers the schema from the annotations, where `int` means SymInt.
 @register_op("fused_conv2d", "(Tensor x, Tensor weight, Tensor? in_scale, Tensor? in_shift, Tensor? out_scale, "
         "Tensor? out_shift, Tensor? residual, SymInt stride, str padding_mode, bool upsample, str in_act, "
-        "float in_slope, str out_act, float out_slope, bool stats) -> (Tensor, Tensor, Tensor)",
+        "float in_slope, str out_act, float out_slope, bool stats, Tensor? in_centre=None) "
+        "-> (Tensor, Tensor, Tensor)",
         _fused_conv2d_fake)
 def fused_conv2d_op(x: Tensor, weight: Tensor, in_scale: Optional[Tensor], in_shift: Optional[Tensor],
                     out_scale: Optional[Tensor], out_shift: Optional[Tensor], residual: Optional[Tensor], stride: int,
                     padding_mode: str, upsample: bool, in_act: str, in_slope: float, out_act: str, out_slope: float,
-                    stats: bool) -> Tuple[Tensor, Tensor, Tensor]:
+                    stats: bool, in_centre: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
     """torch.ops.recgen.fused_conv2d: conv2d_fwd returning (out, sum, m2) always, sum and m2
-    empty when stats=False; differentiable in every tensor (FusedConv2dFunction)."""
+    empty when stats=False; differentiable in every tensor (FusedConv2dFunction). in_centre comes
+    last (a later addition, with a default, so calls written before it keep their meaning)."""
     _check_stats(out_act, stats)
     result = conv2d_fwd(x, weight, stride=stride, padding_mode=padding_mode, upsample=upsample,
                         in_scale=in_scale, in_shift=in_shift, in_act=in_act, in_slope=in_slope,
                         out_scale=out_scale, out_shift=out_shift, residual=residual, out_act=out_act,
-                        out_slope=out_slope, stats=stats)
+                        out_slope=out_slope, stats=stats, in_centre=in_centre)
     return result if stats else (result, missing_output(x), missing_output(x))
 
 
 class FusedConv2dFunction(torch.autograd.Function):
     """out, sum, m2 = fused_conv2d(x, weight, ...); see recgen.reference.conv.fused_conv2d.
     The autograd of torch.ops.recgen.fused_conv2d (registered below); inputs as the op's:
-    x, weight, in_scale, in_shift, out_scale, out_shift, residual, then ConvSpec's fields."""
+    x, weight, in_scale, in_shift, out_scale, out_shift, residual, ConvSpec's fields, in_centre."""
 
     @staticmethod
-    def forward(x, weight, in_scale, in_shift, out_scale, out_shift, residual, *options):
+    def forward(x, weight, in_scale, in_shift, out_scale, out_shift, residual, *options_and_centre):
         return torch.ops.recgen.fused_conv2d(x, weight, in_scale, in_shift, out_scale, out_shift, residual,
-                                             *options)
+                                             *options_and_centre)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, weight, in_scale, in_shift, out_scale, out_shift, residual, *options = inputs
+        # The op's autograd gets every argument of the schema (defaults filled in); a direct
+        # FusedConv2dFunction.apply may leave out the trailing in_centre.
+        x, weight, in_scale, in_shift, out_scale, out_shift, residual = inputs[:7]
+        options, in_centre = inputs[7:7 + _SPEC_FIELDS], (*inputs[7 + _SPEC_FIELDS:], None)[0]
         out, z_sum, z_m2 = output
         # residual is saved only for its dtype and for leaky_relu with a negative slope (the mask
         # then comes from z); saving a tensor that autograd already holds costs no memory.
-        ctx.save_for_backward(x, weight, in_scale, in_shift, out_scale, out_shift, residual, out, z_sum)
+        ctx.save_for_backward(x, weight, in_scale, in_shift, out_scale, out_shift, residual, out, z_sum, in_centre)
         ctx.spec = ConvSpec(*options)
         if not ctx.spec.stats:
             ctx.mark_non_differentiable(z_sum, z_m2)
 
     @staticmethod
     def backward(ctx, dout, dsum=None, dm2=None):
-        x, weight, in_scale, in_shift, out_scale, out_shift, residual, out, z_sum = ctx.saved_tensors
+        x, weight, in_scale, in_shift, out_scale, out_shift, residual, out, z_sum, in_centre = ctx.saved_tensors
         spec, need = ctx.spec, ctx.needs_input_grad
+        need_centre = in_centre is not None and need[7 + _SPEC_FIELDS]
         if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
-            return recomputed_conv_grads(spec, (dout, dsum, dm2), (x, weight, in_scale, in_shift, out_scale,
-                                                                        out_shift, residual), need)
+            grads = recomputed_conv_grads(spec, (dout, dsum, dm2), (x, weight, in_scale, in_shift, out_scale,
+                                                                       out_shift, residual, in_centre),
+                                          tuple(need[:7]) + (need_centre,))
+            return grads[:7] + (None,) * _SPEC_FIELDS + grads[7:]
         N, CO = out.shape[:2]
-        prologue = (in_scale, in_shift, *spec.geometry(), *spec.prologue())
+        prologue = (in_scale, in_shift, *spec.geometry(), *spec.prologue(), in_centre)
         acc = None
         if out_scale is not None and need[4]:
             # d out_scale = sum dz * acc: recompute the un-scaled conv rather than keep it alive.
             acc = torch.ops.recgen.fused_conv2d(x, weight, in_scale, in_shift, None, None, None, *spec.geometry(),
-                                                *spec.prologue(), "none", 0.0, False)[0]
+                                                *spec.prologue(), "none", 0.0, False, in_centre)[0]
         if spec.stats:
             # sum and M2 are of z = out (stats require out_act 'none'): one elementwise pass.
             # d M2 / d z = 2 (z - mean): deviations, not 2 z, which would cancel against dsum.
@@ -297,17 +305,19 @@ class FusedConv2dFunction(torch.autograd.Function):
             d_out_scale = None if d_scale_nc is None else d_scale_nc.sum(0).to(out_scale.dtype)
             d_out_shift = None if d_shift_nc is None else d_shift_nc.sum(0).to(out_shift.dtype)
         dacc = dacc.contiguous(memory_format=torch.channels_last)
-        dx = d_in_scale = d_in_shift = dw = None
-        if need[0] or need[2] or need[3]:
-            dx, d_in_scale, d_in_shift = torch.ops.recgen.conv2d_bwd_data(dacc, x, weight, *prologue)
+        dx = d_in_scale = d_in_shift = d_in_centre = dw = None
+        if need[0] or need[2] or need[3] or need_centre:
+            dx, d_in_scale, d_in_shift, d_in_centre = torch.ops.recgen.conv2d_bwd_data(dacc, x, weight, *prologue)
             d_in_scale = d_in_scale.to(in_scale.dtype) if in_scale is not None and need[2] else None
             d_in_shift = d_in_shift.to(in_shift.dtype) if in_shift is not None and need[3] else None
+            d_in_centre = d_in_centre.to(in_centre.dtype) if need_centre else None
         if need[1]:
             dw = torch.ops.recgen.conv2d_bwd_weight(dacc, x, weight.shape, *prologue).to(weight.dtype)
-        return (dx if need[0] else None, dw, d_in_scale, d_in_shift, d_out_scale, d_out_shift,
-                d_residual) + (None,) * len(astuple(spec))
+        return ((dx if need[0] else None, dw, d_in_scale, d_in_shift, d_out_scale, d_out_shift, d_residual)
+                + (None,) * _SPEC_FIELDS + (d_in_centre,))
 
 
+_SPEC_FIELDS = len(astuple(ConvSpec()))
 register_function("fused_conv2d", FusedConv2dFunction)
 
 
@@ -323,7 +333,7 @@ def recomputed_conv_grads(spec: ConvSpec, grads: tuple, inputs: tuple, needs: tu
     inputs = tuple(None if t is None else t.view_as(t) for t in inputs)
     compute = torch.promote_types(inputs[0].dtype, torch.float32)
     up = [None if t is None else t.to(compute) for t in inputs]
-    names = ("in_scale", "in_shift", "out_scale", "out_shift", "residual")
+    names = ("in_scale", "in_shift", "out_scale", "out_shift", "residual", "in_centre")
     outputs = reference_fused_conv2d(up[0], up[1], **dict(zip(names, up[2:])), stride=spec.stride,
                                      padding_mode=spec.padding_mode, upsample=spec.upsample, in_act=spec.in_act,
                                      in_slope=spec.in_slope, out_act=spec.out_act, out_slope=spec.out_slope,
@@ -333,17 +343,16 @@ def recomputed_conv_grads(spec: ConvSpec, grads: tuple, inputs: tuple, needs: tu
     wanted = [t for t, need in zip(inputs, needs) if need and t is not None]
     found = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], create_graph=True,
                                      allow_unused=True) if pairs and wanted else ())
-    return tuple(next(found, None) if need and t is not None else None
-                 for t, need in zip(inputs, needs)) + (None,) * len(astuple(spec))
+    return tuple(next(found, None) if need and t is not None else None for t, need in zip(inputs, needs))
 
 
 def check_schema_arguments(*, stride, padding_mode, upsample, in_scale, in_shift, in_act, in_slope, out_scale,
-                           out_shift, residual, out_act, out_slope, stats) -> None:
+                           out_shift, residual, out_act, out_slope, stats, in_centre=None) -> None:
     """What torch.ops.recgen.fused_conv2d's schema would coerce (stride=True to 1) or reject with
     its own words: checked first by recgen.functional.fused_conv2d, with conv2d_fwd's messages."""
     _check_stats(out_act, stats)
     check_options(stride, padding_mode, in_act, out_act)
-    for name, t in (("in_scale", in_scale), ("in_shift", in_shift), ("out_scale", out_scale),
+    for name, t in (("in_centre", in_centre), ("in_scale", in_scale), ("in_shift", in_shift), ("out_scale", out_scale),
                     ("out_shift", out_shift), ("residual", residual)):
         if t is not None and not isinstance(t, torch.Tensor):
             raise TypeError(f"conv2d_fwd: {name} must be a tensor or None, got {type(t).__name__}")

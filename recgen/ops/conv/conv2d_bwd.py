@@ -65,25 +65,27 @@ def _vector(op, name, t, shape, x):
     return t.detach().to(torch.float32).contiguous()
 
 
-def _flags(stride, padding_mode, upsample, in_scale, in_shift, in_act, K):
+def _flags(stride, padding_mode, upsample, in_centre, in_scale, in_shift, in_act, K):
     return dict(K=K, STRIDE=stride, UPSAMPLE=bool(upsample), REFLECT=padding_mode == "reflect",
-                HAS_IN_SCALE=in_scale is not None, HAS_IN_SHIFT=in_shift is not None,
+                HAS_IN_CENTRE=in_centre is not None, HAS_IN_SCALE=in_scale is not None, HAS_IN_SHIFT=in_shift is not None,
                 IN_ACT=ACT_CODES[in_act])
 
 
 def conv2d_bwd_data(dacc, x, weight, *, stride=1, padding_mode="zeros", upsample=False,
-                    in_scale=None, in_shift=None, in_act="none", in_slope=0.01):
+                    in_scale=None, in_shift=None, in_act="none", in_slope=0.01, in_centre=None):
     """Gradients of fused_conv2d's accumulator with respect to x and the prologue's scale and shift.
 
-    dacc: (N, CO, OH, OW); x: (N, CI, H, W); weight: (CO, CI, K, K); in_scale, in_shift: (N, CI)
-    or None. Any memory layouts. Returns dx (N, CI, H, W) in x's dtype and x's layout, and
-    d_in_scale, d_in_shift (N, CI) float32, each None when the tensor is None.
-    Example: dx, _, _ = conv2d_bwd_data(dacc, x, w, stride=2, padding_mode="reflect").
+    dacc: (N, CO, OH, OW); x: (N, CI, H, W); weight: (CO, CI, K, K); in_centre, in_scale,
+    in_shift: (N, CI) or None. Any memory layouts. Returns dx (N, CI, H, W) in x's dtype and x's
+    layout, and d_in_scale, d_in_shift, d_in_centre (N, CI) float32, each None when the tensor is
+    None.
+    Example: dx, _, _, _ = conv2d_bwd_data(dacc, x, w, stride=2, padding_mode="reflect").
     """
     from recgen.kernels.conv.bwd import _conv2d_bwd_data_kernel
 
     op = "conv2d_bwd_data"
     N, CI, H, W, CO, K, OH, OW = _geometry(op, dacc, x, weight.shape, stride, padding_mode, upsample, in_act)
+    centre = _vector(op, "in_centre", in_centre, (N, CI), x)
     scale = _vector(op, "in_scale", in_scale, (N, CI), x)
     shift = _vector(op, "in_shift", in_shift, (N, CI), x)
     cfg = conv_bwd_config(N, CI, CO, H, W, OH, OW, K)
@@ -91,30 +93,39 @@ def conv2d_bwd_data(dacc, x, weight, *, stride=1, padding_mode="zeros", upsample
     dx = _new_like(x)
     dscale = new_output((N, npt, CI), torch.float32, x.device) if in_scale is not None else None
     dshift = new_output((N, npt, CI), torch.float32, x.device) if in_shift is not None else None
+    dcentre = new_output((N, npt, CI), torch.float32, x.device) if in_centre is not None else None
     w_t = weight.detach().permute(2, 3, 0, 1).contiguous()  # (K, K, CO, CI)
     launch_chosen(
         op, _conv2d_bwd_data_kernel,
         cfg.data_tiles(),
         (npt, triton.cdiv(CI, cfg.block_ci), N),
-        dacc_ptr=dacc, w_ptr=w_t, x_ptr=x, in_scale_ptr=scale, in_shift_ptr=shift, dx_ptr=dx,
+        dacc_ptr=dacc, w_ptr=w_t, x_ptr=x, in_centre_ptr=centre, in_scale_ptr=scale, in_shift_ptr=shift, dx_ptr=dx,
         dscale_ptr=dx if dscale is None else dscale, dshift_ptr=dx if dshift is None else dshift,
+        dcentre_ptr=dx if dcentre is None else dcentre,
         CI=CI, CO=CO, H=H, W=W, OH=OH, OW=OW, NPT=npt,
         stride_dn=dacc.stride(0), stride_dc=dacc.stride(1), stride_dh=dacc.stride(2), stride_dw=dacc.stride(3),
         stride_xn=x.stride(0), stride_xc=x.stride(1), stride_xh=x.stride(2), stride_xw=x.stride(3),
         stride_gn=dx.stride(0), stride_gc=dx.stride(1), stride_gh=dx.stride(2), stride_gw=dx.stride(3),
-        in_slope=float(in_slope), **_flags(stride, padding_mode, upsample, in_scale, in_shift, in_act, K),
+        in_slope=float(in_slope), **_flags(stride, padding_mode, upsample, in_centre, in_scale, in_shift, in_act, K),
         **dot_flags(weight.dtype, "conv"),
     )
-    return (dx, dscale.sum(dim=1) if dscale is not None else None,
-            dshift.sum(dim=1) if dshift is not None else None)
+    # The pixel tiles' partial sums added in float64 (small (N, NPT, CI) tensors): a norm's
+    # backward subtracts these sums from per-pixel terms of their size. pre = (x - centre) * scale
+    # + shift: d centre = -sum d_pre * scale, the kernel's sums negated.
+    return (dx, _tile_sum(dscale), _tile_sum(dshift), None if dcentre is None else _tile_sum(dcentre).neg_())
+
+
+def _tile_sum(part):
+    """(N, CI) float32 sums of per-tile partials (N, tiles, CI), added in float64; None stays None."""
+    return None if part is None else part.sum(dim=1, dtype=torch.float64).to(torch.float32)
 
 
 def conv2d_bwd_weight(dacc, x, weight_shape, *, stride=1, padding_mode="zeros", upsample=False,
-                      in_scale=None, in_shift=None, in_act="none", in_slope=0.01):
+                      in_scale=None, in_shift=None, in_act="none", in_slope=0.01, in_centre=None):
     """Gradient of fused_conv2d's accumulator with respect to the weight.
 
     dacc: (N, CO, OH, OW); x: (N, CI, H, W), the forward's input (the prologue is recomputed);
-    weight_shape: (CO, CI, K, K); in_scale, in_shift: (N, CI) or None. Any memory layouts.
+    weight_shape: (CO, CI, K, K); in_centre, in_scale, in_shift: (N, CI) or None. Any memory layouts.
     Returns dw (CO, CI, K, K), accumulated in float32 and cast to x's dtype.
     Example: dw = conv2d_bwd_weight(dacc, x, w.shape, upsample=True, in_act="relu").
     """
@@ -123,6 +134,7 @@ def conv2d_bwd_weight(dacc, x, weight_shape, *, stride=1, padding_mode="zeros", 
     op = "conv2d_bwd_weight"
     N, CI, H, W, CO, K, OH, OW = _geometry(op, dacc, x, tuple(weight_shape), stride, padding_mode, upsample,
                                            in_act)
+    centre = _vector(op, "in_centre", in_centre, (N, CI), x)
     scale = _vector(op, "in_scale", in_scale, (N, CI), x)
     shift = _vector(op, "in_shift", in_shift, (N, CI), x)
     cfg = conv_bwd_config(N, CI, CO, H, W, OH, OW, K)
@@ -132,11 +144,11 @@ def conv2d_bwd_weight(dacc, x, weight_shape, *, stride=1, padding_mode="zeros", 
         op, _conv2d_bwd_weight_kernel,
         cfg.weight_tiles(),
         (tiles, K * K, cfg.split),
-        dacc_ptr=dacc, x_ptr=x, in_scale_ptr=scale, in_shift_ptr=shift, dw_ptr=parts,
+        dacc_ptr=dacc, x_ptr=x, in_centre_ptr=centre, in_scale_ptr=scale, in_shift_ptr=shift, dw_ptr=parts,
         CI=CI, CO=CO, H=H, W=W, OH=OH, OW=OW, R=N * OH * OW, R_PER_SPLIT=cfg.r_per_split,
         stride_dn=dacc.stride(0), stride_dc=dacc.stride(1), stride_dh=dacc.stride(2), stride_dw=dacc.stride(3),
         stride_xn=x.stride(0), stride_xc=x.stride(1), stride_xh=x.stride(2), stride_xw=x.stride(3),
-        in_slope=float(in_slope), **_flags(stride, padding_mode, upsample, in_scale, in_shift, in_act, K),
+        in_slope=float(in_slope), **_flags(stride, padding_mode, upsample, in_centre, in_scale, in_shift, in_act, K),
         **dot_flags(x.dtype, "conv"),
     )
     if cfg.split == 1:  # a copy, not a view of the scratch buffer (op outputs must be fresh)
@@ -147,39 +159,41 @@ def conv2d_bwd_weight(dacc, x, weight_shape, *, stride=1, padding_mode="zeros", 
 # torch.library registration (recgen/ops/common/library.py). The ops are not differentiable: they are
 # FusedConv2dFunction's backward. Absent prologue gradients come back as missing_output(x).
 # Integers are SymInt: triton_op infers the schema from the annotations, and `int` there means SymInt.
+# in_centre comes last (added later, with a default: calls written before it keep their meaning).
 _BWD_ARGS = ("Tensor? in_scale, Tensor? in_shift, SymInt stride, str padding_mode, bool upsample, "
-             "str in_act, float in_slope")
+             "str in_act, float in_slope, Tensor? in_centre=None")
 
 
 def _conv2d_bwd_data_fake(dacc, x, weight, in_scale, in_shift, stride, padding_mode, upsample, in_act,
-                          in_slope):
+                          in_slope, in_centre=None):
     op = "conv2d_bwd_data"
     N, CI = _geometry(op, dacc, x, weight.shape, stride, padding_mode, upsample, in_act)[:2]
-    _vector(op, "in_scale", in_scale, (N, CI), x)
-    _vector(op, "in_shift", in_shift, (N, CI), x)
+    for name, t in (("in_centre", in_centre), ("in_scale", in_scale), ("in_shift", in_shift)):
+        _vector(op, name, t, (N, CI), x)
     vector = (lambda t: missing_output(x) if t is None else x.new_empty((N, CI), dtype=torch.float32))
-    return torch.empty_like(x), vector(in_scale), vector(in_shift)
+    return torch.empty_like(x), vector(in_scale), vector(in_shift), vector(in_centre)
 
 
-@register_op("conv2d_bwd_data", f"(Tensor dacc, Tensor x, Tensor weight, {_BWD_ARGS}) -> (Tensor, Tensor, Tensor)",
+@register_op("conv2d_bwd_data", f"(Tensor dacc, Tensor x, Tensor weight, {_BWD_ARGS}) -> (Tensor, Tensor, Tensor, Tensor)",
         _conv2d_bwd_data_fake)
 def conv2d_bwd_data_op(dacc: Tensor, x: Tensor, weight: Tensor, in_scale: Optional[Tensor], in_shift: Optional[Tensor],
-                       stride: int, padding_mode: str, upsample: bool, in_act: str, in_slope: float
-                       ) -> Tuple[Tensor, Tensor, Tensor]:
+                       stride: int, padding_mode: str, upsample: bool, in_act: str, in_slope: float,
+                       in_centre: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """torch.ops.recgen.conv2d_bwd_data: conv2d_bwd_data with empty tensors for the gradients of
-    an absent in_scale / in_shift. Returns dx (like x), d_in_scale, d_in_shift (N, CI) float32."""
-    dx, d_scale, d_shift = conv2d_bwd_data(dacc, x, weight, stride=stride, padding_mode=padding_mode,
+    an absent in_scale / in_shift / in_centre. Returns dx (like x), d_in_scale, d_in_shift,
+    d_in_centre (N, CI) float32."""
+    grads = conv2d_bwd_data(dacc, x, weight, stride=stride, padding_mode=padding_mode,
                                            upsample=upsample, in_scale=in_scale, in_shift=in_shift,
-                                           in_act=in_act, in_slope=in_slope)
-    return (dx, missing_output(x) if d_scale is None else d_scale, missing_output(x) if d_shift is None else d_shift)
+                                           in_act=in_act, in_slope=in_slope, in_centre=in_centre)
+    return tuple(missing_output(x) if g is None else g for g in grads)
 
 
 def _conv2d_bwd_weight_fake(dacc, x, weight_shape, in_scale, in_shift, stride, padding_mode, upsample, in_act,
-                            in_slope):
+                            in_slope, in_centre=None):
     op = "conv2d_bwd_weight"
     N, CI = _geometry(op, dacc, x, tuple(weight_shape), stride, padding_mode, upsample, in_act)[:2]
-    _vector(op, "in_scale", in_scale, (N, CI), x)
-    _vector(op, "in_shift", in_shift, (N, CI), x)
+    for name, t in (("in_centre", in_centre), ("in_scale", in_scale), ("in_shift", in_shift)):
+        _vector(op, name, t, (N, CI), x)
     return x.new_empty(tuple(weight_shape))
 
 
@@ -187,7 +201,8 @@ def _conv2d_bwd_weight_fake(dacc, x, weight_shape, in_scale, in_shift, stride, p
         _conv2d_bwd_weight_fake)
 def conv2d_bwd_weight_op(dacc: Tensor, x: Tensor, weight_shape: List[int], in_scale: Optional[Tensor],
                          in_shift: Optional[Tensor], stride: int, padding_mode: str, upsample: bool, in_act: str,
-                         in_slope: float) -> Tensor:
+                         in_slope: float, in_centre: Optional[Tensor] = None) -> Tensor:
     """torch.ops.recgen.conv2d_bwd_weight: conv2d_bwd_weight; dw (CO, CI, K, K) in x's dtype."""
     return conv2d_bwd_weight(dacc, x, weight_shape, stride=stride, padding_mode=padding_mode, upsample=upsample,
-                             in_scale=in_scale, in_shift=in_shift, in_act=in_act, in_slope=in_slope)
+                             in_scale=in_scale, in_shift=in_shift, in_act=in_act, in_slope=in_slope,
+                             in_centre=in_centre)

@@ -38,6 +38,7 @@ import triton
 from torch import Tensor
 
 from recgen.backend import KERNEL_DTYPES, interpreting, kernels_runnable
+from recgen.ops.common.checks import check_residual
 from recgen.ops.common.launch import DENSE_ACT_CODES, POISON, dot_flags, new_output
 from recgen.ops.common.library import missing_output, register_function, register_op
 from recgen.ops.common.tiling import (dense_blocks, dense_bwd_data_blocks, dense_bwd_data_tiles,
@@ -84,13 +85,7 @@ def check_linear_act(x, weight, bias, residual, activation, op: str = "linear_ac
     if bias is not None and tuple(bias.shape) != (O,):
         raise RuntimeError(f"{op}: bias must have shape {(O,)}, got {tuple(bias.shape)}")
     if residual is not None:
-        if tuple(residual.shape) != (*x.shape[:-1], O):
-            raise RuntimeError(f"{op}: residual must have the output's shape {(*x.shape[:-1], O)}, "
-                               f"got {tuple(residual.shape)}")
-        if residual.device != x.device:
-            raise RuntimeError(f"{op}: residual must be on {x.device} like x, got {residual.device}")
-        if residual.dtype not in DTYPES:
-            raise RuntimeError(f"{op}: residual must be one of {DTYPES}, got {residual.dtype}")
+        check_residual(op, residual, (*x.shape[:-1], O), x, DTYPES, "the output's shape")
     return math.prod(x.shape[:-1]), I, O
 
 
