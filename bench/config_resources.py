@@ -9,7 +9,8 @@ same rule.
 
     python bench/config_resources.py --out DIR [--grid bench|check|quick ...] [--workers N]
     python bench/config_resources.py --fold-into TABLE.json --grid check --match "check dense"
-    python bench/config_resources.py --fold-into TABLE.json --grid check --grid bench --match "check res" --match basicblock
+    python bench/config_resources.py --fold-into TABLE.json --grid check --grid bench \
+        --match "check res" --match basicblock
     python bench/config_resources.py --merge DIR/configs-triton3.9.json DIR/configs-triton3.6.json --out DIR
 
 The first form writes configs-triton<version>.json (every grid point's launches and decisions,

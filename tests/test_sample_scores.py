@@ -73,7 +73,9 @@ def test_distance_of_a_set_to_itself_is_zero_and_the_distance_is_symmetric():
     assert S.frechet_distance(real, real) == pytest.approx(0, abs=1e-6)
     assert S.frechet_distance(noise, noise) == pytest.approx(0, abs=1e-6)
     forward, backward = S.frechet_distance(real, noise), S.frechet_distance(noise, real)
-    assert forward > 10 and forward == pytest.approx(backward, rel=1e-9)
+    # The two directions factor different covariances (the noise's is ill-conditioned): float64
+    # agrees to ~1e-8 relative, by the BLAS (6e-9 on an AMD EPYC with numpy 2.4's OpenBLAS).
+    assert forward > 10 and forward == pytest.approx(backward, rel=1e-7)
 
 
 def test_frechet_of_known_gaussians():

@@ -67,7 +67,8 @@ def _vector(op, name, t, shape, x):
 
 def _flags(stride, padding_mode, upsample, in_centre, in_scale, in_shift, in_act, K):
     return dict(K=K, STRIDE=stride, UPSAMPLE=bool(upsample), REFLECT=padding_mode == "reflect",
-                HAS_IN_CENTRE=in_centre is not None, HAS_IN_SCALE=in_scale is not None, HAS_IN_SHIFT=in_shift is not None,
+                HAS_IN_CENTRE=in_centre is not None, HAS_IN_SCALE=in_scale is not None,
+                HAS_IN_SHIFT=in_shift is not None,
                 IN_ACT=ACT_CODES[in_act])
 
 
@@ -174,7 +175,8 @@ def _conv2d_bwd_data_fake(dacc, x, weight, in_scale, in_shift, stride, padding_m
     return torch.empty_like(x), vector(in_scale), vector(in_shift), vector(in_centre)
 
 
-@register_op("conv2d_bwd_data", f"(Tensor dacc, Tensor x, Tensor weight, {_BWD_ARGS}) -> (Tensor, Tensor, Tensor, Tensor)",
+@register_op("conv2d_bwd_data",
+             f"(Tensor dacc, Tensor x, Tensor weight, {_BWD_ARGS}) -> (Tensor, Tensor, Tensor, Tensor)",
         _conv2d_bwd_data_fake)
 def conv2d_bwd_data_op(dacc: Tensor, x: Tensor, weight: Tensor, in_scale: Optional[Tensor], in_shift: Optional[Tensor],
                        stride: int, padding_mode: str, upsample: bool, in_act: str, in_slope: float,
